@@ -1,0 +1,19 @@
+"""pyrovae: variational autoencoders written the Pyro way.
+
+The model and guide are Pyro functions (:class:`VAE`), trained by SVI with a torch
+optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`).
+"""
+
+from pyrovae.data import DataConfig, Dataset, DataNotFoundError, from_arrays, load_dataset
+from pyrovae.evaluate import log_importance_weights, negative_elbo
+from pyrovae.runs import CheckpointError, RunDir, load_run
+from pyrovae.train import TrainConfig, fit
+from pyrovae.vae import VAE, ModelConfig, build_vae
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE", "ModelConfig", "build_vae", "DataConfig", "Dataset", "DataNotFoundError", "from_arrays",
+    "load_dataset", "TrainConfig", "fit", "negative_elbo", "log_importance_weights", "RunDir",
+    "load_run", "CheckpointError",
+]

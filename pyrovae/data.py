@@ -1,0 +1,299 @@
+"""Datasets as device-resident tensors: loading, IDX files, binarization and batching.
+
+Every split is a pair of tensors ``x`` (N, D) of pixels in [0, 1] and ``y`` (N,) of
+integer labels, kept on the training device; a batch is a slice of a shuffled index,
+so training makes no host-to-device copy per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+BINARIZE = ("none", "static", "dynamic")
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+BINARIZE_SEED = 1234
+"""Seed of the one fixed Bernoulli draw of static training data and of every evaluation split."""
+SPLIT_SEED = 0
+"""Seed of the fixed shuffle that holds out the validation split (and the digits test split)."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset's files are not on this machine and could not be downloaded."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which data to load and how to present it (saved in ``config.json``)."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "dynamic"
+    val_fraction: float = 0.1
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.binarize not in BINARIZE:
+            raise ValueError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+
+
+@dataclasses.dataclass
+class Split:
+    """Flattened images ``x`` (N, D) in [0, 1] and labels ``y`` (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Train, validation and test splits plus what the model needs to know about the images.
+
+    ``dynamic_binarization`` means the training images are grayscale here and every
+    training batch is a fresh Bernoulli draw from them (Burda et al. 2015).
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    train: Split
+    val: Split
+    test: Split
+    dynamic_binarization: bool = False
+    config: DataConfig | None = None
+
+    def __post_init__(self) -> None:
+        for split_name in ("train", "val", "test"):
+            check_pixels(getattr(self, split_name).x, f"{self.name} {split_name} images")
+
+    @property
+    def num_classes(self) -> int:
+        return int(torch.cat([self.train.y, self.val.y, self.test.y]).max().item()) + 1
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device))
+
+    def batches(self, batch_size: int, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training minibatches ``(x, y)``: slices of a shuffled index, binarized afresh if dynamic."""
+        n = len(self.train)
+        order = torch.randperm(n, device=self.train.x.device) if shuffle else None
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
+            x = self.train.x[index]
+            yield (torch.bernoulli(x) if self.dynamic_binarization else x), self.train.y[index]
+
+    def observed_train_images(self) -> torch.Tensor:
+        """The training images as the model sees them (one draw if binarized dynamically)."""
+        return torch.bernoulli(self.train.x) if self.dynamic_binarization else self.train.x
+
+
+def check_pixels(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a finite (N, D) float tensor with values in [0, 1]."""
+    if not x.is_floating_point() or x.ndim != 2:
+        raise ValueError(f"{name} must be a float tensor of flattened images (N, D), "
+                         f"got {x.dtype} of shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or infinite values; clean or drop those examples")
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise ValueError(f"{name} have values in [{x.min().item():g}, {x.max().item():g}]; "
+                         f"pixels must lie in [0, 1] (divide uint8 images by 255)")
+
+
+def binarize_once(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
+    """One fixed Bernoulli draw of grayscale pixels, the same on every machine for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(x.cpu(), generator=generator).to(x.device)
+
+
+def from_arrays(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.ndarray | None = None,
+                test_x: torch.Tensor | np.ndarray | None = None,
+                test_y: torch.Tensor | np.ndarray | None = None, *,
+                image_shape: Sequence[int] | None = None, binarize: str = "none",
+                val_fraction: float = 0.1, name: str = "arrays") -> Dataset:
+    """A :class:`Dataset` from in-memory images in [0, 1] (``(N, H, W)``, ``(N, C, H, W)`` or ``(N, D)``).
+
+    The validation split is a fixed random ``val_fraction`` of the training images; without
+    ``test_x`` the test split is the validation split. Missing labels become zeros.
+    """
+    DataConfig(binarize=binarize, val_fraction=val_fraction)  # validates both
+    train_x = torch.as_tensor(train_x, dtype=torch.float32)
+    if image_shape is None:
+        image_shape = _infer_image_shape(train_x.shape)
+    image_shape = tuple(int(s) for s in image_shape)
+    flat = lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)  # noqa: E731
+    labels = lambda y, n: (torch.zeros(n, dtype=torch.long) if y is None  # noqa: E731
+                           else torch.as_tensor(y, dtype=torch.long).reshape(-1))
+    train = Split(flat(train_x), labels(train_y, len(train_x)))
+    train, val = _hold_out(train, val_fraction)
+    test = val if test_x is None else Split(flat(test_x), labels(test_y, len(test_x)))
+    for split in (train, val, test):
+        check_pixels(split.x, f"{name} images")
+        if len(split.y) != len(split.x):
+            raise ValueError(f"{name}: {len(split.x)} images but {len(split.y)} labels")
+    if binarize != "none":
+        val, test = Split(binarize_once(val.x), val.y), Split(binarize_once(test.x), test.y)
+    if binarize == "static":
+        train = Split(binarize_once(train.x), train.y)
+    return Dataset(name, image_shape, train, val, test, dynamic_binarization=binarize == "dynamic")
+
+
+def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
+    if len(shape) == 4:
+        return tuple(shape[1:])
+    if len(shape) == 3:
+        return (1, shape[1], shape[2])
+    if len(shape) == 2:
+        side = int(round(shape[1] ** 0.5))
+        return (1, side, side) if side * side == shape[1] else (1, 1, shape[1])
+    raise ValueError(f"images must have shape (N, D), (N, H, W) or (N, C, H, W), got {tuple(shape)}")
+
+
+def _hold_out(train: Split, fraction: float) -> tuple[Split, Split]:
+    """Split off a fixed random ``fraction`` of ``train`` as validation data."""
+    n_val = max(1, int(round(len(train) * fraction)))
+    if n_val >= len(train):
+        raise ValueError(f"cannot hold out {n_val} of {len(train)} examples for validation; "
+                         f"use more data or a smaller val_fraction")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    keep, held = order[n_val:], order[:n_val]
+    return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
+    if config.dataset == "digits":
+        train_x, train_y, test_x, test_y = _load_digits()
+    else:
+        files = find_idx_files(config.dataset, config.data_dir, config.download)
+        train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
+        test_x, test_y = read_idx(files["test_images"]), read_idx(files["test_labels"])
+        for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise ValueError(
+                    f"the {split} IDX files do not match: images {images.shape}, labels "
+                    f"{labels.shape}; expected (N, H, W) images and N labels")
+        train_x, test_x = train_x / 255.0, test_x / 255.0
+    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize,
+                       val_fraction=config.val_fraction, name=config.dataset)
+    return dataclasses.replace(data, config=config)
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (values 0..16), split 1497 train / 300 test by a fixed shuffle."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
+    train, test = order[:-300], order[-300:]
+    return images[train], digits.target[train], images[test], digits.target[test]
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not, into a numpy array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"cannot read IDX file {path}: {error}; download it again") from None
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
+        raise ValueError(f"{path} is not an IDX file (bad magic number); download it again")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(dtypes[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path} is truncated or corrupt: {len(raw)} bytes, expected {expected} "
+                         f"for shape {shape}; download it again")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``$PYROVAE_DATA`` or ``~/.cache/pyrovae``."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyrovae"
+    return Path(os.environ.get("PYROVAE_DATA", default))
+
+
+def _idx_file_in(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _complete_idx_set(folder: Path) -> dict[str, Path] | None:
+    files = {key: _idx_file_in(folder, stem) for key, stem in IDX_FILES.items()}
+    return files if all(files.values()) else None  # type: ignore[return-value]
+
+
+def find_idx_files(dataset: str, data_dir: str | Path | None = None, download: bool = True) -> dict[str, Path]:
+    """The four IDX files of ``dataset``: from ``data_dir``, a system folder, the cache, or a download."""
+    if data_dir is not None:
+        files = _complete_idx_set(Path(data_dir))
+        if files is None:
+            raise DataNotFoundError(_missing_files_message(dataset, [Path(data_dir)]))
+        return files
+    cached = cache_dir() / TORCHVISION_CLASSES[dataset] / "raw"
+    candidates = [d for d in (SYSTEM_DIRS.get(dataset), cache_dir() / dataset, cached) if d]
+    for folder in candidates:
+        files = _complete_idx_set(folder)
+        if files is not None:
+            return files
+    failure = "downloads are switched off"
+    if download:
+        try:
+            _download(dataset)
+        except Exception as error:  # offline, proxy, disk: the user needs the same advice
+            failure = f"the download failed ({type(error).__name__}: {error})"
+        files = _complete_idx_set(cached)
+        if files is not None:
+            return files
+    raise DataNotFoundError(_missing_files_message(dataset, candidates, failure))
+
+
+def _download(dataset: str) -> None:
+    """Fetch ``dataset`` with torchvision into the cache (needs a network connection)."""
+    import torchvision
+
+    getattr(torchvision.datasets, TORCHVISION_CLASSES[dataset])(str(cache_dir()), download=True)
+
+
+def _missing_files_message(dataset: str, searched: Sequence[Path], failure: str | None = None) -> str:
+    names = ", ".join(IDX_FILES.values())
+    where = ", ".join(str(d) for d in searched)
+    failure = f", and {failure}" if failure else ""
+    debian = (" On Debian or Ubuntu, `apt-get install dataset-fashion-mnist` puts them in "
+              "/usr/share/datasets/fashion-mnist." if dataset == "fashion-mnist" else "")
+    return (
+        f"The {dataset} files were not found in {where}{failure}. Put the four IDX files "
+        f"{names} (each gzipped as .gz or not) into one folder and pass it with --data-dir DIR "
+        f"(Python: DataConfig(data_dir=DIR)), or put them into {cache_dir() / dataset}.{debian}"
+    )
