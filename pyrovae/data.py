@@ -216,10 +216,10 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not, into a numpy array."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # gzip's magic number, whatever the file is called
+            raw = gzip.decompress(raw)
     except (OSError, EOFError) as error:
         raise ValueError(f"cannot read IDX file {path}: {error}; download it again") from None
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -43,13 +43,18 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = N
 @torch.no_grad()
 def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                   batch_size: int = 1000, num_particles: int = 1) -> torch.Tensor:
-    """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)]."""
+    """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)].
+
+    ``x`` and ``y`` are moved to the VAE's device batch by batch.
+    """
+    device = next(vae.parameters()).device
     was_training = vae.training
     vae.eval()
     try:
         parts = [
-            -log_importance_weights(vae, x[i:i + batch_size],
-                                    None if y is None else y[i:i + batch_size], num_particles).mean(0)
+            -log_importance_weights(vae, x[i:i + batch_size].to(device),
+                                    None if y is None else y[i:i + batch_size].to(device),
+                                    num_particles).mean(0)
             for i in range(0, len(x), batch_size)
         ]
     finally:

@@ -1,0 +1,84 @@
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pyrovae.cli import build_parser, main
+
+
+def run_cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "pyrovae", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_cli("train", "--epochs", "3", "--z-dim", "2", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    return out
+
+
+def test_train_writes_the_run_directory(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "checkpoint.pt", "metrics.jsonl", "reconstructions.png", "samples.png"} <= names
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"]["z_dim"] == 2 and config["data"]["dataset"] == "digits"
+    assert config["train"]["epochs"] == 3 and config["train"]["seed"] == 0
+    for picture in ("reconstructions.png", "samples.png"):
+        with Image.open(trained_run / picture) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_evaluate_writes_eval_json(trained_run):
+    assert main(["evaluate", str(trained_run), "--device", "cpu"]) == 0
+    result = json.loads((trained_run / "eval.json").read_text())
+    assert set(result) == {"neg_elbo", "neg_elbo_stderr", "split", "num_examples"}
+    assert result["split"] == "test" and result["num_examples"] == 300
+    assert 0 < result["neg_elbo_stderr"] < result["neg_elbo"] < 64 * np.log(2) + 5
+
+
+def test_sample_writes_png_and_npy(trained_run, tmp_path):
+    assert main(["sample", str(trained_run), "--n", "7", "--out", str(tmp_path / "s.npy")]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (7, 64) and samples.min() >= 0 and samples.max() <= 1
+    assert main(["sample", str(trained_run), "--n", "7", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_from_the_cli_keeps_counting(trained_run):
+    assert main(["train", "--out", str(trained_run), "--resume", "--epochs", "4", "--no-progress"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_missing_dataset_offline_is_one_paragraph_not_a_traceback(tmp_path):
+    result = run_cli("train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1",
+                     "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "train-images-idx3-ubyte" in result.stderr and "--data-dir" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["evaluate", "/nonexistent/run"], "config.json does not exist"),
+    (["sample", "/nonexistent/run", "--out", "x.gif"], r"\.png.*\.npy"),
+    (["train", "--resume"], "--resume needs --out"),
+])
+def test_bad_cli_input_exits_2_with_a_message(args, match, capsys):
+    assert main(args) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_help_documents_every_train_flag_of_the_issue():
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for flag in ["--dataset", "--data-dir", "--binarize", "--z-dim", "--hidden", "--net", "--elbo",
+                 "--epochs", "--batch-size", "--lr", "--device", "--seed", "--out", "--resume"]:
+        assert flag in help_text

@@ -1,0 +1,148 @@
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae import data as data_module
+from pyrovae.data import (DataConfig, DataNotFoundError, binarize_once, find_idx_files, from_arrays,
+                          load_dataset, read_idx)
+
+
+def write_idx(path, array, compress=False):
+    array = np.asarray(array)
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_fake_mnist(folder, n_train=60, n_test=20, compress=False):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if compress else ""
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for name, array in arrays.items():
+        write_idx(folder / (name + suffix), array, compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_round_trips_what_was_written(tmp_path, compress):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    ints = np.array([1, -2, 70000], dtype=">i4")
+    write_idx(tmp_path / "images", images, compress)
+    write_idx(tmp_path / "ints", ints, compress)
+    assert np.array_equal(read_idx(tmp_path / "images"), images)
+    assert np.array_equal(read_idx(tmp_path / "ints"), ints)
+
+
+@pytest.mark.parametrize("content,match", [(b"\x00\x00\x08\x01\x00\x00\x00\x05ab", "truncated"),
+                                           (b"PK\x03\x04 not idx", "magic"), (b"", "magic")])
+def test_read_idx_rejects_corrupt_files(tmp_path, content, match):
+    (tmp_path / "bad").write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        read_idx(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_from_data_dir(tmp_path, compress):
+    arrays = write_fake_mnist(tmp_path, compress=compress)
+    data = load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), binarize="none",
+                                   val_fraction=0.25, download=False))
+    assert data.image_shape == (1, 28, 28)
+    assert (len(data.train), len(data.val), len(data.test)) == (45, 15, 20)
+    assert torch.allclose(data.test.x, torch.tensor(arrays["t10k-images-idx3-ubyte"] / 255.0,
+                                                    dtype=torch.float32).reshape(20, 784))
+    assert torch.equal(data.test.y, torch.tensor(arrays["t10k-labels-idx1-ubyte"], dtype=torch.long))
+    # Validation is held out of train: together they are the training file, no image twice.
+    together = torch.cat([data.train.x, data.val.x])
+    expected = torch.tensor(arrays["train-images-idx3-ubyte"] / 255.0, dtype=torch.float32).reshape(60, 784)
+    assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, expected.tolist()))
+
+
+def test_missing_files_offline_give_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_module, "SYSTEM_DIRS", {})
+
+    def offline(dataset):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(data_module, "_download", offline)
+    with pytest.raises(DataNotFoundError) as error:
+        find_idx_files("fashion-mnist")
+    message = str(error.value)
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    assert "--data-dir" in message and "download failed" in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "\n" not in message
+
+
+def test_incomplete_data_dir_is_reported(tmp_path):
+    write_fake_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataNotFoundError, match=str(tmp_path)):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+
+
+def test_digits_are_bundled_scaled_and_split():
+    data = load_dataset(DataConfig(dataset="digits", binarize="none"))
+    assert data.image_shape == (1, 8, 8)
+    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    assert data.num_classes == 10
+    assert data.train.x.min() >= 0 and data.train.x.max() == 1
+    assert len(torch.unique(data.train.x)) > 2
+
+
+def test_binarization_modes():
+    static_a = load_dataset(DataConfig(binarize="static"))
+    static_b = load_dataset(DataConfig(binarize="static"))
+    dynamic = load_dataset(DataConfig(binarize="dynamic"))
+    gray = load_dataset(DataConfig(binarize="none"))
+    # Static: one fixed draw; evaluation splits: the same draw for static and dynamic runs.
+    assert torch.equal(static_a.train.x, static_b.train.x)
+    assert set(torch.unique(static_a.train.x).tolist()) == {0.0, 1.0}
+    assert torch.equal(static_a.test.x, dynamic.test.x) and torch.equal(static_a.val.x, dynamic.val.x)
+    # Dynamic: grayscale kept, every batch a fresh draw from it.
+    assert torch.equal(dynamic.train.x, gray.train.x)
+    first = torch.cat([x for x, _ in dynamic.batches(4096, shuffle=False)])
+    second = torch.cat([x for x, _ in dynamic.batches(4096, shuffle=False)])
+    assert set(torch.unique(first).tolist()) == {0.0, 1.0} and not torch.equal(first, second)
+    # Each pixel is 1 with probability equal to its gray value.
+    assert torch.allclose((first + second).mean() / 2, gray.train.x.mean(), atol=0.01)
+
+
+def test_batches_visit_every_example_once_in_a_shuffled_order():
+    data = from_arrays(torch.rand(103, 4, 4), torch.arange(103))
+    labels = torch.cat([y for _, y in data.batches(10)])
+    assert len(labels) == len(data.train)
+    assert sorted(labels.tolist()) == sorted(data.train.y.tolist())
+    assert not torch.equal(labels, data.train.y)
+
+
+def test_binarize_once_is_fixed_by_its_seed():
+    x = torch.rand(50, 10)
+    assert torch.equal(binarize_once(x), binarize_once(x))
+    assert not torch.equal(binarize_once(x, seed=1), binarize_once(x, seed=2))
+
+
+@pytest.mark.parametrize("images,match", [
+    (np.full((10, 4, 4), np.nan), "NaN"),
+    (np.full((10, 4, 4), 255.0), r"\[0, 1\]"),
+])
+def test_from_arrays_rejects_bad_pixels(images, match):
+    with pytest.raises(ValueError, match=match):
+        from_arrays(images)
+
+
+def test_data_config_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        DataConfig(dataset="cifar")
+    with pytest.raises(ValueError, match="binarization"):
+        DataConfig(binarize="sometimes")
