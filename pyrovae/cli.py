@@ -15,7 +15,7 @@ from pyrovae import plots
 from pyrovae.data import BINARIZE, DATASETS, DataConfig, load_dataset
 from pyrovae.evaluate import mean_and_stderr, negative_elbo
 from pyrovae.nets import ACTIVATIONS
-from pyrovae.runs import EVAL, CheckpointError, RunDir, default_run_dir, load_run
+from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
 from pyrovae.train import DEVICES, ELBOS, TrainConfig, fit, resolve_device
 from pyrovae.vae import NETS, VAE, ModelConfig, build_vae
 
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,29 +1,32 @@
 """Training: stochastic variational inference with a torch optimizer over the VAE's parameters.
 
 Each step minimizes the ELBO estimate of ``Trace_ELBO`` (Monte Carlo KL) or
-``TraceMeanField_ELBO`` (closed-form KL, seed 000 eq. 4) with Adam. The loss is
-accumulated on the device and read back once per epoch, so a GPU is never made to
-wait for the host inside an epoch.
+``TraceMeanField_ELBO`` (closed-form KL, seed 000 eq. 4) with Adam, through the
+device-resident versions in :mod:`pyrovae.objectives`. The loss is accumulated on the
+device and read back once per epoch, so a GPU is never made to wait for the host
+inside an epoch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
 from pyrovae.evaluate import negative_elbo
+from pyrovae.objectives import MeanFieldELBO, TraceELBO
 from pyrovae.runs import CHECKPOINT, RunDir
 from pyrovae.vae import VAE
 
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO}
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_UPDATES_PER_EPOCH = 4
 
@@ -73,6 +76,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class SVIStep:
+    """One optimizer step on a minibatch's negative ELBO; returns the detached loss (a device tensor).
+
+    Pyro checks the model and guide (shapes, supports, plate structure) on the first
+    step; the structure is static, so later steps skip those checks.
+    """
+
+    def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO):
+        self.vae, self.optimizer, self.elbo = vae, optimizer, elbo
+        self.checked = False
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with pyro.validation_enabled(is_validation_enabled() and not self.checked):
+            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+        self.checked = True
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
     """The ``config.json`` of a run: model, data and training settings."""
     as_dict = lambda c: None if c is None else dataclasses.asdict(c)  # noqa: E731
@@ -101,7 +125,7 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     vae.check_data(data.val.x, "validation images")
 
     pyro.clear_param_store()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
     start_epoch = 0
     if resume:
         if run is None:
@@ -117,7 +141,7 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         if run is not None:
             run.write_config(run_config(vae, data, config))
 
-    elbo = ELBOS[config.elbo]()
+    svi_step = SVIStep(vae, optimizer, ELBOS[config.elbo]())
     steps_per_epoch = -(-len(data.train) // config.batch_size)
     refresh_every = max(1, steps_per_epoch // PROGRESS_UPDATES_PER_EPOCH)
     history = []
@@ -130,16 +154,17 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for step, (x, y) in enumerate(data.batches(config.batch_size), start=1):
-            loss = elbo.differentiable_loss(vae.model, vae.guide, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += svi_step(x, y)
             seen += len(x)
             bar.update()
             if step % refresh_every == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
         train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            kept = (f" ({run.file(CHECKPOINT)} still holds epoch {epoch - 1})"
+                    if run is not None and epoch > 1 else "")
+            raise FloatingPointError(f"training diverged: epoch {epoch} ended with loss {train_loss} and "
+                                     f"was not saved{kept}; lower --lr or check the data")
         epoch_seconds = time.perf_counter() - started
         row = {"epoch": epoch, "train_loss": train_loss,
                "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),

@@ -1,0 +1,140 @@
+"""SVI step time of pyrovae against a plain PyTorch VAE of identical math, in one process.
+
+Model: 784-400-50 MLP, Bernoulli likelihood, Adam; batches are slices of device-resident
+Fashion-MNIST (dynamically binarized), or random binary images if it is not installed.
+Both loops alternate in rounds so machine noise hits them alike; the figure is the ratio
+of median round times (target: at most 1.15 on a CPU). Then one full training epoch of
+each on Fashion-MNIST.
+
+    python benchmarks/svi_step.py [--device cpu|cuda] [--batch-sizes 128 1024] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_vae import PlainVAE  # noqa: E402
+
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset  # noqa: E402
+from pyrovae.data import DataNotFoundError, from_arrays  # noqa: E402
+from pyrovae.train import ELBOS, SVIStep, resolve_device  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def fashion_mnist():
+    try:
+        return load_dataset(DataConfig(dataset="fashion-mnist", binarize="dynamic", download=False))
+    except DataNotFoundError:
+        print("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); using random images")
+        return from_arrays(torch.rand(6000, 28, 28), binarize="dynamic", name="random")
+
+
+def step_times(data, device, batch_size: int, rounds: int, steps: int, meanfield: bool) -> dict:
+    """Median seconds per step of each implementation over interleaved rounds."""
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(image_shape=(1, 28, 28), z_dim=50, hidden=(400,))).to(device)
+    plain = PlainVAE().to(device)
+    pyro_step = SVIStep(vae, torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True), ELBOS["meanfield" if meanfield else "trace"]())
+    x_all = data.train.x.to(device)
+
+    def plain_step(x):
+        loss = plain.loss(x, closed_form_kl=meanfield)
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, fused=True)
+    n_batches = len(x_all) // batch_size
+    batches = [torch.bernoulli(x_all[i * batch_size:(i + 1) * batch_size]) for i in range(min(n_batches, 50))]
+
+    def timed(step) -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        synchronize(device)
+        return (time.perf_counter() - started) / steps
+
+    for step in (pyro_step, plain_step):  # warm up allocator and caches (and Pyro's first-step checks)
+        timed(step)
+    pyro_rounds, plain_rounds = [], []
+    for _ in range(rounds):
+        pyro_rounds.append(timed(pyro_step))
+        plain_rounds.append(timed(plain_step))
+    pyro_ms, plain_ms = statistics.median(pyro_rounds) * 1e3, statistics.median(plain_rounds) * 1e3
+    return {"batch_size": batch_size, "elbo": "meanfield" if meanfield else "trace",
+            "pyrovae_ms": pyro_ms, "plain_ms": plain_ms, "ratio": pyro_ms / plain_ms}
+
+
+def epoch_seconds(data, device, batch_size: int) -> dict:
+    """One training epoch of each: pyrovae's ``fit`` and the plain loop over the same batches."""
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(image_shape=(1, 28, 28), z_dim=50, hidden=(400,)))
+    history = fit(vae, data, TrainConfig(epochs=1, batch_size=batch_size, device=device.type), progress=False)
+    plain = PlainVAE().to(device)
+    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-3, fused=True)
+    on_device = data.to(device)
+    synchronize(device)
+    started = time.perf_counter()
+    total = torch.zeros((), device=device)
+    for x, _ in on_device.batches(batch_size):
+        loss = plain.loss(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    total.item()
+    plain_seconds = time.perf_counter() - started
+    return {"examples": len(data.train), "batch_size": batch_size,
+            "pyrovae_seconds": history[0]["epoch_seconds"], "plain_seconds": plain_seconds,
+            "ratio": history[0]["epoch_seconds"] / plain_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=40, help="steps per round")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = fashion_mnist()
+    machine = (torch.cuda.get_device_name() if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"device: {device} ({machine}); torch {torch.__version__}, pyro {pyro.__version__}")
+
+    steps = [step_times(data, device, b, args.rounds, args.steps, meanfield)
+             for b in args.batch_sizes for meanfield in (False, True)]
+    print("\n| batch | ELBO | pyrovae ms/step | plain PyTorch ms/step | ratio |\n|---|---|---|---|---|")
+    for r in steps:
+        print(f"| {r['batch_size']} | {r['elbo']} | {r['pyrovae_ms']:.3f} | {r['plain_ms']:.3f} | {r['ratio']:.3f} |")
+    epoch = epoch_seconds(data, device, 128)
+    print(f"\n| {data.name} epoch ({epoch['examples']} images, batch 128) | pyrovae s | plain s | ratio |"
+          f"\n|---|---|---|---|\n| | {epoch['pyrovae_seconds']:.2f} | {epoch['plain_seconds']:.2f} "
+          f"| {epoch['ratio']:.3f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "device": str(device), "steps": steps,
+                                         "epoch": epoch}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
