@@ -4,7 +4,7 @@ The model and guide are Pyro functions (:class:`VAE`), trained by SVI with a tor
 optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`).
 """
 
-from pyrovae.data import DataConfig, Dataset, DataNotFoundError, from_arrays, load_dataset
+from pyrovae.data import DataConfig, DataNotFoundError, Dataset, from_arrays, load_dataset
 from pyrovae.evaluate import log_importance_weights, negative_elbo
 from pyrovae.runs import CheckpointError, RunDir, load_run
 from pyrovae.train import TrainConfig, fit

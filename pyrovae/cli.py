@@ -17,7 +17,7 @@ from pyrovae.evaluate import mean_and_stderr, negative_elbo
 from pyrovae.nets import ACTIVATIONS
 from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
 from pyrovae.train import DEVICES, ELBOS, TrainConfig, fit, resolve_device
-from pyrovae.vae import NETS, VAE, ModelConfig, build_vae
+from pyrovae.vae import NETS, ModelConfig, build_vae
 
 EPILOG_TRAIN = """examples:
   pyrovae train                                   # 8x8 digits, well under a minute on a CPU
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fraction of the training images held out for validation")
     data.add_argument("--no-download", action="store_true", help="never try to download data")
     model = train.add_argument_group("model")
-    model.add_argument("--z-dim", type=int, default=10, help="latent size (1 and 2 give pictures of the whole latent space)")
+    model.add_argument("--z-dim", type=int, default=10,
+                       help="latent size (1 and 2 give pictures of the whole latent space)")
     model.add_argument("--hidden", type=int, nargs="+", default=[400], metavar="N",
                        help="hidden layer sizes of the encoder (the decoder mirrors them)")
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu")
@@ -128,14 +129,8 @@ def _train(args: argparse.Namespace) -> None:
     print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
           f"on {resolve_device(train_config.device)}; run directory: {out}")
     fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
-    _write_pictures(vae, data.test.x, model_config.image_shape, RunDir(out))
+    plots.save_run_pictures(vae, data.test.x, model_config.image_shape, out)
     print(f"done: {out}  (next: pyrovae evaluate {out})")
-
-
-def _write_pictures(vae: VAE, test_x: torch.Tensor, image_shape: Sequence[int], run: RunDir) -> None:
-    device = next(vae.parameters()).device
-    plots.save(plots.reconstructions_figure(vae, test_x.to(device), image_shape), run.file("reconstructions.png"))
-    plots.save(plots.samples_figure(vae, image_shape), run.file("samples.png"))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -172,7 +167,7 @@ def _sample(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     vae, config = load_run(args.run_dir)
     data = load_dataset(DataConfig(**config["data"]))
-    _write_pictures(vae, data.test.x, config["model"]["image_shape"], RunDir(args.run_dir))
+    plots.save_run_pictures(vae, data.test.x, config["model"]["image_shape"], args.run_dir)
     print(f"wrote reconstructions.png and samples.png to {args.run_dir}")
 
 

@@ -62,3 +62,12 @@ def save(fig: Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def save_run_pictures(vae: VAE, test_images: torch.Tensor, image_shape: Sequence[int],
+                      folder: str | Path) -> list[Path]:
+    """Write ``reconstructions.png`` (of the first test images) and ``samples.png`` into ``folder``."""
+    device = next(vae.parameters()).device
+    folder = Path(folder)
+    return [save(reconstructions_figure(vae, test_images.to(device), image_shape), folder / "reconstructions.png"),
+            save(samples_figure(vae, image_shape), folder / "samples.png")]

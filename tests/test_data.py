@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from pyrovae import data as data_module
-from pyrovae.data import (DataConfig, DataNotFoundError, binarize_once, find_idx_files, from_arrays,
-                          load_dataset, read_idx)
+from pyrovae.data import (
+    DataConfig,
+    DataNotFoundError,
+    binarize_once,
+    find_idx_files,
+    from_arrays,
+    load_dataset,
+    read_idx,
+)
 
 
 def write_idx(path, array, compress=False):

@@ -5,10 +5,9 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
-from pyrovae.objectives import MeanFieldELBO
-
 from pyrovae import ModelConfig, build_vae
 from pyrovae.nets import MIN_SCALE
+from pyrovae.objectives import MeanFieldELBO
 
 
 def test_model_and_guide_sites_have_the_documented_shapes(small_vae, binary_batch):
