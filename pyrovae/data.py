@@ -57,10 +57,24 @@ class DataConfig:
 
 @dataclasses.dataclass
 class Split:
-    """Flattened images ``x`` (N, D) in [0, 1] and labels ``y`` (N,)."""
+    """Flattened images ``x`` (N, D) with finite values in [0, 1], and labels ``y`` (N,); checked on creation."""
 
     x: torch.Tensor
     y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_pixels(self.x, "images")
+        if self.y.shape != (len(self.x),):
+            raise ValueError(f"{len(self.x)} images need {len(self.x)} labels, got labels of shape "
+                             f"{tuple(self.y.shape)}")
+
+    @classmethod
+    def from_arrays(cls, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> Split:
+        """Flatten images ``(N, ...)`` to ``(N, D)`` floats; missing labels become zeros."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        x = x.reshape(len(x), -1)
+        y = torch.zeros(len(x), dtype=torch.long) if y is None else torch.as_tensor(y, dtype=torch.long)
+        return cls(x, y)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -85,10 +99,6 @@ class Dataset:
     dynamic_binarization: bool = False
     config: DataConfig | None = None
 
-    def __post_init__(self) -> None:
-        for split_name in ("train", "val", "test"):
-            check_pixels(getattr(self, split_name).x, f"{self.name} {split_name} images")
-
     @property
     def num_classes(self) -> int:
         return int(torch.cat([self.train.y, self.val.y, self.test.y]).max().item()) + 1
@@ -111,7 +121,7 @@ class Dataset:
         return torch.bernoulli(self.train.x) if self.dynamic_binarization else self.train.x
 
 
-def check_pixels(x: torch.Tensor, name: str) -> None:
+def check_pixels(x: torch.Tensor, name: str = "images") -> None:
     """Raise ``ValueError`` unless ``x`` is a finite (N, D) float tensor with values in [0, 1]."""
     if not x.is_floating_point() or x.ndim != 2:
         raise ValueError(f"{name} must be a float tensor of flattened images (N, D), "
@@ -141,19 +151,9 @@ def from_arrays(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.n
     """
     DataConfig(binarize=binarize, val_fraction=val_fraction)  # validates both
     train_x = torch.as_tensor(train_x, dtype=torch.float32)
-    if image_shape is None:
-        image_shape = _infer_image_shape(train_x.shape)
-    image_shape = tuple(int(s) for s in image_shape)
-    flat = lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1)  # noqa: E731
-    labels = lambda y, n: (torch.zeros(n, dtype=torch.long) if y is None  # noqa: E731
-                           else torch.as_tensor(y, dtype=torch.long).reshape(-1))
-    train = Split(flat(train_x), labels(train_y, len(train_x)))
-    train, val = _hold_out(train, val_fraction)
-    test = val if test_x is None else Split(flat(test_x), labels(test_y, len(test_x)))
-    for split in (train, val, test):
-        check_pixels(split.x, f"{name} images")
-        if len(split.y) != len(split.x):
-            raise ValueError(f"{name}: {len(split.x)} images but {len(split.y)} labels")
+    image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(train_x.shape)))
+    train, val = _hold_out(Split.from_arrays(train_x, train_y), val_fraction)
+    test = val if test_x is None else Split.from_arrays(test_x, test_y)
     if binarize != "none":
         val, test = Split(binarize_once(val.x), val.y), Split(binarize_once(test.x), test.y)
     if binarize == "static":

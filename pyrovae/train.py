@@ -28,7 +28,8 @@ from pyrovae.vae import VAE
 
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO}
 DEVICES = ("auto", "cpu", "cuda")
-PROGRESS_UPDATES_PER_EPOCH = 4
+PROGRESS_REFRESH_STEPS = 50
+"""Steps between updates of the progress bar's running loss (each one reads the loss from the device)."""
 
 
 @dataclasses.dataclass
@@ -98,9 +99,24 @@ class SVIStep:
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
-    """The ``config.json`` of a run: model, data and training settings."""
-    as_dict = lambda c: None if c is None else dataclasses.asdict(c)  # noqa: E731
+    """The ``config.json`` of a run: model, data and training settings (``None`` where unknown)."""
+    def as_dict(settings: Any) -> dict[str, Any] | None:
+        return None if settings is None else dataclasses.asdict(settings)
+
     return {"model": as_dict(vae.config), "data": as_dict(data.config), "train": as_dict(config)}
+
+
+def train_epoch(svi_step: SVIStep, data: Dataset, batch_size: int, bar: tqdm) -> float:
+    """One pass over the shuffled training set; the mean loss per example (one host read at the end)."""
+    loss_sum = torch.zeros((), device=data.train.x.device)
+    seen = 0
+    for step, (x, y) in enumerate(data.batches(batch_size), start=1):
+        loss_sum += svi_step(x, y)
+        seen += len(x)
+        bar.update()
+        if not bar.disable and step % PROGRESS_REFRESH_STEPS == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
+    return loss_sum.item() / seen
 
 
 def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str | Path | None = None,
@@ -115,6 +131,8 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     """
     config = config or TrainConfig()
     device = resolve_device(config.device)
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir to resume from")
     run = RunDir(run_dir).create() if run_dir is not None else None
     if run is not None and not resume and run.file(CHECKPOINT).exists():
         raise ValueError(f"{run.path} already holds a trained run; pass --resume (resume=True) "
@@ -128,8 +146,6 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
     start_epoch = 0
     if resume:
-        if run is None:
-            raise ValueError("resume=True needs the run_dir to resume from")
         state = run.load_checkpoint(map_location=device)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -138,44 +154,35 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         run.truncate_metrics(start_epoch)
     else:
         pyro.set_rng_seed(config.seed)
-        if run is not None:
-            run.write_config(run_config(vae, data, config))
+    if run is not None:
+        run.write_config(run_config(vae, data, config))
 
     svi_step = SVIStep(vae, optimizer, ELBOS[config.elbo]())
     steps_per_epoch = -(-len(data.train) // config.batch_size)
-    refresh_every = max(1, steps_per_epoch // PROGRESS_UPDATES_PER_EPOCH)
     history = []
-    bar = tqdm(total=steps_per_epoch * max(0, config.epochs - start_epoch), disable=not progress,
-               unit="step", dynamic_ncols=True)
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        bar.set_description(f"epoch {epoch}/{config.epochs}")
-        vae.train()
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        for step, (x, y) in enumerate(data.batches(config.batch_size), start=1):
-            loss_sum += svi_step(x, y)
-            seen += len(x)
-            bar.update()
-            if step % refresh_every == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            kept = (f" ({run.file(CHECKPOINT)} still holds epoch {epoch - 1})"
-                    if run is not None and epoch > 1 else "")
-            raise FloatingPointError(f"training diverged: epoch {epoch} ended with loss {train_loss} and "
-                                     f"was not saved{kept}; lower --lr or check the data")
-        epoch_seconds = time.perf_counter() - started
-        row = {"epoch": epoch, "train_loss": train_loss,
-               "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),
-               "epoch_seconds": epoch_seconds}
-        history.append(row)
-        if progress:
-            bar.write(f"epoch {epoch:>4}  train loss {train_loss:9.3f}  "
-                      f"val -ELBO {row['val_neg_elbo']:9.3f}  ({epoch_seconds:.2f}s)")
-        if run is not None:
-            run.append_metrics(row)
-            run.save_checkpoint({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "epoch": epoch, "rng": rng_state()})
-    bar.close()
+    with tqdm(total=steps_per_epoch * max(0, config.epochs - start_epoch), disable=not progress,
+              unit="step", dynamic_ncols=True) as bar:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            bar.set_description(f"epoch {epoch}/{config.epochs}")
+            vae.train()
+            started = time.perf_counter()
+            train_loss = train_epoch(svi_step, data, config.batch_size, bar)
+            epoch_seconds = time.perf_counter() - started
+            if not math.isfinite(train_loss):
+                kept = (f" ({run.file(CHECKPOINT)} still holds epoch {epoch - 1})"
+                        if run is not None and epoch > 1 else "")
+                raise FloatingPointError(f"training diverged: epoch {epoch} ended with loss {train_loss} "
+                                         f"and was not saved{kept}; lower --lr or check the data")
+            row = {"epoch": epoch, "train_loss": train_loss,
+                   "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),
+                   "epoch_seconds": epoch_seconds}
+            history.append(row)
+            bar.set_postfix(loss=f"{train_loss:.2f}", val=f"{row['val_neg_elbo']:.2f}")
+            if progress:
+                bar.write(f"epoch {epoch:>4}  train loss {train_loss:9.3f}  "
+                          f"val -ELBO {row['val_neg_elbo']:9.3f}  ({epoch_seconds:.2f}s)")
+            if run is not None:
+                run.append_metrics(row)
+                run.save_checkpoint({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "epoch": epoch, "rng": rng_state()})
     return history

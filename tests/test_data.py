@@ -148,6 +148,11 @@ def test_from_arrays_rejects_bad_pixels(images, match):
         from_arrays(images)
 
 
+def test_from_arrays_rejects_labels_that_do_not_match():
+    with pytest.raises(ValueError, match="10 images need 10 labels"):
+        from_arrays(torch.rand(10, 4, 4), torch.arange(9))
+
+
 def test_data_config_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         DataConfig(dataset="cifar")
