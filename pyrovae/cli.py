@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a VAE and write a run directory", formatter_class=_Formatter,
-        description="Train a VAE by stochastic variational inference. The run directory gets "
-                    "config.json, checkpoint.pt (after every epoch), metrics.jsonl, "
+        description="Train a VAE by stochastic variational inference. The run directory gets\n"
+                    "config.json, checkpoint.pt (after every epoch), metrics.jsonl,\n"
                     "reconstructions.png and samples.png.", epilog=EPILOG_TRAIN)
     data = train.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="digits",
@@ -113,6 +113,7 @@ def _train(args: argparse.Namespace) -> None:
         data_config = DataConfig(**saved["data"])
         train_config = TrainConfig(**{**saved["train"], "epochs": args.epochs, "device": args.device})
         out = Path(args.out)
+        print(f"resuming {out} with the settings in its config.json (only --epochs and --device apply)")
     else:
         data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=args.binarize,
                                  val_fraction=args.val_fraction, download=not args.no_download)

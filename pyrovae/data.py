@@ -51,6 +51,9 @@ class DataConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.binarize not in BINARIZE:
             raise ValueError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
+        if self.dataset == "digits" and self.data_dir is not None:
+            raise ValueError("the digits dataset is bundled with scikit-learn and reads no files; "
+                             "drop --data-dir, or use it with --dataset mnist or fashion-mnist")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
 

@@ -158,3 +158,5 @@ def test_data_config_rejects_unknown_names():
         DataConfig(dataset="cifar")
     with pytest.raises(ValueError, match="binarization"):
         DataConfig(binarize="sometimes")
+    with pytest.raises(ValueError, match="bundled"):
+        DataConfig(dataset="digits", data_dir="/somewhere")
