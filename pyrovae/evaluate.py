@@ -47,13 +47,12 @@ def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
 
     ``x`` and ``y`` are moved to the VAE's device batch by batch.
     """
-    device = next(vae.parameters()).device
     was_training = vae.training
     vae.eval()
     try:
         parts = [
-            -log_importance_weights(vae, x[i:i + batch_size].to(device),
-                                    None if y is None else y[i:i + batch_size].to(device),
+            -log_importance_weights(vae, x[i:i + batch_size].to(vae.device),
+                                    None if y is None else y[i:i + batch_size].to(vae.device),
                                     num_particles).mean(0)
             for i in range(0, len(x), batch_size)
         ]

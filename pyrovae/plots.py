@@ -41,8 +41,7 @@ def _grid_figure(images: torch.Tensor, image_shape: Sequence[int], ncols: int, t
 def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0) -> Figure:
     """A grid of E[x|z] for ``n`` draws z ~ p(z), the same draws for the same seed."""
     vae.eval()
-    device = next(vae.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
         torch.manual_seed(seed)
         images = vae.sample(n)
     return _grid_figure(images, image_shape, ncols=8, title="decoded prior samples")
@@ -67,7 +66,7 @@ def save(fig: Figure, path: str | Path) -> Path:
 def save_run_pictures(vae: VAE, test_images: torch.Tensor, image_shape: Sequence[int],
                       folder: str | Path) -> list[Path]:
     """Write ``reconstructions.png`` (of the first test images) and ``samples.png`` into ``folder``."""
-    device = next(vae.parameters()).device
     folder = Path(folder)
-    return [save(reconstructions_figure(vae, test_images.to(device), image_shape), folder / "reconstructions.png"),
+    return [save(reconstructions_figure(vae, test_images.to(vae.device), image_shape),
+                 folder / "reconstructions.png"),
             save(samples_figure(vae, image_shape), folder / "samples.png")]

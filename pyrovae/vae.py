@@ -50,6 +50,11 @@ class VAE(nn.Module):
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
         self.config = config
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live (and where inputs must be)."""
+        return next(self.parameters()).device
+
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``."""
         pyro.module("decoder", self.decoder)
