@@ -4,11 +4,12 @@ The model and guide are Pyro functions (:class:`VAE`), trained by SVI with a tor
 optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`).
 """
 
+from pyrovae.build import ModelConfig, build_vae
 from pyrovae.data import DataConfig, DataNotFoundError, Dataset, from_arrays, load_dataset
 from pyrovae.evaluate import log_importance_weights, negative_elbo
 from pyrovae.runs import CheckpointError, RunDir, load_run
 from pyrovae.train import TrainConfig, fit
-from pyrovae.vae import VAE, ModelConfig, build_vae
+from pyrovae.vae import VAE
 
 __version__ = "0.1.0"
 

@@ -12,12 +12,12 @@ import pyro
 import torch
 
 from pyrovae import plots
+from pyrovae.build import NETS, ModelConfig, build_vae
 from pyrovae.data import BINARIZE, DATASETS, DataConfig, load_dataset
 from pyrovae.evaluate import mean_and_stderr, negative_elbo
 from pyrovae.nets import ACTIVATIONS
 from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
 from pyrovae.train import DEVICES, ELBOS, TrainConfig, fit, resolve_device
-from pyrovae.vae import NETS, ModelConfig, build_vae
 
 EPILOG_TRAIN = """examples:
   pyrovae train                                   # 8x8 digits, well under a minute on a CPU

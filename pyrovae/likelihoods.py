@@ -1,14 +1,31 @@
 """Likelihoods p(x|z): map the decoder's raw output to a distribution over ``x`` (event dim 1).
 
-Each likelihood also checks, once and before training, that the data lie in its
-support: a cheap up-front check instead of Pyro's per-step argument validation.
+Each likelihood says how many raw outputs it needs per pixel (``params_per_pixel``;
+the decoder's output width follows from it), gives the mean E[x|z] for pictures, and
+checks once, before training, that the data lie in its support: a cheap up-front check
+instead of argument validation on every step.
 """
 
 from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from pyrovae.nets import MIN_SCALE, gaussian_parameters, inverse_softplus
+
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace")
+"""Names of the built-in likelihoods, as ``--likelihood`` takes them."""
+LEARN_SCALE = ("pixel", "decoder")
+"""How a Gaussian or Laplace scale is learned: one per pixel, or predicted by the decoder per image."""
+
+
+def _check_unit_interval(x: torch.Tensor, name: str, likelihood: str) -> None:
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} has values in [{low:g}, {high:g}], but the {likelihood} likelihood "
+                         f"needs pixels in [0, 1]; scale the images (e.g. divide uint8 pixels by 255)")
 
 
 class BernoulliLikelihood(nn.Module):
@@ -30,20 +47,94 @@ class BernoulliLikelihood(nn.Module):
         return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        """E[x|z]: the pixel probabilities, for pictures."""
+        """E[x|z]: the pixel probabilities."""
         return torch.sigmoid(logits)
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Raise ``ValueError`` if ``x`` lies outside this likelihood's support."""
-        low, high = x.min().item(), x.max().item()
-        if low < 0 or high > 1:
-            raise ValueError(
-                f"{name} has values in [{low:g}, {high:g}], but the Bernoulli likelihood needs "
-                f"pixels in [0, 1]; scale the images (e.g. divide uint8 pixels by 255)"
-            )
+        _check_unit_interval(x, name, "Bernoulli")
         if not self.grayscale_targets and not torch.all((x == 0) | (x == 1)):
             raise ValueError(
                 f"{name} has grayscale values, but the Bernoulli likelihood is exact only for "
-                f"binary pixels; binarize the data (--binarize static or dynamic) or pass "
-                f"grayscale_targets=True to accept an unnormalized likelihood"
+                f"binary pixels; binarize the data (--binarize static or dynamic), use "
+                f"--likelihood continuous-bernoulli, or pass grayscale_targets=True to accept an "
+                f"unnormalized likelihood"
             )
+
+
+class ContinuousBernoulliLikelihood(nn.Module):
+    """p(x|z) = prod_d CB(x_d; sigmoid(logits_d)), a normalized density on [0, 1].
+
+    The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) is the Bernoulli form
+    with its normalizing constant, so it is a proper likelihood for grayscale pixels.
+    """
+
+    params_per_pixel = 1
+
+    def forward(self, logits: torch.Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """E[x|z], which differs from sigmoid(logits) for this distribution."""
+        return dist.ContinuousBernoulli(logits=logits, validate_args=False).mean
+
+    def check_data(self, x: torch.Tensor, name: str = "data") -> None:
+        _check_unit_interval(x, name, "continuous Bernoulli")
+
+
+class LocationScaleLikelihood(nn.Module):
+    """p(x|z) = prod_d family(x_d; loc_d, scale_d) with the decoder giving ``loc``.
+
+    The scale is fixed (``learn_scale=None``; seed 003's variance c = scale^2, which
+    weighs reconstruction against the KL), one learned value per pixel
+    (``"pixel"``, needs ``x_dim``), or predicted by the decoder for every image
+    (``"decoder"``, seed 002), which then emits ``2 * D`` outputs: locs, then raw scales.
+    """
+
+    family: type[dist.Distribution]
+
+    def __init__(self, scale: float = 0.1, learn_scale: str | None = None, x_dim: int | None = None):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"the likelihood scale must be positive, got {scale}")
+        if learn_scale not in (None, *LEARN_SCALE):
+            raise ValueError(f"unknown learn_scale {learn_scale!r}; choose one of {', '.join(LEARN_SCALE)}")
+        self.learn_scale = learn_scale
+        self.params_per_pixel = 2 if learn_scale == "decoder" else 1
+        if learn_scale == "pixel":
+            if x_dim is None:
+                raise ValueError("a scale learned per pixel needs x_dim, the number of pixels")
+            self.raw_scale = nn.Parameter(torch.full((x_dim,), inverse_softplus(scale - MIN_SCALE)))
+        else:
+            self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def loc_and_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split the decoder output into the per-pixel location and (positive) scale."""
+        if self.learn_scale == "decoder":
+            return gaussian_parameters(params)
+        if self.learn_scale == "pixel":
+            return params, F.softplus(self.raw_scale) + MIN_SCALE
+        return params, self.scale
+
+    def forward(self, params: torch.Tensor) -> dist.Distribution:
+        loc, scale = self.loc_and_scale(params)
+        return self.family(loc, scale.expand_as(loc), validate_args=False).to_event(1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[x|z] = loc."""
+        return self.loc_and_scale(params)[0]
+
+    def check_data(self, x: torch.Tensor, name: str = "data") -> None:
+        """Any finite value is in the support (the VAE checks finiteness)."""
+
+
+class GaussianLikelihood(LocationScaleLikelihood):
+    """p(x|z) = N(x; f(z), diag(scale^2)): squared error plus a log-normalizer."""
+
+    family = dist.Normal
+
+
+class LaplaceLikelihood(LocationScaleLikelihood):
+    """p(x|z) = Laplace(x; f(z), scale): absolute error plus a log-normalizer, robust to outliers."""
+
+    family = dist.Laplace

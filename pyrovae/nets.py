@@ -53,6 +53,11 @@ def gaussian_parameters(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return loc, F.softplus(raw_scale) + MIN_SCALE
 
 
+def inverse_softplus(value: float) -> float:
+    """The raw parameter whose softplus is ``value`` (to initialize a positive quantity)."""
+    return float(torch.log(torch.expm1(torch.tensor(value))))
+
+
 class MLPEncoder(nn.Module):
     """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z``."""
 

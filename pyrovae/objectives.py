@@ -1,4 +1,4 @@
-"""Training objectives: Pyro's ELBOs with the loss kept on the device.
+"""Training objectives: Pyro's ELBOs with the loss kept on the device, and its two halves.
 
 Pyro's ``Trace_ELBO.differentiable_loss`` reads the ELBO back to the host with
 ``.item()`` for every site and checks it for NaN on every step, which makes a GPU wait
@@ -6,9 +6,16 @@ for the host each step. For the fully reparameterized guides of a VAE the surrog
 loss *is* the negative ELBO, so these subclasses return it as a device tensor and do
 nothing else differently: the same traces (``_get_traces``: validation, particles,
 vectorization) and the same estimator. ``fit`` checks the loss for NaN once per epoch.
+
+:meth:`loss_and_parts` also returns the reconstruction term -E_q[log p(x|z)] and the
+KL term, unweighted, for logging and for the KL balance of seed 004. The loss itself
+takes Pyro's scaled log densities, so a ``poutine.scale`` on the latent site (the KL
+weight) weighs exactly the KL term.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -21,14 +28,31 @@ def _sample_sites(trace: Trace):
     return ((name, site) for name, site in trace.nodes.items() if site["type"] == "sample")
 
 
+class ELBOParts(NamedTuple):
+    """A minibatch's objective and its halves, each summed over the batch and averaged over particles."""
+
+    loss: torch.Tensor
+    """What is minimized: recon + w * kl, with the KL weight w in force (differentiable)."""
+    recon: torch.Tensor
+    """-E_q[log p(x|z)], the reconstruction term (detached)."""
+    kl: torch.Tensor
+    """The KL(q(z|x) || p(z)) estimate, unweighted (detached)."""
+
+
 class _DeviceResidentLoss:
     """``differentiable_loss`` = -mean over particles of the particle ELBO, as a device tensor."""
 
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        elbo = 0.0
+    def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
+        loss = recon = kl = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            elbo = elbo + self.particle_elbo(model_trace, guide_trace)
-        return -elbo / self.num_particles
+            self._check_reparameterized(guide_trace)
+            elbo, log_likelihood, particle_kl = self.particle_elbo(model_trace, guide_trace)
+            loss, recon, kl = loss - elbo, recon - log_likelihood, kl + particle_kl
+        n = self.num_particles
+        return ELBOParts(loss / n, recon.detach() / n, kl.detach() / n)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        return self.loss_and_parts(model, guide, *args, **kwargs).loss
 
     @staticmethod
     def _check_reparameterized(guide_trace: Trace) -> None:
@@ -43,29 +67,36 @@ class _DeviceResidentLoss:
 class TraceELBO(_DeviceResidentLoss, Trace_ELBO):
     """Monte Carlo ELBO: log p(x, z) - log q(z|x) at reparameterized z ~ q(z|x)."""
 
-    def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
-        self._check_reparameterized(guide_trace)
-        log_p = sum(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
-        log_q = sum(site["log_prob_sum"] for _, site in _sample_sites(guide_trace))
-        return log_p - log_q
+    def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
+        """(weighted ELBO, log p(x|z), KL estimate log q(z|x) - log p(z)), each summed over the batch."""
+        elbo = log_likelihood = kl = 0.0
+        for name, site in _sample_sites(model_trace):
+            if site["is_observed"]:
+                elbo = elbo + site["log_prob_sum"]
+                log_likelihood = log_likelihood + site["unscaled_log_prob"].sum()
+            else:
+                guide_site = guide_trace.nodes[name]
+                elbo = elbo + site["log_prob_sum"] - guide_site["log_prob_sum"]
+                kl = kl + guide_site["unscaled_log_prob"].sum() - site["unscaled_log_prob"].sum()
+        return elbo, log_likelihood, kl
 
 
 class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
     """E_q[log p(x|z)] - KL(q(z|x) || p(z)), the KL in closed form where torch knows it (seed 000, eq. 4)."""
 
-    def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
-        self._check_reparameterized(guide_trace)
-        elbo = 0.0
+    def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
+        """(weighted ELBO, log p(x|z), KL), the KL in closed form where torch has one."""
+        elbo = log_likelihood = kl = 0.0
         for name, model_site in _sample_sites(model_trace):
             if model_site["is_observed"]:
                 elbo = elbo + model_site["log_prob_sum"]
+                log_likelihood = log_likelihood + model_site["unscaled_log_prob"].sum()
                 continue
             guide_site = guide_trace.nodes[name]
             try:
-                kl = kl_divergence(guide_site["fn"], model_site["fn"])
+                site_kl = kl_divergence(guide_site["fn"], model_site["fn"]).expand(guide_site["fn"].batch_shape)
             except NotImplementedError:  # e.g. a mixture prior: fall back to the sampled estimate
-                elbo = elbo + model_site["log_prob_sum"] - guide_site["log_prob_sum"]
-                continue
-            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-            elbo = elbo - kl.expand(guide_site["fn"].batch_shape).sum()
-        return elbo
+                site_kl = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
+            elbo = elbo - scale_and_mask(site_kl, scale=guide_site["scale"], mask=guide_site["mask"]).sum()
+            kl = kl + site_kl.sum()
+        return elbo, log_likelihood, kl

@@ -2,18 +2,28 @@
 
 A prior is called as ``prior(y)`` inside the model's data plate and returns a Pyro
 distribution whose batch shape broadcasts against the plate (``()`` or ``(B,)``) and
-whose event shape is ``(z_dim,)``. Any ``nn.Module`` with that contract plugs in.
+whose event shape is ``(z_dim,)``. Its learnable parameters are ordinary module
+parameters, so SVI trains them with the nets. Any ``nn.Module`` with that contract
+plugs in; set ``needs_labels = True`` on one that reads ``y``.
 """
 
 from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from pyrovae.nets import inverse_softplus
+
+PRIORS = ("standard", "class-means", "mixture", "vamp")
+"""Names of the built-in priors, as ``--prior`` takes them."""
 
 
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I): the prior of the original VAE (seed 000, seed 002)."""
+
+    needs_labels = False
 
     def __init__(self, z_dim: int):
         super().__init__()
@@ -23,3 +33,82 @@ class StandardNormalPrior(nn.Module):
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
         return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class ClassMeansPrior(nn.Module):
+    """p(z|y) = N(mu_y, I), one learned mean per class (seed 000, the conditional VAE of eq. 8).
+
+    The KL of the posterior N(mu, sigma^2) to it is
+    1/2 sum_i [(mu_i - mu_y,i)^2 + sigma_i^2 - log sigma_i^2 - 1]. Sampling class y
+    draws z around mu_y, so the decoder generates that class.
+    """
+
+    needs_labels = True
+
+    def __init__(self, z_dim: int, num_classes: int):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"the class-means prior needs at least 2 classes, got {num_classes}")
+        self.z_dim = z_dim
+        self.num_classes = num_classes
+        self.means = nn.Parameter(torch.zeros(num_classes, z_dim))
+
+    def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        if y is None:
+            raise ValueError("the class-means prior p(z|y) needs labels y; pass y to model, guide and "
+                             "sample (from the CLI: train with labels, sample with --class Y)")
+        loc = self.means[y]
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+
+class MixturePrior(nn.Module):
+    """p(z) = sum_k pi_k N(z; m_k, diag(s_k^2)): a learned mixture of K diagonal Gaussians."""
+
+    needs_labels = False
+
+    def __init__(self, z_dim: int, num_components: int):
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"a mixture prior needs at least one component, got {num_components}")
+        self.z_dim = z_dim
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.locs = nn.Parameter(torch.randn(num_components, z_dim))
+        self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), inverse_softplus(1.0)))
+
+    def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class VampPrior(nn.Module):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k).
+
+    The mixture of the encoder's own posteriors at K learned pseudo-inputs u_k, kept
+    in the pixel range [0, 1] by a sigmoid. The encoder is shared with the guide (it is
+    the same module, so its parameters are trained once).
+    """
+
+    needs_labels = False
+
+    def __init__(self, encoder: nn.Module, x_dim: int, num_components: int,
+                 pseudo_inputs: torch.Tensor | None = None):
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"a VampPrior needs at least one pseudo-input, got {num_components}")
+        self.encoder = encoder
+        if pseudo_inputs is None:
+            pseudo_inputs = 0.5 + 0.05 * torch.randn(num_components, x_dim)
+        if pseudo_inputs.shape != (num_components, x_dim):
+            raise ValueError(f"pseudo_inputs must have shape ({num_components}, {x_dim}), "
+                             f"got {tuple(pseudo_inputs.shape)}")
+        self.raw_pseudo_inputs = nn.Parameter(torch.logit(pseudo_inputs.clamp(1e-3, 1 - 1e-3)))
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs u_k, ``(K, D)`` in [0, 1]."""
+        return torch.sigmoid(self.raw_pseudo_inputs)
+
+    def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        loc, scale = self.encoder(self.pseudo_inputs)
+        uniform = torch.zeros(len(loc), device=loc.device)
+        return dist.MixtureSameFamily(dist.Categorical(logits=uniform), dist.Normal(loc, scale).to_event(1))

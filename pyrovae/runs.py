@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from pyrovae.vae import VAE, ModelConfig, build_vae
+from pyrovae.build import ModelConfig, build_vae
+from pyrovae.vae import VAE
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"

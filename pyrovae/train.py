@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
 from pyrovae.evaluate import negative_elbo
-from pyrovae.objectives import MeanFieldELBO, TraceELBO
+from pyrovae.kl_weight import KLSchedule
+from pyrovae.objectives import ELBOParts, MeanFieldELBO, TraceELBO
 from pyrovae.runs import CHECKPOINT, RunDir
 from pyrovae.vae import VAE
 
@@ -34,7 +35,11 @@ PROGRESS_REFRESH_STEPS = 50
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimization settings (saved in ``config.json``). ``epochs`` counts from the run's start."""
+    """Optimization settings (saved in ``config.json``). ``epochs`` counts from the run's start.
+
+    ``kl_weight``, ``kl_warmup`` (epochs) and ``kl_balance`` (a rate) set the weight of
+    the KL term; see :class:`~pyrovae.kl_weight.KLSchedule`.
+    """
 
     epochs: int = 100
     batch_size: int = 128
@@ -42,6 +47,9 @@ class TrainConfig:
     elbo: str = "trace"
     device: str = "auto"
     seed: int = 0
+    kl_weight: float = 1.0
+    kl_warmup: float = 0.0
+    kl_balance: float | None = None
 
     def __post_init__(self) -> None:
         if self.elbo not in ELBOS:
@@ -51,6 +59,11 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be positive, got {self.lr}")
         resolve_device(self.device)
+        KLSchedule(self.kl_weight, self.kl_warmup, self.kl_balance)  # raises on bad KL settings
+
+    @property
+    def kl_schedule(self) -> KLSchedule:
+        return KLSchedule(self.kl_weight, self.kl_warmup, self.kl_balance)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +91,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class SVIStep:
-    """One optimizer step on a minibatch's negative ELBO; returns the detached loss (a device tensor).
+    """One optimizer step on a minibatch's (KL-weighted) negative ELBO; returns its detached parts.
 
     Pyro checks the model and guide (shapes, supports, plate structure) on the first
     step; the structure is static, so later steps skip those checks.
@@ -88,14 +101,14 @@ class SVIStep:
         self.vae, self.optimizer, self.elbo = vae, optimizer, elbo
         self.checked = False
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ELBOParts:
         with pyro.validation_enabled(is_validation_enabled() and not self.checked):
-            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+            parts = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y)
         self.checked = True
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts.loss.backward()
         self.optimizer.step()
-        return loss.detach()
+        return parts._replace(loss=parts.loss.detach())
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
@@ -106,17 +119,31 @@ def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
     return {"model": as_dict(vae.config), "data": as_dict(data.config), "train": as_dict(config)}
 
 
-def train_epoch(svi_step: SVIStep, data: Dataset, batch_size: int, bar: tqdm) -> float:
-    """One pass over the shuffled training set; the mean loss per example (one host read at the end)."""
-    loss_sum = torch.zeros((), device=data.train.x.device)
+def train_epoch(svi_step: SVIStep, data: Dataset, config: TrainConfig, epoch: int, bar: tqdm) -> dict[str, float]:
+    """One pass over the shuffled training set, setting the KL weight before every step.
+
+    Returns the per-example means of the loss and of its reconstruction and KL terms,
+    and the mean KL weight, read from the device once at the end.
+    """
+    vae, schedule = svi_step.vae, config.kl_schedule
+    steps = -(-len(data.train) // config.batch_size)
+    sums = torch.zeros(3, device=data.train.x.device)  # loss, recon, kl
+    weight_sum = 0.0
     seen = 0
-    for step, (x, y) in enumerate(data.batches(batch_size), start=1):
-        loss_sum += svi_step(x, y)
+    for step, (x, y) in enumerate(data.batches(config.batch_size)):
+        if not schedule.balanced:
+            vae.kl_weight = schedule.scheduled_weight(epoch - 1 + step / steps)
+        weight_sum = weight_sum + vae.kl_weight
+        parts = svi_step(x, y)
+        sums += torch.stack(parts)
+        if schedule.balanced:
+            vae.kl_weight = schedule.balance(vae.kl_weight, parts.recon / len(x), parts.kl / len(x))
         seen += len(x)
         bar.update()
-        if not bar.disable and step % PROGRESS_REFRESH_STEPS == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
-    return loss_sum.item() / seen
+        if not bar.disable and (step + 1) % PROGRESS_REFRESH_STEPS == 0:
+            bar.set_postfix(loss=f"{sums[0].item() / seen:.2f}")
+    loss, recon, kl = (sums / seen).tolist()
+    return {"train_loss": loss, "recon": recon, "kl": kl, "kl_weight": float(weight_sum / steps)}
 
 
 def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str | Path | None = None,
@@ -141,9 +168,12 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     data = data.to(device)
     vae.check_data(data.observed_train_images(), "training images")
     vae.check_data(data.val.x, "validation images")
+    for split, name in ((data.train, "training"), (data.val, "validation")):
+        vae.check_labels(split.y, f"{name} labels")
 
     pyro.clear_param_store()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
+    vae.kl_weight = config.kl_schedule.initial_weight(device)
     start_epoch = 0
     if resume:
         state = run.load_checkpoint(map_location=device)
@@ -151,12 +181,23 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
         set_rng_state(state["rng"])
+        if config.kl_schedule.balanced:
+            vae.kl_weight = state["kl_weight"].to(device)
         run.truncate_metrics(start_epoch)
     else:
         pyro.set_rng_seed(config.seed)
     if run is not None:
         run.write_config(run_config(vae, data, config))
 
+    try:
+        return _train_epochs(vae, data, config, run, optimizer, start_epoch, progress)
+    finally:
+        vae.kl_weight = 1.0  # the weight is a training device; the trained VAE is the plain model
+
+
+def _train_epochs(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None,
+                  optimizer: torch.optim.Optimizer, start_epoch: int, progress: bool) -> list[dict[str, float]]:
+    """The epoch loop of :func:`fit`: train, validate, log, checkpoint."""
     svi_step = SVIStep(vae, optimizer, ELBOS[config.elbo]())
     steps_per_epoch = -(-len(data.train) // config.batch_size)
     history = []
@@ -166,23 +207,26 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
             bar.set_description(f"epoch {epoch}/{config.epochs}")
             vae.train()
             started = time.perf_counter()
-            train_loss = train_epoch(svi_step, data, config.batch_size, bar)
+            train = train_epoch(svi_step, data, config, epoch, bar)
             epoch_seconds = time.perf_counter() - started
+            train_loss = train["train_loss"]
             if not math.isfinite(train_loss):
                 kept = (f" ({run.file(CHECKPOINT)} still holds epoch {epoch - 1})"
                         if run is not None and epoch > 1 else "")
                 raise FloatingPointError(f"training diverged: epoch {epoch} ended with loss {train_loss} "
                                          f"and was not saved{kept}; lower --lr or check the data")
-            row = {"epoch": epoch, "train_loss": train_loss,
+            row = {"epoch": epoch, **train,
                    "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),
                    "epoch_seconds": epoch_seconds}
             history.append(row)
             bar.set_postfix(loss=f"{train_loss:.2f}", val=f"{row['val_neg_elbo']:.2f}")
             if progress:
-                bar.write(f"epoch {epoch:>4}  train loss {train_loss:9.3f}  "
+                bar.write(f"epoch {epoch:>4}  train loss {train_loss:9.3f} (recon {train['recon']:.2f}, "
+                          f"KL {train['kl']:.2f}, w {train['kl_weight']:.3g})  "
                           f"val -ELBO {row['val_neg_elbo']:9.3f}  ({epoch_seconds:.2f}s)")
             if run is not None:
                 run.append_metrics(row)
                 run.save_checkpoint({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "rng": rng_state()})
+                                     "epoch": epoch, "rng": rng_state(),
+                                     "kl_weight": torch.as_tensor(vae.kl_weight)})
     return history

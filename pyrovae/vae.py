@@ -1,26 +1,30 @@
 """The VAE as a Pyro model and guide.
 
-Generative model p(x, z) = p(z) p(x|z), one site per variable inside the data plate::
+Generative model p(x, z | y) = p(z | y) p(x | z), one site per variable inside the data plate::
 
-    z ~ prior(y)                      # N(0, I) by default
-    x ~ likelihood(decoder(z))        # Bernoulli(logits) by default
+    z ~ prior(y)                      # N(0, I) by default; N(mu_y, I) for the conditional VAE
+    x ~ likelihood(decoder(z[, y]))   # Bernoulli(logits) by default
 
 and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)). ``Trace_ELBO`` turns the
-pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z)).
+pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y)).
+The latent site is wrapped in ``poutine.scale(kl_weight)`` in model and guide alike,
+so the weight multiplies exactly the KL term (beta, warm-up, balance; seed 001, 004).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
+from pyro import poutine
 from torch import nn
 
+if TYPE_CHECKING:
+    from pyrovae.build import ModelConfig
 from pyrovae.likelihoods import BernoulliLikelihood
-from pyrovae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyrovae.priors import StandardNormalPrior
 
 
@@ -29,17 +33,24 @@ class VAE(nn.Module):
 
     Args:
         encoder: maps ``(..., D)`` images to ``(loc, scale)`` of q(z|x).
-        decoder: maps ``(..., Z)`` latents to the likelihood's raw parameters.
+        decoder: maps ``(..., Z)`` latents (``(..., Z + C)`` with ``decoder_conditioning``)
+            to the likelihood's raw parameters.
         z_dim: latent size Z.
         x_dim: flattened image size D.
         prior: returns p(z) (or p(z|y)) as a distribution with event dim 1;
             defaults to N(0, I).
         likelihood: maps decoder output to p(x|z); defaults to Bernoulli with logits.
-        config: the :class:`ModelConfig` this VAE was built from, if any (saved with runs).
+        num_classes: C, the number of label values, for a conditional model.
+        decoder_conditioning: also feed one-hot ``y`` to the decoder (the classic CVAE).
+        config: the :class:`~pyrovae.build.ModelConfig` this VAE was built from, if any.
+
+    ``kl_weight`` (a positive float or a 0-dim tensor, 1 by default) scales the latent
+    site in model and guide; training schedules set it, evaluation ignores it.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
                  prior: nn.Module | None = None, likelihood: nn.Module | None = None,
+                 num_classes: int | None = None, decoder_conditioning: bool = False,
                  config: ModelConfig | None = None):
         super().__init__()
         self.encoder = encoder
@@ -48,46 +59,71 @@ class VAE(nn.Module):
         self.x_dim = x_dim
         self.prior = prior if prior is not None else StandardNormalPrior(z_dim)
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+        self.num_classes = num_classes
+        self.decoder_conditioning = decoder_conditioning
         self.config = config
+        self.kl_weight: float | torch.Tensor = 1.0
+        if self.conditional and not num_classes:
+            raise ValueError("a conditional VAE (label-reading prior or decoder conditioning) needs num_classes")
 
     @property
     def device(self) -> torch.device:
         """Where the parameters live (and where inputs must be)."""
         return next(self.parameters()).device
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the model reads labels ``y`` (through the prior or the decoder)."""
+        return getattr(self.prior, "needs_labels", False) or self.decoder_conditioning
+
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``."""
+        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``."""
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(y))
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            with poutine.scale(scale=self.kl_weight):
+                z = pyro.sample("z", self.prior(y))
+            pyro.sample("x", self.likelihood(self.decoder(self._decoder_input(z, y))), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q(z|x) = N(loc(x), diag(scale(x)^2))."""
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            with poutine.scale(scale=self.kl_weight):
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def _decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """``z``, or ``[z, one_hot(y)]`` with decoder conditioning (``y`` broadcast over leading dims)."""
+        if not self.decoder_conditioning:
+            return z
+        if y is None:
+            raise ValueError("this VAE's decoder is conditioned on labels; pass y (from the CLI: --class Y)")
+        one_hot = F.one_hot(y, self.num_classes).to(z.dtype)
+        return torch.cat([z, one_hot.expand(*z.shape[:-1], self.num_classes)], dim=-1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior parameters ``(loc, scale)``, each ``(B, Z)``."""
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The likelihood's mean E[x|z] (pixel probabilities for Bernoulli), ``(..., D)``."""
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder(self._decoder_input(z, y)))
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean of each image: E[x | z = loc(x)]."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x)[0], y)
 
-    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode ``n`` draws from the prior (given labels ``y`` for a conditional prior)."""
+    def sample(self, n: int, y: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Decode ``n`` draws from the prior; ``y`` (one class, or ``n`` labels) for a conditional model."""
+        if isinstance(y, int):
+            y = torch.full((n,), y, dtype=torch.long, device=self.device)
+        if y is not None:
+            self.check_labels(y, "y")
         prior = self.prior(y)
         z = prior.sample((n,) if prior.batch_shape == () else ())
-        return self.decode(z)
+        return self.decode(z, y)
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Raise ``ValueError`` naming the problem if ``x`` cannot be this model's ``x``."""
@@ -104,46 +140,12 @@ class VAE(nn.Module):
             raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
         self.likelihood.check_data(x, name)
 
-
-@dataclasses.dataclass
-class ModelConfig:
-    """Every hyperparameter needed to rebuild a :class:`VAE` (saved as ``config.json``)."""
-
-    image_shape: Sequence[int] = (1, 28, 28)
-    z_dim: int = 10
-    net: str = "mlp"
-    hidden: Sequence[int] = (400,)
-    activation: str = "relu"
-    grayscale_targets: bool = False
-
-    def __post_init__(self) -> None:
-        self.image_shape = tuple(self.image_shape)
-        self.hidden = tuple(self.hidden)
-        if self.z_dim < 1:
-            raise ValueError(f"z_dim must be at least 1, got {self.z_dim}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be positive, got {list(self.hidden)}")
-        if self.net not in NETS:
-            raise ValueError(f"unknown net {self.net!r}; choose one of {', '.join(NETS)}")
-
-    @property
-    def x_dim(self) -> int:
-        return int(torch.Size(self.image_shape).numel())
-
-
-NETS = ("mlp", "conv")
-
-
-def build_vae(config: ModelConfig) -> VAE:
-    """A fresh :class:`VAE` with the nets, prior and likelihood that ``config`` names."""
-    likelihood = BernoulliLikelihood(grayscale_targets=config.grayscale_targets)
-    out_features = likelihood.params_per_pixel * config.x_dim
-    nets = dict(hidden=config.hidden, activation=config.activation)
-    if config.net == "mlp":
-        encoder = MLPEncoder(config.x_dim, config.z_dim, **nets)
-        decoder = MLPDecoder(config.z_dim, out_features, **nets)
-    else:
-        encoder = ConvEncoder(config.image_shape, config.z_dim, **nets)
-        out_channels = likelihood.params_per_pixel * config.image_shape[0]
-        decoder = ConvDecoder(config.z_dim, config.image_shape, out_channels, **nets)
-    return VAE(encoder, decoder, config.z_dim, config.x_dim, likelihood=likelihood, config=config)
+    def check_labels(self, y: torch.Tensor, name: str = "labels") -> None:
+        """Raise ``ValueError`` unless ``y`` holds integer classes in [0, num_classes) (conditional models)."""
+        if not self.conditional:
+            return
+        if not torch.is_tensor(y) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor of class labels, got {getattr(y, 'dtype', type(y))}")
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"{name} must lie in [0, {self.num_classes}), got values from {y.min().item()} "
+                             f"to {y.max().item()}; this model was built for {self.num_classes} classes")
