@@ -25,5 +25,5 @@ history = pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=args.epochs), run_di
 
 test_neg_elbo = pyrovae.negative_elbo(vae, data.test.x)
 print(f"test negative ELBO: {test_neg_elbo.mean().item():.2f} nats per image")
-plots.save_run_pictures(vae, data.test.x, data.image_shape, args.out)
+plots.save_run_pictures(vae, data.test, data.image_shape, args.out)
 print(f"reconstructions.png and samples.png in {args.out}/")

@@ -12,10 +12,12 @@ import pyro
 import torch
 
 from pyrovae import plots
-from pyrovae.build import NETS, ModelConfig, build_vae
-from pyrovae.data import BINARIZE, DATASETS, DataConfig, load_dataset
-from pyrovae.evaluate import mean_and_stderr, negative_elbo
+from pyrovae.build import LABEL_PRIORS, NETS, ModelConfig, build_vae
+from pyrovae.data import BINARIZE, DATASETS, DataConfig, Dataset, load_dataset
+from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
+from pyrovae.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.nets import ACTIVATIONS
+from pyrovae.priors import PRIORS
 from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
 from pyrovae.train import DEVICES, ELBOS, TrainConfig, fit, resolve_device
 
@@ -24,6 +26,10 @@ EPILOG_TRAIN = """examples:
   pyrovae train --dataset fashion-mnist --epochs 20 --out runs/fashion
   pyrovae train --dataset mnist --data-dir ~/mnist --net conv --device cuda
   pyrovae train --out runs/fashion --resume --epochs 40   # continue to 40 epochs in all
+  pyrovae train --conditional --out runs/cvae             # p(z|y) = N(mu_y, I); then sample --class 3
+  pyrovae train --prior vamp --prior-components 50 --kl-warmup 10
+  pyrovae train --dataset fashion-mnist --likelihood continuous-bernoulli   # grayscale pixels
+  pyrovae train --likelihood gaussian --likelihood-scale 0.2 --learn-scale decoder
 """
 
 
@@ -45,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "are read from IDX files or downloaded")
     data.add_argument("--data-dir", metavar="DIR",
                       help="folder holding the four IDX files (train-images-idx3-ubyte, ...; .gz or not)")
-    data.add_argument("--binarize", choices=BINARIZE, default="dynamic",
+    data.add_argument("--binarize", choices=BINARIZE,
                       help="dynamic: a fresh Bernoulli draw of every training batch; static: one fixed "
-                           "draw; none: keep grayscale (the Bernoulli likelihood is then unnormalized)")
+                           "draw; none: keep grayscale (the Bernoulli likelihood is then unnormalized). "
+                           "Default: dynamic for --likelihood bernoulli, none for the others")
     data.add_argument("--val-fraction", type=float, default=0.1,
                       help="fraction of the training images held out for validation")
     data.add_argument("--no-download", action="store_true", help="never try to download data")
@@ -59,12 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     model.add_argument("--net", choices=NETS, default="mlp",
                        help="mlp, or conv for images with height and width divisible by 4")
+    model.add_argument("--prior", choices=PRIORS,
+                       help="standard: N(0, I); class-means: N(mu_y, I), one learned mean per class; "
+                            "mixture: K learned Gaussians; vamp: VampPrior with K pseudo-inputs "
+                            "(default: class-means with --conditional, else standard)")
+    model.add_argument("--prior-components", type=int, default=10, metavar="K",
+                       help="K, the components of --prior mixture or pseudo-inputs of --prior vamp")
+    model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli",
+                       help="p(x|z): bernoulli for binary pixels, continuous-bernoulli for grayscale "
+                            "pixels in [0, 1], gaussian or laplace for any real values")
+    model.add_argument("--likelihood-scale", type=float, default=0.1, metavar="S",
+                       help="scale of the gaussian (variance c = S^2) or laplace likelihood; the initial "
+                            "value with --learn-scale")
+    model.add_argument("--learn-scale", nargs="?", const="pixel", choices=LEARN_SCALE,
+                       help="learn the gaussian/laplace scale: one per pixel (the default of the bare "
+                            "flag), or predicted by the decoder for every image")
+    model.add_argument("--conditional", action="store_true",
+                       help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
+                            "(then --decoder-conditioning must carry the labels)")
+    model.add_argument("--decoder-conditioning", action="store_true",
+                       help="also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
     optim = train.add_argument_group("optimization")
     optim.add_argument("--elbo", choices=ELBOS, default="trace",
-                       help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (closed-form KL)")
+                       help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (closed-form "
+                            "KL); iwae: the importance-weighted bound with --particles K")
+    optim.add_argument("--particles", type=int, default=1, metavar="K",
+                       help="vectorized samples of z per example and step (averaged for trace and meanfield)")
     optim.add_argument("--epochs", type=int, default=100, help="epochs in all (with --resume: the total to reach)")
     optim.add_argument("--batch-size", type=int, default=128)
     optim.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    optim.add_argument("--kl-weight", type=float, default=1.0, metavar="BETA",
+                       help="weight of the KL term (1 is the ELBO; beta > 1 a beta-VAE)")
+    optim.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
+                       help="raise the KL weight linearly from 0 to BETA over this many epochs")
+    optim.add_argument("--kl-balance", type=float, metavar="ALPHA",
+                       help="set the KL weight automatically: from 0, w += ALPHA * (recon - w * KL) "
+                            "after every batch (e.g. 1e-5)")
     run = train.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when there is a GPU")
     run.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and Pyro")
@@ -75,20 +112,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser(
-        "evaluate", help="test negative ELBO of a trained run", formatter_class=_Formatter,
-        description=f"Compute the per-example negative ELBO (nats) on a split, print its mean and "
-                    f"standard error, and write RUN_DIR/{EVAL}.")
+        "evaluate", help="test negative ELBO and importance-sampled log-likelihood", formatter_class=_Formatter,
+        description=f"Compute per-example numbers in nats on a split and write RUN_DIR/{EVAL}: the negative\n"
+                    f"ELBO and the importance-sampled negative log-likelihood\n"
+                    f"  -log p(x) ~ -(logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K),  z_k ~ q(z|x)\n"
+                    f"(Burda et al. 2015, the number VAE papers report, with K = 5000), each with\n"
+                    f"its standard error, and bits per dimension. Conditional models also get the\n"
+                    f"accuracy of classification by likelihood.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")
-    evaluate.add_argument("--batch-size", type=int, default=1000)
+    evaluate.add_argument("--num-samples", type=int, default=5000, metavar="K",
+                          help="importance samples per example (0: the ELBO only)")
+    evaluate.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2**30, metavar="GiB",
+                          help="most memory one chunk of the log-likelihood may allocate")
+    evaluate.add_argument("--batch-size", type=int, default=1000, help="examples per batch of the ELBO")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = commands.add_parser(
         "sample", help="decode draws from the prior", formatter_class=_Formatter,
         description="Decode N draws from the prior of a trained run: a .png writes a grid, "
-                    "a .npy an (N, D) array of decoded means.")
+                    "a .npy an (N, D) array of decoded means. A conditional model draws from\n"
+                    "p(z|y) for the class --class Y.")
     sample.add_argument("run_dir", metavar="RUN_DIR")
+    sample.add_argument("--class", dest="label", type=int, metavar="Y",
+                        help="generate class Y (conditional models; without it the classes take turns)")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
     sample.add_argument("--seed", type=int, default=0)
@@ -115,37 +164,65 @@ def _train(args: argparse.Namespace) -> None:
         out = Path(args.out)
         print(f"resuming {out} with the settings in its config.json (only --epochs and --device apply)")
     else:
-        data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=args.binarize,
+        binarize = args.binarize or ("dynamic" if args.likelihood == "bernoulli" else "none")
+        data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=binarize,
                                  val_fraction=args.val_fraction, download=not args.no_download)
         train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   elbo=args.elbo, device=args.device, seed=args.seed)
+                                   elbo=args.elbo, particles=args.particles, device=args.device, seed=args.seed,
+                                   kl_weight=args.kl_weight,
+                                   kl_warmup=args.kl_warmup, kl_balance=args.kl_balance)
         out = Path(args.out) if args.out else default_run_dir()
     data = load_dataset(data_config)
     if not args.resume:
-        model_config = ModelConfig(image_shape=data.image_shape, z_dim=args.z_dim, net=args.net,
-                                   hidden=args.hidden, activation=args.activation,
-                                   grayscale_targets=args.binarize == "none")
+        model_config = _model_config(args, data)
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
     print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
           f"on {resolve_device(train_config.device)}; run directory: {out}")
     fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
-    plots.save_run_pictures(vae, data.test.x, model_config.image_shape, out)
+    plots.save_run_pictures(vae, data.test, model_config.image_shape, out)
     print(f"done: {out}  (next: pyrovae evaluate {out})")
+
+
+def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
+    """The model the train flags describe; ``--conditional`` defaults the prior to class-means."""
+    prior = args.prior or ("class-means" if args.conditional else "standard")
+    conditional = args.conditional or args.decoder_conditioning or prior in LABEL_PRIORS
+    if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
+        raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
+                         f"read them); add --decoder-conditioning, or use --prior class-means")
+    return ModelConfig(image_shape=data.image_shape, z_dim=args.z_dim, net=args.net, hidden=args.hidden,
+                       activation=args.activation, prior=prior, prior_components=args.prior_components,
+                       likelihood=args.likelihood, likelihood_scale=args.likelihood_scale,
+                       learn_scale=args.learn_scale,
+                       grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
+                       num_classes=data.num_classes if conditional else None,
+                       decoder_conditioning=args.decoder_conditioning)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     vae, config = load_run(args.run_dir, device)
-    data = load_dataset(DataConfig(**config["data"])).to(device)
+    data = load_dataset(DataConfig(**config["data"]))
     split = getattr(data, args.split)
     vae.check_data(split.x, f"{args.split} images")
+    vae.check_labels(split.y, f"{args.split} labels")
     pyro.set_rng_seed(args.seed)
-    neg_elbo, stderr = mean_and_stderr(negative_elbo(vae, split.x, split.y, batch_size=args.batch_size))
-    result = {"neg_elbo": neg_elbo, "neg_elbo_stderr": stderr, "split": args.split, "num_examples": len(split)}
+    log_py = class_log_prior(data.train.y, vae.num_classes) if vae.conditional else None
+    report = evaluation_report(vae, split.x, split.y, args.num_samples, log_py, args.batch_size,
+                               args.memory_budget * 2**30, progress=not args.no_progress)
+    result = {"split": args.split, **report}
     RunDir(args.run_dir).write_json(EVAL, result)
-    print(f"{args.split} negative ELBO: {neg_elbo:.3f} ± {stderr:.3f} nats per example "
-          f"({len(split)} images); written to {Path(args.run_dir) / EVAL}")
+    print(f"{args.split} split, {len(split)} images, nats per example (± standard error):")
+    print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
+    if "nll" in report:
+        print(f"  NLL, K={args.num_samples:<6}         {report['nll']:10.3f} ± {report['nll_stderr']:.3f}   "
+              f"({report['bits_per_dim']:.4f} bits/dim)")
+    if "nll_given_label" in report:
+        print(f"  NLL given the label    {report['nll_given_label']:10.3f} ± {report['nll_given_label_stderr']:.3f}")
+    if "accuracy" in report:
+        print(f"  accuracy, argmax_y log p(x|y) + log p(y): {report['accuracy']:.4f}")
+    print(f"written to {Path(args.run_dir) / EVAL}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -156,19 +233,25 @@ def _sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     vae, config = load_run(args.run_dir)
     image_shape = config["model"]["image_shape"]
+    if args.label is not None and not vae.conditional:
+        raise ValueError(f"--class needs a conditional model, and {args.run_dir} was trained without labels; "
+                         f"train one with `pyrovae train --conditional`")
+    if args.label is not None and not 0 <= args.label < vae.num_classes:
+        raise ValueError(f"--class {args.label} is not a class of this model; choose 0 to {vae.num_classes - 1}")
     if out.suffix == ".png":
-        plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed), out)
+        plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
     else:
         torch.manual_seed(args.seed)
         with torch.no_grad():
-            np.save(out, vae.sample(args.n).numpy())
-    print(f"wrote {args.n} samples to {out}")
+            np.save(out, vae.sample(args.n, plots.sample_labels(vae, args.n, args.label)).numpy())
+    of_class = f" of class {args.label}" if args.label is not None else ""
+    print(f"wrote {args.n} samples{of_class} to {out}")
 
 
 def _plot(args: argparse.Namespace) -> None:
     vae, config = load_run(args.run_dir)
     data = load_dataset(DataConfig(**config["data"]))
-    plots.save_run_pictures(vae, data.test.x, config["model"]["image_shape"], args.run_dir)
+    plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], args.run_dir)
     print(f"wrote reconstructions.png and samples.png to {args.run_dir}")
 
 

@@ -15,11 +15,12 @@ weight) weighs exactly the KL term.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
@@ -100,3 +101,38 @@ class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
             elbo = elbo - scale_and_mask(site_kl, scale=guide_site["scale"], mask=guide_site["mask"]).sum()
             kl = kl + site_kl.sum()
         return elbo, log_likelihood, kl
+
+
+class IWAEBound(RenyiELBO):
+    """The importance-weighted bound (Burda et al. 2015), Renyi's alpha = 0, per example:
+
+        sum_b [logsumexp_k log w_kb - log K],   log w_kb = log p(x_b, z_kb) - log q(z_kb | x_b),
+
+    with the K particles vectorized (a ``particles`` plate left of the data plate). The
+    logsumexp runs over the particle dim of each example's own weights, never over the
+    batch sum. K = 1 is the ELBO. Returns the loss on the device, like the ELBOs above;
+    ``recon`` and ``kl`` are their particle averages (the ELBO's halves), for logging.
+    """
+
+    def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, **kwargs):
+        super().__init__(alpha=0.0, num_particles=num_particles, vectorize_particles=True, **kwargs)
+
+    def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
+        (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
+        _DeviceResidentLoss._check_reparameterized(guide_trace)
+        log_weights = recon = kl = 0.0
+        for name, site in _sample_sites(model_trace):
+            log_weights = log_weights + site["log_prob"]
+            if site["is_observed"]:
+                recon = recon - site["unscaled_log_prob"].sum()
+            else:
+                guide_site = guide_trace.nodes[name]
+                log_weights = log_weights - guide_site["log_prob"]
+                kl = kl + guide_site["unscaled_log_prob"].sum() - site["unscaled_log_prob"].sum()
+        log_weights = log_weights.reshape(self.num_particles, -1)  # (K, B); K = 1 has no particle dim
+        bound = (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
+        n = self.num_particles
+        return ELBOParts(-bound, recon.detach() / n, kl.detach() / n)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        return self.loss_and_parts(model, guide, *args, **kwargs).loss

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from pyrovae.data import Split  # noqa: E402
 from pyrovae.vae import VAE  # noqa: E402
 
 
@@ -37,22 +38,43 @@ def _grid_figure(images: torch.Tensor, image_shape: Sequence[int], ncols: int, t
     return fig
 
 
+def sample_labels(vae: VAE, n: int, label: int | None = None) -> torch.Tensor | None:
+    """Labels for ``n`` samples: ``label`` throughout, the classes in turn, or none (unconditional model)."""
+    if not vae.conditional:
+        return None
+    if label is not None:
+        return torch.full((n,), label, dtype=torch.long, device=vae.device)
+    return torch.arange(n, device=vae.device) % vae.num_classes
+
+
 @torch.no_grad()
-def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0) -> Figure:
-    """A grid of E[x|z] for ``n`` draws z ~ p(z), the same draws for the same seed."""
+def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0,
+                   label: int | None = None) -> Figure:
+    """A grid of E[x|z] for ``n`` draws z ~ p(z), the same draws for the same seed.
+
+    A conditional model draws from p(z|y): class ``label``, or one class per column.
+    """
     vae.eval()
+    y = sample_labels(vae, n, label)
     with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        images = vae.sample(n)
-    return _grid_figure(images, image_shape, ncols=8, title="decoded prior samples")
+        images = vae.sample(n, y)
+    if y is None or label is not None:
+        title = "decoded prior samples" if y is None else f"decoded samples of class {label}"
+        return _grid_figure(images, image_shape, ncols=8, title=title)
+    return _grid_figure(images, image_shape, ncols=vae.num_classes, title="decoded samples, one class per column")
 
 
 @torch.no_grad()
-def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int], n: int = 8) -> Figure:
-    """Originals (top row) above their reconstructions E[x | z = loc(x)] (bottom row)."""
+def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int], n: int = 8,
+                           y: torch.Tensor | None = None) -> Figure:
+    """Originals (top row) above their reconstructions E[x | z = loc(x)] (bottom row).
+
+    A decoder conditioned on labels needs ``y``, the labels of ``x``.
+    """
     vae.eval()
     x = x[:n]
-    images = torch.cat([x, vae.reconstruct(x)])
+    images = torch.cat([x, vae.reconstruct(x, None if y is None else y[:n])])
     return _grid_figure(images, image_shape, ncols=len(x), title="originals (top), reconstructions (bottom)")
 
 
@@ -63,10 +85,9 @@ def save(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_run_pictures(vae: VAE, test_images: torch.Tensor, image_shape: Sequence[int],
-                      folder: str | Path) -> list[Path]:
+def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder: str | Path) -> list[Path]:
     """Write ``reconstructions.png`` (of the first test images) and ``samples.png`` into ``folder``."""
     folder = Path(folder)
-    return [save(reconstructions_figure(vae, test_images.to(vae.device), image_shape),
-                 folder / "reconstructions.png"),
+    test = test.to(vae.device)
+    return [save(reconstructions_figure(vae, test.x, image_shape, y=test.y), folder / "reconstructions.png"),
             save(samples_figure(vae, image_shape), folder / "samples.png")]

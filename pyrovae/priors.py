@@ -40,18 +40,20 @@ class ClassMeansPrior(nn.Module):
 
     The KL of the posterior N(mu, sigma^2) to it is
     1/2 sum_i [(mu_i - mu_y,i)^2 + sigma_i^2 - log sigma_i^2 - 1]. Sampling class y
-    draws z around mu_y, so the decoder generates that class.
+    draws z around mu_y, so the decoder generates that class. The means start apart,
+    drawn from N(0, init_scale^2 I): started at zero, the classes separate only slowly
+    and samples of one class look like its neighbours.
     """
 
     needs_labels = True
 
-    def __init__(self, z_dim: int, num_classes: int):
+    def __init__(self, z_dim: int, num_classes: int, init_scale: float = 3.0):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"the class-means prior needs at least 2 classes, got {num_classes}")
         self.z_dim = z_dim
         self.num_classes = num_classes
-        self.means = nn.Parameter(torch.zeros(num_classes, z_dim))
+        self.means = nn.Parameter(init_scale * torch.randn(num_classes, z_dim))
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
         if y is None:

@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 from pyrovae.data import Dataset
 from pyrovae.evaluate import negative_elbo
 from pyrovae.kl_weight import KLSchedule
-from pyrovae.objectives import ELBOParts, MeanFieldELBO, TraceELBO
+from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.runs import CHECKPOINT, RunDir
 from pyrovae.vae import VAE
 
-ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO}
+ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS_REFRESH_STEPS = 50
 """Steps between updates of the progress bar's running loss (each one reads the loss from the device)."""
@@ -37,6 +37,8 @@ PROGRESS_REFRESH_STEPS = 50
 class TrainConfig:
     """Optimization settings (saved in ``config.json``). ``epochs`` counts from the run's start.
 
+    ``elbo`` is ``trace``, ``meanfield`` or ``iwae``, estimated with ``particles``
+    vectorized samples per example (averaged, or importance-weighted for ``iwae``).
     ``kl_weight``, ``kl_warmup`` (epochs) and ``kl_balance`` (a rate) set the weight of
     the KL term; see :class:`~pyrovae.kl_weight.KLSchedule`.
     """
@@ -50,12 +52,14 @@ class TrainConfig:
     kl_weight: float = 1.0
     kl_warmup: float = 0.0
     kl_balance: float | None = None
+    particles: int = 1
 
     def __post_init__(self) -> None:
         if self.elbo not in ELBOS:
             raise ValueError(f"unknown elbo {self.elbo!r}; choose one of {', '.join(ELBOS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
+        if self.epochs < 1 or self.batch_size < 1 or self.particles < 1:
+            raise ValueError(f"epochs, batch_size and particles must be positive, got {self.epochs}, "
+                             f"{self.batch_size} and {self.particles}")
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be positive, got {self.lr}")
         resolve_device(self.device)
@@ -198,7 +202,9 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
 def _train_epochs(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None,
                   optimizer: torch.optim.Optimizer, start_epoch: int, progress: bool) -> list[dict[str, float]]:
     """The epoch loop of :func:`fit`: train, validate, log, checkpoint."""
-    svi_step = SVIStep(vae, optimizer, ELBOS[config.elbo]())
+    elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
+                              max_plate_nesting=1)  # the data plate; particles go left of it
+    svi_step = SVIStep(vae, optimizer, elbo)
     steps_per_epoch = -(-len(data.train) // config.batch_size)
     history = []
     with tqdm(total=steps_per_epoch * max(0, config.epochs - start_epoch), disable=not progress,

@@ -36,12 +36,22 @@ def test_train_writes_the_run_directory(trained_run):
             assert image.format == "PNG" and min(image.size) > 100
 
 
-def test_evaluate_writes_eval_json(trained_run):
-    assert main(["evaluate", str(trained_run), "--device", "cpu"]) == 0
+def test_evaluate_writes_eval_json(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--device", "cpu", "--num-samples", "200"]) == 0
     result = json.loads((trained_run / "eval.json").read_text())
-    assert set(result) == {"neg_elbo", "neg_elbo_stderr", "split", "num_examples"}
-    assert result["split"] == "test" and result["num_examples"] == 300
+    assert set(result) == {"neg_elbo", "neg_elbo_stderr", "split", "num_examples", "nll", "nll_stderr",
+                           "num_samples", "bits_per_dim"}
+    assert result["split"] == "test" and result["num_examples"] == 300 and result["num_samples"] == 200
     assert 0 < result["neg_elbo_stderr"] < result["neg_elbo"] < 64 * np.log(2) + 5
+    assert 0 < result["nll"] < result["neg_elbo"] and 0 < result["nll_stderr"] < 1
+    assert result["bits_per_dim"] == pytest.approx(result["nll"] / (64 * np.log(2)))
+    out = capsys.readouterr().out
+    assert "negative ELBO" in out and "NLL, K=200" in out and "bits/dim" in out
+
+
+def test_evaluate_with_no_samples_reports_the_elbo_only(trained_run):
+    assert main(["evaluate", str(trained_run), "--num-samples", "0"]) == 0
+    assert "nll" not in json.loads((trained_run / "eval.json").read_text())
 
 
 def test_sample_writes_png_and_npy(trained_run, tmp_path):

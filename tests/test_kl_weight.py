@@ -1,0 +1,91 @@
+import pyro
+import pytest
+import torch
+
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset, negative_elbo
+from pyrovae.kl_weight import MIN_KL_WEIGHT, KLSchedule
+from pyrovae.objectives import MeanFieldELBO, TraceELBO
+
+
+def parts_at(vae, x, weight, elbo):
+    vae.kl_weight = weight
+    pyro.set_rng_seed(3)
+    vae.zero_grad()
+    parts = elbo.loss_and_parts(vae.model, vae.guide, x)
+    parts.loss.backward()
+    return parts, [p.grad.clone() for p in vae.decoder.parameters()]
+
+
+@pytest.mark.parametrize("elbo", [TraceELBO(), MeanFieldELBO()])
+@pytest.mark.parametrize("weight", [0.25, torch.tensor(4.0)])
+def test_the_weight_multiplies_exactly_the_kl_term(small_vae, binary_batch, elbo, weight):
+    plain, plain_grads = parts_at(small_vae, binary_batch, 1.0, elbo)
+    weighted, weighted_grads = parts_at(small_vae, binary_batch, weight, elbo)
+    assert torch.allclose(weighted.recon, plain.recon) and torch.allclose(weighted.kl, plain.kl)
+    assert torch.allclose(weighted.loss, plain.recon + weight * plain.kl)
+    # The decoder appears only in the reconstruction term, so its gradient ignores the weight.
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, weighted_grads))
+
+
+def test_evaluation_ignores_the_training_weight(small_vae, binary_batch):
+    pyro.set_rng_seed(1)
+    plain = negative_elbo(small_vae, binary_batch)
+    small_vae.kl_weight = 0.1
+    pyro.set_rng_seed(1)
+    assert torch.allclose(negative_elbo(small_vae, binary_batch), plain)
+
+
+def test_warmup_rises_linearly_to_beta():
+    schedule = KLSchedule(beta=0.5, warmup_epochs=2)
+    assert [schedule.scheduled_weight(t) for t in (0, 0.5, 1, 2, 7)] == [MIN_KL_WEIGHT, 0.125, 0.25, 0.5, 0.5]
+    assert KLSchedule(beta=2.0).scheduled_weight(0) == 2.0
+
+
+def test_balance_is_seed_004s_update():
+    schedule = KLSchedule(balance_rate=0.1)
+    w = schedule.initial_weight()
+    assert w.item() == pytest.approx(MIN_KL_WEIGHT)
+    w = schedule.balance(torch.tensor(0.5), recon=torch.tensor(80.0), kl=torch.tensor(20.0))
+    assert w.item() == pytest.approx(0.5 + 0.1 * (80 - 0.5 * 20))
+    floored = schedule.balance(torch.tensor(0.5), recon=torch.tensor(-10.0), kl=torch.tensor(20.0))
+    assert floored.item() == pytest.approx(MIN_KL_WEIGHT)
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"beta": 0.0}, "positive"), ({"warmup_epochs": -1}, "non-negative"), ({"balance_rate": -1.0}, "positive"),
+    ({"balance_rate": 1e-3, "warmup_epochs": 2}, "sets the weight itself"),
+])
+def test_bad_kl_settings_are_refused(settings, match):
+    with pytest.raises(ValueError, match=match):
+        KLSchedule(**settings)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig())
+
+
+def digits_vae():
+    pyro.set_rng_seed(0)
+    return build_vae(ModelConfig(image_shape=(1, 8, 8), z_dim=4, hidden=(64,)))
+
+
+def test_warmup_is_logged_per_epoch_and_the_vae_is_left_unweighted(digits):
+    vae = digits_vae()
+    history = fit(vae, digits, TrainConfig(epochs=4, kl_weight=0.8, kl_warmup=2, device="cpu"), progress=False)
+    weights = [row["kl_weight"] for row in history]
+    assert 0 < weights[0] < 0.4 < weights[1] < 0.8 and weights[2:] == pytest.approx([0.8, 0.8])
+    assert all(row["train_loss"] == pytest.approx(row["recon"] + row["kl_weight"] * row["kl"], rel=0.05)
+               for row in history[2:])
+    assert vae.kl_weight == 1.0
+
+
+def test_balance_moves_the_weight_and_resumes_from_the_checkpoint(digits, tmp_path):
+    config = TrainConfig(epochs=2, kl_balance=1e-4, device="cpu")
+    history = fit(digits_vae(), digits, config, run_dir=tmp_path, progress=False)
+    assert 0 < history[0]["kl_weight"] < history[1]["kl_weight"]
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["kl_weight"]
+    resumed = fit(digits_vae(), digits, TrainConfig(epochs=3, kl_balance=1e-4, device="cpu"), run_dir=tmp_path,
+                  resume=True, progress=False)
+    # The third epoch starts from the saved weight, not from zero again.
+    assert resumed[0]["kl_weight"] > saved.item() > history[0]["kl_weight"]

@@ -1,0 +1,192 @@
+import math
+
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+
+from pyrovae import ModelConfig, build_vae
+from pyrovae.build import build_likelihood, build_prior
+from pyrovae.likelihoods import ContinuousBernoulliLikelihood, GaussianLikelihood, LaplaceLikelihood
+from pyrovae.nets import MIN_SCALE, MLPEncoder
+from pyrovae.objectives import MeanFieldELBO, TraceELBO
+from pyrovae.priors import PRIORS
+
+Z, D, C, B = 3, 16, 4, 5
+LOG_2PI = math.log(2 * math.pi)
+
+
+def diag_normal_log_density(z, loc, scale):
+    return (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * LOG_2PI).sum(-1)
+
+
+def prior_config(name):
+    return ModelConfig(image_shape=(1, 4, 4), z_dim=Z, hidden=(8,), prior=name, prior_components=6, num_classes=C)
+
+
+def make_prior(name):
+    config = prior_config(name)
+    return build_prior(config, MLPEncoder(D, Z, hidden=(8,)))
+
+
+LABELS = torch.tensor([0, 3, 1, 1, 2])
+
+
+@pytest.mark.parametrize("name", PRIORS)
+def test_prior_sample_and_log_prob_shapes_under_the_plates(name):
+    prior = make_prior(name)
+    with pyro.plate("data", B):
+        z = pyro.sample("z", prior(LABELS))
+    assert z.shape == (B, Z)
+    assert prior(LABELS).log_prob(z).shape in {(B,), torch.Size([B])}
+    with pyro.plate("particles", 7, dim=-2), pyro.plate("data", B):
+        trace = poutine.trace(lambda: pyro.sample("z", prior(LABELS))).get_trace()
+    trace.compute_log_prob()
+    assert trace.nodes["z"]["value"].shape == (7, B, Z)
+    assert trace.nodes["z"]["log_prob"].shape == (7, B)
+
+
+@pytest.mark.parametrize("name", PRIORS)
+def test_prior_log_prob_matches_a_direct_computation(name):
+    prior = make_prior(name)
+    z = torch.randn(B, Z)
+    if name == "standard":
+        expected = diag_normal_log_density(z, torch.zeros(Z), torch.ones(Z))
+    elif name == "class-means":
+        expected = diag_normal_log_density(z, prior.means[LABELS], torch.ones(Z))
+    else:
+        if name == "mixture":
+            weights = prior.logits.softmax(0)
+            locs, scales = prior.locs, F.softplus(prior.raw_scales)
+        else:  # the VampPrior: uniform weights over the encoder's posteriors at the pseudo-inputs
+            locs, scales = prior.encoder(prior.pseudo_inputs)
+            weights = torch.full((len(locs),), 1 / len(locs))
+        per_component = diag_normal_log_density(z[:, None, :], locs, scales)  # (B, K)
+        expected = (per_component.exp() * weights).sum(-1).log()
+    assert torch.allclose(prior(LABELS).log_prob(z), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["class-means", "mixture", "vamp"])
+def test_prior_parameters_are_learned(name):
+    vae = build_vae(prior_config(name))
+    prior_params = [p.detach().clone() for p in vae.prior.parameters()]
+    optimizer = torch.optim.Adam(vae.parameters(), lr=0.05)
+    x = torch.bernoulli(torch.full((B, D), 0.3))
+    for _ in range(3):
+        optimizer.zero_grad()
+        TraceELBO().differentiable_loss(vae.model, vae.guide, x, LABELS).backward()
+        optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(prior_params, vae.prior.parameters()))
+
+
+def test_class_means_prior_needs_labels():
+    with pytest.raises(ValueError, match="needs labels y"):
+        make_prior("class-means")(None)
+
+
+def test_class_means_closed_form_kl_is_seed_000_eq_8():
+    vae = build_vae(prior_config("class-means"))
+    x = torch.bernoulli(torch.full((B, D), 0.3))
+    parts = MeanFieldELBO().loss_and_parts(vae.model, vae.guide, x, LABELS)
+    mu, sigma = vae.encode(x)
+    mu_y = vae.prior.means[LABELS]
+    eq_8 = 0.5 * ((mu - mu_y) ** 2 + sigma**2 - (sigma**2).log() - 1).sum()
+    assert parts.kl.item() == pytest.approx(eq_8.item(), abs=1e-4)
+    assert parts.loss.item() == pytest.approx((parts.recon + parts.kl).item(), rel=1e-6)
+
+
+def likelihood_config(name, learn_scale=None):
+    return ModelConfig(image_shape=(1, 4, 4), z_dim=Z, likelihood=name, likelihood_scale=0.3,
+                       learn_scale=learn_scale)
+
+
+LIKELIHOOD_CASES = [("bernoulli", None), ("continuous-bernoulli", None), ("gaussian", None),
+                    ("gaussian", "pixel"), ("gaussian", "decoder"), ("laplace", None), ("laplace", "decoder")]
+
+
+def direct_log_likelihood(likelihood, params, x):
+    if isinstance(likelihood, ContinuousBernoulliLikelihood):
+        lam = torch.sigmoid(params)
+        log_norm = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+        return (x * lam.log() + (1 - x) * (1 - lam).log() + log_norm).sum(-1)
+    if isinstance(likelihood, (GaussianLikelihood, LaplaceLikelihood)):
+        if likelihood.learn_scale == "decoder":
+            loc, raw = params.chunk(2, -1)
+            scale = F.softplus(raw) + MIN_SCALE
+        elif likelihood.learn_scale == "pixel":
+            loc, scale = params, F.softplus(likelihood.raw_scale) + MIN_SCALE
+        else:
+            loc, scale = params, torch.full_like(params, 0.3)
+        if isinstance(likelihood, GaussianLikelihood):
+            return diag_normal_log_density(x, loc, scale)
+        return (-(x - loc).abs() / scale - torch.log(2 * scale)).sum(-1)
+    p = torch.sigmoid(params)
+    return (x * p.log() + (1 - x) * (1 - p).log()).sum(-1)
+
+
+@pytest.mark.parametrize("name,learn_scale", LIKELIHOOD_CASES)
+def test_likelihood_log_prob_and_shapes(name, learn_scale):
+    config = likelihood_config(name, learn_scale)
+    likelihood = build_likelihood(config)
+    params = torch.randn(7, B, likelihood.params_per_pixel * D)  # (particles, data, decoder outputs)
+    x = torch.bernoulli(torch.full((B, D), 0.5)) if name == "bernoulli" else torch.rand(B, D)
+    distribution = likelihood(params)
+    assert distribution.batch_shape == (7, B) and distribution.event_shape == (D,)
+    assert torch.allclose(distribution.log_prob(x), direct_log_likelihood(likelihood, params, x), atol=1e-4)
+    assert likelihood.mean(params).shape == (7, B, D)
+    # The decoder's width follows from the likelihood.
+    vae = build_vae(config)
+    assert vae.decoder(torch.zeros(1, Z)).shape == (1, likelihood.params_per_pixel * D)
+
+
+def test_per_pixel_scale_is_learned_and_starts_at_the_given_scale():
+    vae = build_vae(likelihood_config("gaussian", "pixel"))
+    scale = F.softplus(vae.likelihood.raw_scale) + MIN_SCALE
+    assert torch.allclose(scale, torch.full((D,), 0.3))
+    assert any(p is vae.likelihood.raw_scale for p in vae.parameters())
+
+
+@pytest.mark.parametrize("name,data,match", [
+    ("bernoulli", torch.full((2, D), 0.5), "grayscale"),
+    ("bernoulli", torch.full((2, D), 2.0), r"\[0, 1\]"),
+    ("continuous-bernoulli", torch.full((2, D), -0.1), r"continuous Bernoulli.*\[0, 1\]"),
+])
+def test_likelihoods_refuse_data_outside_their_support(name, data, match):
+    with pytest.raises(ValueError, match=match):
+        build_vae(likelihood_config(name)).check_data(data)
+
+
+def test_gaussian_and_laplace_accept_any_finite_values():
+    for name in ("gaussian", "laplace"):
+        build_vae(likelihood_config(name)).check_data(torch.randn(3, D) * 5)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"learn_scale": "pixel"}, "gaussian or laplace"),
+    ({"likelihood": "gaussian", "likelihood_scale": 0.0}, "positive"),
+    ({"prior": "class-means"}, "num_classes"),
+    ({"prior": "nope"}, "unknown prior"),
+    ({"prior": "mixture", "prior_components": 0}, "at least one"),
+])
+def test_bad_model_settings_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        build_vae(ModelConfig(image_shape=(1, 4, 4), **overrides))
+
+
+def test_a_users_own_prior_plugs_in_without_library_changes():
+    class StudentTPrior(torch.nn.Module):
+        def __init__(self, z_dim):
+            super().__init__()
+            self.df = torch.nn.Parameter(torch.tensor(3.0))
+            self.z_dim = z_dim
+
+        def forward(self, y=None):
+            return pyro.distributions.StudentT(self.df, torch.zeros(self.z_dim), 1.0).to_event(1)
+
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=Z))
+    vae.prior = StudentTPrior(Z)
+    x = torch.bernoulli(torch.full((B, D), 0.3))
+    loss = TraceELBO().differentiable_loss(vae.model, vae.guide, x)
+    loss.backward()
+    assert torch.isfinite(loss) and vae.prior.df.grad is not None
