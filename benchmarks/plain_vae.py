@@ -3,7 +3,8 @@
 Same architecture (MLP encoder to loc and softplus scale + 1e-3, MLP decoder to Bernoulli
 logits), same objective per step: the single-sample Monte Carlo ELBO
 log p(x|z) + log p(z) - log q(z|x) (as ``Trace_ELBO``), or with the closed-form KL
-(as ``TraceMeanField_ELBO``). Written out by hand: no Pyro anywhere.
+(as ``TraceMeanField_ELBO``). Written out by hand: no Pyro anywhere. ``log_weights`` gives the importance weights
+log p(x, z_k) - log q(z_k|x) of K samples for a vectorized log-likelihood estimator.
 """
 
 from __future__ import annotations
@@ -40,3 +41,14 @@ class PlainVAE(nn.Module):
             log_qz = -0.5 * (eps.square() + LOG_2PI).sum() - scale.log().sum()
             kl = log_qz - log_pz
         return kl - log_px
+
+    def log_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape (K, B)."""
+        loc, scale = self.encode(x)
+        eps = torch.randn(num_samples, *loc.shape, device=x.device)
+        z = loc + scale * eps
+        logits = self.decoder(z)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        log_pz = -0.5 * (z.square() + LOG_2PI).sum(-1)
+        log_qz = -0.5 * (eps.square() + LOG_2PI).sum(-1) - scale.log().sum(-1)
+        return log_px + log_pz - log_qz

@@ -13,7 +13,7 @@ import torch
 
 from pyrovae import plots
 from pyrovae.build import LABEL_PRIORS, NETS, ModelConfig, build_vae
-from pyrovae.data import BINARIZE, DATASETS, DataConfig, Dataset, load_dataset
+from pyrovae.data import BINARIZE, DATASETS, DataConfig, Dataset, Split, load_dataset
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
 from pyrovae.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.nets import ACTIVATIONS
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="importance samples per example (0: the ELBO only)")
     evaluate.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2**30, metavar="GiB",
                           help="most memory one chunk of the log-likelihood may allocate")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split (quicker)")
     evaluate.add_argument("--batch-size", type=int, default=1000, help="examples per batch of the ELBO")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
@@ -205,6 +206,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     vae, config = load_run(args.run_dir, device)
     data = load_dataset(DataConfig(**config["data"]))
     split = getattr(data, args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        split = Split(split.x[:args.limit], split.y[:args.limit])
     vae.check_data(split.x, f"{args.split} images")
     vae.check_labels(split.y, f"{args.split} labels")
     pyro.set_rng_seed(args.seed)

@@ -25,6 +25,9 @@ from pyrovae.vae import VAE
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Bytes one chunk of the log-likelihood may allocate (2 GiB: at ease in a laptop's RAM or on any GPU)."""
+CPU_CHUNK_BYTES = 64 * 2**20
+"""On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower, not faster, as every
+chunk's fresh tensors are page-faulted in anew (measured in benchmarks/log_likelihood.py)."""
 
 
 def _log_prob_per_example(trace: poutine.Trace) -> torch.Tensor:
@@ -109,14 +112,18 @@ def chunk_shape(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: 
     """(particles, examples) per chunk of :func:`log_likelihood`: as many particles as fit, then examples.
 
     The bytes per (particle, example) pair are measured as the difference between a
-    probe with two particles and one with one, on two examples.
+    probe with two particles and one with one, on two examples. On a CPU the chunk
+    also stays under :data:`CPU_CHUNK_BYTES`.
     """
+    if vae.device.type == "cpu":
+        memory_budget = min(memory_budget, CPU_CHUNK_BYTES)
     probe_x = x[:2].to(vae.device)
     probe_y = None if y is None else y[:2].to(vae.device)
     one, two = (bytes_allocated(lambda k=k: log_importance_weights(vae, probe_x, probe_y, k)) for k in (1, 2))
     per_pair = max(1.0, (two - one) / len(probe_x))
     pairs = max(1, int(memory_budget // per_pair))
-    particles = min(num_samples, pairs)
+    chunks_per_example = -(-num_samples // pairs)
+    particles = -(-num_samples // chunks_per_example)  # equal chunks: 5000 = 2 x 2500, not 4107 + 893
     return particles, max(1, min(len(x), pairs // particles))
 
 

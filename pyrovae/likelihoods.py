@@ -28,6 +28,19 @@ def _check_unit_interval(x: torch.Tensor, name: str, likelihood: str) -> None:
                          f"needs pixels in [0, 1]; scale the images (e.g. divide uint8 pixels by 255)")
 
 
+class IndependentBernoulli(dist.Independent):
+    """Bernoulli(logits) pixels as one event, whose log_prob negates the cross-entropy after the event sum.
+
+    The same density as ``Bernoulli(logits).to_event(1)``, minus one elementwise pass over
+    the (..., D) pixels per evaluation: a measurable share of a training step and of the
+    K = 5000 log-likelihood. Build it as ``IndependentBernoulli(dist.Bernoulli(logits=...), 1)``.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits, value = torch.broadcast_tensors(self.base_dist.logits, value)
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
 class BernoulliLikelihood(nn.Module):
     """p(x|z) = prod_d Bernoulli(x_d; sigmoid(logits_d)), the decoder giving the logits.
 
@@ -44,7 +57,7 @@ class BernoulliLikelihood(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
         # Support was checked once by check_data; skip the per-step validation.
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+        return IndependentBernoulli(dist.Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         """E[x|z]: the pixel probabilities."""
