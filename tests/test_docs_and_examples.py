@@ -34,3 +34,12 @@ def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = next(line for line in readme.splitlines() if line.endswith("python -m pytest"))
     assert test_command in ci
+
+
+def test_guide_custom_prior_snippet_runs(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in python_blocks(ROOT / "docs" / "guide.md"):
+        exec(compile(block, "guide.md", "exec"), namespace)
+    assert 0 < namespace["nll"].item() < 64 * 0.7
+    assert namespace["vae"].prior.raw_df.item() != 1.0  # the prior's own parameter was trained
