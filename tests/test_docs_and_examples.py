@@ -43,3 +43,12 @@ def test_guide_custom_prior_snippet_runs(monkeypatch, tmp_path):
         exec(compile(block, "guide.md", "exec"), namespace)
     assert 0 < namespace["nll"].item() < 64 * 0.7
     assert namespace["vae"].prior.raw_df.item() != 1.0  # the prior's own parameter was trained
+
+
+def test_burda_example_runs_a_tiny_schedule_on_digits():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "burda_iwae.py"), "--dataset", "digits",
+                             "--objective", "iwae", "--k", "5", "--stages", "2", "--epoch-scale", "0.34",
+                             "--num-samples", "20", "--limit", "30", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "stage 1: 1 epochs" in result.stdout and "NLL (K=20)" in result.stdout
