@@ -40,13 +40,33 @@ class ELBOParts(NamedTuple):
     """The KL(q(z|x) || p(z)) estimate, unweighted (detached)."""
 
 
+def _check_reparameterized(guide_trace: Trace) -> None:
+    for name, site in _sample_sites(guide_trace):
+        if not site["fn"].has_rsample:
+            raise ValueError(
+                f"guide site {name!r} ({type(site['fn']).__name__}) cannot be reparameterized; "
+                f"pyrovae's objectives need reparameterized latents (e.g. Normal). For discrete "
+                f"latents train with pyro.infer.TraceGraph_ELBO or TraceEnum_ELBO instead")
+
+
+def _sampled_parts(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x|z), log q(z|x) - log p(z)) at the sampled z, from unweighted densities, summed."""
+    log_likelihood = kl = 0.0
+    for name, site in _sample_sites(model_trace):
+        if site["is_observed"]:
+            log_likelihood = log_likelihood + site["unscaled_log_prob"].sum()
+        else:
+            kl = kl + guide_trace.nodes[name]["unscaled_log_prob"].sum() - site["unscaled_log_prob"].sum()
+    return log_likelihood, kl
+
+
 class _DeviceResidentLoss:
     """``differentiable_loss`` = -mean over particles of the particle ELBO, as a device tensor."""
 
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
         loss = recon = kl = 0.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            self._check_reparameterized(guide_trace)
+            _check_reparameterized(guide_trace)
             elbo, log_likelihood, particle_kl = self.particle_elbo(model_trace, guide_trace)
             loss, recon, kl = loss - elbo, recon - log_likelihood, kl + particle_kl
         n = self.num_particles
@@ -55,31 +75,15 @@ class _DeviceResidentLoss:
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_parts(model, guide, *args, **kwargs).loss
 
-    @staticmethod
-    def _check_reparameterized(guide_trace: Trace) -> None:
-        for name, site in _sample_sites(guide_trace):
-            if not site["fn"].has_rsample:
-                raise ValueError(
-                    f"guide site {name!r} ({type(site['fn']).__name__}) cannot be reparameterized; "
-                    f"pyrovae's objectives need reparameterized latents (e.g. Normal). For discrete "
-                    f"latents train with pyro.infer.TraceGraph_ELBO or TraceEnum_ELBO instead")
-
 
 class TraceELBO(_DeviceResidentLoss, Trace_ELBO):
     """Monte Carlo ELBO: log p(x, z) - log q(z|x) at reparameterized z ~ q(z|x)."""
 
     def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
         """(weighted ELBO, log p(x|z), KL estimate log q(z|x) - log p(z)), each summed over the batch."""
-        elbo = log_likelihood = kl = 0.0
-        for name, site in _sample_sites(model_trace):
-            if site["is_observed"]:
-                elbo = elbo + site["log_prob_sum"]
-                log_likelihood = log_likelihood + site["unscaled_log_prob"].sum()
-            else:
-                guide_site = guide_trace.nodes[name]
-                elbo = elbo + site["log_prob_sum"] - guide_site["log_prob_sum"]
-                kl = kl + guide_site["unscaled_log_prob"].sum() - site["unscaled_log_prob"].sum()
-        return elbo, log_likelihood, kl
+        log_p = sum(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
+        log_q = sum(site["log_prob_sum"] for _, site in _sample_sites(guide_trace))
+        return (log_p - log_q, *_sampled_parts(model_trace, guide_trace))
 
 
 class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
@@ -119,20 +123,14 @@ class IWAEBound(RenyiELBO):
 
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
-        _DeviceResidentLoss._check_reparameterized(guide_trace)
-        log_weights = recon = kl = 0.0
-        for name, site in _sample_sites(model_trace):
-            log_weights = log_weights + site["log_prob"]
-            if site["is_observed"]:
-                recon = recon - site["unscaled_log_prob"].sum()
-            else:
-                guide_site = guide_trace.nodes[name]
-                log_weights = log_weights - guide_site["log_prob"]
-                kl = kl + guide_site["unscaled_log_prob"].sum() - site["unscaled_log_prob"].sum()
+        _check_reparameterized(guide_trace)
+        log_weights = (sum(site["log_prob"] for _, site in _sample_sites(model_trace))
+                       - sum(site["log_prob"] for _, site in _sample_sites(guide_trace)))
         log_weights = log_weights.reshape(self.num_particles, -1)  # (K, B); K = 1 has no particle dim
         bound = (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
+        log_likelihood, kl = _sampled_parts(model_trace, guide_trace)
         n = self.num_particles
-        return ELBOParts(-bound, recon.detach() / n, kl.detach() / n)
+        return ELBOParts(-bound, -log_likelihood.detach() / n, kl.detach() / n)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_parts(model, guide, *args, **kwargs).loss
