@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a VAE and write a run directory", formatter_class=_Formatter,
         description="Train a VAE by stochastic variational inference. The run directory gets\n"
-                    "config.json, checkpoint.pt (after every epoch), metrics.jsonl,\n"
-                    "reconstructions.png and samples.png.", epilog=EPILOG_TRAIN)
+                    "config.json, checkpoint.pt (after every epoch), metrics.jsonl and, at the\n"
+                    "end, the pictures of `pyrovae plot`.", epilog=EPILOG_TRAIN)
     data = train.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="digits",
                       help="digits is bundled with scikit-learn (no download); mnist and fashion-mnist "
@@ -144,9 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
 
     plot = commands.add_parser(
-        "plot", help="draw a run's pictures again", formatter_class=_Formatter,
-        description="Write reconstructions.png and samples.png into the run directory.")
+        "plot", help="draw a run's pictures", formatter_class=_Formatter,
+        description="Write a run's pictures into its directory, as `pyrovae train` does at the end:\n"
+                    + "".join(f"  {name}.png\n" for name in plots.PICTURES)
+                    + "(training_curves needs metrics.jsonl, interpolation labels, class_samples a\n"
+                      "conditional model). See docs/guide.md, 'Reading the pictures'.",
+        epilog="examples:\n  pyrovae plot runs/fashion --only latent_scatter manifold --tsne\n"
+               "  pyrovae plot runs/digits --only interpolation --interpolate 1 7")
     plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument("--only", nargs="+", choices=plots.PICTURES, metavar="NAME",
+                      help="draw only these pictures (default: all that apply)")
+    plot.add_argument("--tsne", action="store_true",
+                      help=f"latent_scatter by t-SNE instead of PCA when z has more than 2 dimensions "
+                           f"(first {plots.TSNE_MAX_POINTS} test images; slower)")
+    plot.add_argument("--quantiles", action="store_true",
+                      help="manifold over normal quantiles (0.05 ... 0.95) instead of an even grid over [-2, 2]")
+    plot.add_argument("--interpolate", type=int, nargs=2, default=(3, 8), metavar=("A", "B"),
+                      help="interpolation walks from the first test image of class A to one of class B")
+    plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
+    plot.add_argument("--device", choices=DEVICES, default="auto")
     return parser
 
 
@@ -181,7 +197,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
           f"on {resolve_device(train_config.device)}; run directory: {out}")
     fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
-    plots.save_run_pictures(vae, data.test, model_config.image_shape, out)
+    plots.save_run_pictures(vae, data.test, model_config.image_shape, out, metrics=RunDir(out).read_metrics())
     print(f"done: {out}  (next: pyrovae evaluate {out})")
 
 
@@ -254,10 +270,13 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    vae, config = load_run(args.run_dir)
+    vae, config = load_run(args.run_dir, resolve_device(args.device))
     data = load_dataset(DataConfig(**config["data"]))
-    plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], args.run_dir)
-    print(f"wrote reconstructions.png and samples.png to {args.run_dir}")
+    options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, interpolate=tuple(args.interpolate),
+                                   seed=args.seed)
+    written = plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], args.run_dir,
+                                      metrics=RunDir(args.run_dir).read_metrics(), only=args.only, options=options)
+    print(f"wrote {', '.join(path.name for path in written)} to {args.run_dir}")
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "plot": _plot}

@@ -1,9 +1,17 @@
-"""Pictures of a trained VAE as matplotlib Figures (non-interactive backend)."""
+"""Pictures of a trained VAE as matplotlib Figures (non-interactive backend).
+
+Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for notebooks);
+:func:`save_run_pictures` writes them into a run directory under the names in
+:data:`PICTURES`. Random draws use a fixed seed, so a run's pictures are reproducible.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,7 +21,21 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from pyrovae.data import Split  # noqa: E402
+from pyrovae.latents import (  # noqa: E402
+    ACTIVE_UNIT_THRESHOLD,
+    active_units,
+    encoder_means,
+    kl_per_dimension,
+    principal_directions,
+)
 from pyrovae.vae import VAE  # noqa: E402
+
+PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "manifold", "interpolation",
+            "kl_per_dim", "class_samples")
+"""The pictures of a run directory, each written as ``<name>.png``."""
+
+TSNE_MAX_POINTS = 2000
+"""t-SNE is quadratic-ish in the points: the scatter embeds at most this many test images."""
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
@@ -47,6 +69,14 @@ def sample_labels(vae: VAE, n: int, label: int | None = None) -> torch.Tensor | 
     return torch.arange(n, device=vae.device) % vae.num_classes
 
 
+@contextmanager
+def _seeded(vae: VAE, seed: int) -> Iterator[None]:
+    """Torch's generators (CPU, and the model's GPU) start from ``seed`` inside, and are restored after."""
+    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
 def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0,
                    label: int | None = None) -> Figure:
@@ -56,8 +86,7 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
     """
     vae.eval()
     y = sample_labels(vae, n, label)
-    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with _seeded(vae, seed):
         images = vae.sample(n, y)
     if y is None or label is not None:
         title = "decoded prior samples" if y is None else f"decoded samples of class {label}"
@@ -78,6 +107,221 @@ def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int]
     return _grid_figure(images, image_shape, ncols=len(x), title="originals (top), reconstructions (bottom)")
 
 
+@torch.no_grad()
+def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 10, seed: int = 0) -> Figure:
+    """A conditional model's samples from p(z|y), one row per class y (seed 000 generates a chosen digit)."""
+    if not vae.conditional:
+        raise ValueError("class samples need a conditional model (train with --conditional)")
+    vae.eval()
+    y = torch.arange(vae.num_classes, device=vae.device).repeat_interleave(per_class)
+    with _seeded(vae, seed):
+        images = vae.sample(len(y), y)
+    return _grid_figure(images, image_shape, ncols=per_class, title="decoded samples, one class per row (0 on top)")
+
+
+def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
+    """Train loss and validation negative ELBO per epoch; the reconstruction and KL parts and the
+    KL weight beside them when ``metrics`` (the rows of ``metrics.jsonl``) has them."""
+    if not metrics:
+        raise ValueError("no metrics to plot: metrics.jsonl is empty (train for at least one epoch)")
+    epochs = [row["epoch"] for row in metrics]
+    has_parts = all("recon" in row and "kl" in row for row in metrics)
+    fig, axes = plt.subplots(1, 2 if has_parts else 1, figsize=(10 if has_parts else 5.5, 4), squeeze=False)
+    loss_ax = axes[0, 0]
+    loss_ax.plot(epochs, [row["train_loss"] for row in metrics], marker=".", label="train loss")
+    loss_ax.plot(epochs, [row["val_neg_elbo"] for row in metrics], marker=".", label="validation -ELBO")
+    loss_ax.set(xlabel="epoch", ylabel="nats per example", title="objective")
+    loss_ax.legend()
+    if has_parts:
+        parts_ax = axes[0, 1]
+        parts_ax.plot(epochs, [row["recon"] for row in metrics], marker=".", label="reconstruction -log p(x|z)")
+        parts_ax.plot(epochs, [row["kl"] for row in metrics], marker=".", label="KL(q(z|x) || p(z))")
+        parts_ax.set(xlabel="epoch", ylabel="nats per example", title="ELBO parts (training)")
+        handles, labels = parts_ax.get_legend_handles_labels()
+        if all("kl_weight" in row for row in metrics):
+            weight_ax = parts_ax.twinx()
+            weight_ax.plot(epochs, [row["kl_weight"] for row in metrics], color="gray", linestyle="--",
+                           label="KL weight")
+            weight_ax.set_ylabel("KL weight")
+            more_handles, more_labels = weight_ax.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        parts_ax.legend(handles, labels)
+    fig.tight_layout()
+    return fig
+
+
+def _labelled_scatter(ax: Any, xs: torch.Tensor, ys: torch.Tensor, labels: torch.Tensor | None) -> None:
+    if labels is None:
+        ax.scatter(xs, ys, s=4, alpha=0.5)
+        return
+    points = ax.scatter(xs, ys, c=labels, cmap="tab10", s=4 if len(xs) > 2000 else 10, alpha=0.6,
+                        vmin=-0.5, vmax=9.5)
+    ax.figure.colorbar(points, ax=ax, label="label", ticks=sorted(set(labels.tolist())))
+
+
+@torch.no_grad()
+def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int = 0) -> Figure:
+    """The encoder means E_q[z|x] of ``test`` coloured by label (seed 001, fig. 8).
+
+    Directly for 1D and 2D latents; otherwise projected on the two principal
+    directions, or embedded by t-SNE (at most :data:`TSNE_MAX_POINTS` images).
+    """
+    vae.eval()
+    means = encoder_means(vae, test.x).cpu()
+    labels = None if test.y is None else test.y.cpu()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if vae.z_dim == 1:
+        jitter = torch.Generator().manual_seed(seed)
+        rows = (labels.float() if labels is not None else torch.zeros(len(means)))
+        rows = rows + 0.3 * (torch.rand(len(means), generator=jitter) - 0.5)
+        _labelled_scatter(ax, means[:, 0], rows, labels)
+        ax.set(xlabel="z", ylabel="label (jittered)", title="encoder means, 1D latent")
+    elif vae.z_dim == 2:
+        _labelled_scatter(ax, means[:, 0], means[:, 1], labels)
+        ax.set(xlabel="z1", ylabel="z2", title="encoder means")
+    elif tsne:
+        from sklearn.manifold import TSNE
+        means, labels = means[:TSNE_MAX_POINTS], None if labels is None else labels[:TSNE_MAX_POINTS]
+        embedded = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(means.numpy())
+        _labelled_scatter(ax, embedded[:, 0], embedded[:, 1], labels)
+        ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title=f"encoder means ({vae.z_dim}D) by t-SNE")
+    else:
+        center, directions, _ = principal_directions(means)
+        projected = (means - center) @ directions.T
+        _labelled_scatter(ax, projected[:, 0], projected[:, 1], labels)
+        ax.set(xlabel="principal direction 1", ylabel="principal direction 2",
+               title=f"encoder means ({vae.z_dim}D), PCA")
+    fig.tight_layout()
+    return fig
+
+
+def manifold_grid(n: int = 20, span: float = 2.0, quantiles: bool = False) -> torch.Tensor:
+    """``n`` coordinates: evenly over [-span, span], or the normal quantiles of (0.05 ... 0.95)."""
+    if quantiles:
+        return torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    return torch.linspace(-span, span, n)
+
+
+@torch.no_grad()
+def manifold_latents(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span: float = 2.0,
+                     quantiles: bool = False) -> torch.Tensor:
+    """The latents the manifold decodes, row by row: ``(n, Z)`` for 1D, ``(n * n, Z)`` otherwise.
+
+    2D: an ``n x n`` grid, ``z1`` growing left to right, ``z2`` bottom to top. More
+    dimensions: the same grid over the two principal directions of the encoder means
+    of ``x``, in units of their standard deviation, centred on their mean.
+    """
+    coords = manifold_grid(n, span, quantiles).to(vae.device)
+    if vae.z_dim == 1:
+        return coords[:, None]
+    z2, z1 = torch.meshgrid(coords.flip(0), coords, indexing="ij")  # top row: largest z2
+    grid = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
+    if vae.z_dim == 2:
+        return grid
+    if x is None:
+        raise ValueError(f"a {vae.z_dim}D model's manifold runs over the principal directions of its "
+                         f"encoder means: pass images x")
+    center, directions, std = principal_directions(encoder_means(vae, x))
+    return center + (grid * std) @ directions
+
+
+@torch.no_grad()
+def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None = None, n: int = 20,
+                    span: float = 2.0, quantiles: bool = False, label: int = 0) -> Figure:
+    """Decode a grid of latents (seed 004): the whole latent space of a 1D or 2D model.
+
+    See :func:`manifold_latents` for the grid; a decoder conditioned on labels draws class ``label``.
+    """
+    vae.eval()
+    z = manifold_latents(vae, x, n, span, quantiles)
+    y = torch.full((len(z),), label, dtype=torch.long, device=vae.device) if vae.decoder_conditioning else None
+    what = {1: "z from left to right", 2: "z1 left to right, z2 bottom to top"}.get(
+        vae.z_dim, "the two principal directions of the encoder means (in std)")
+    scale = "normal quantiles" if quantiles else f"[-{span:g}, {span:g}]"
+    return _grid_figure(vae.decode(z, y), image_shape, ncols=n, title=f"decoded {scale}: {what}")
+
+
+@torch.no_grad()
+def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], classes: tuple[int, int] = (3, 8),
+                         steps: int = 10) -> Figure:
+    """Decode the latent line between the first test images of two classes (seed 001 morphs a 3 into an 8).
+
+    The ends are the encoder means; a decoder conditioned on labels keeps the first class.
+    """
+    if test.y is None:
+        raise ValueError("interpolation picks its two images by class, and this split has no labels")
+    ends = []
+    for label in classes:
+        where = (test.y == label).nonzero()
+        if not len(where):
+            present = sorted(set(test.y.tolist()))
+            raise ValueError(f"no test image of class {label} to interpolate from; choose among {present}")
+        ends.append(test.x[where[0, 0]])
+    vae.eval()
+    loc = vae.encode(torch.stack(ends).to(vae.device))[0]
+    t = torch.linspace(0, 1, steps, device=vae.device)[:, None]
+    z = (1 - t) * loc[0] + t * loc[1]
+    y = torch.full((steps,), classes[0], dtype=torch.long, device=vae.device) if vae.decoder_conditioning else None
+    images = torch.cat([ends[0][None].to(vae.device), vae.decode(z, y), ends[1][None].to(vae.device)])
+    return _grid_figure(images, image_shape, ncols=steps + 2,
+                        title=f"class {classes[0]} to class {classes[1]}: original, {steps} decoded steps, original")
+
+
+@torch.no_grad()
+def kl_per_dim_figure(vae: VAE, test: Split, seed: int = 0) -> Figure:
+    """KL(q(z_i|x) || p(z_i)) per latent dimension with the active units marked: collapse made visible."""
+    vae.eval()
+    x = test.x.to(vae.device)
+    y = test.y.to(vae.device) if vae.conditional else None
+    with _seeded(vae, seed):
+        kl = kl_per_dimension(vae, x, y).cpu()
+    active = active_units(encoder_means(vae, x)).cpu()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * vae.z_dim + 2), 3.5))
+    ax.bar(range(vae.z_dim), kl.numpy(), color=["tab:blue" if a else "lightgray" for a in active])
+    ax.set(xlabel="latent dimension", ylabel="KL, nats per example",
+           title=f"{int(active.sum())} of {vae.z_dim} units active (blue: Cov_x E_q[z_i] > {ACTIVE_UNIT_THRESHOLD})")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class PictureOptions:
+    """Choices for the pictures of a run (``pyrovae plot`` flags)."""
+
+    tsne: bool = False
+    """latent_scatter by t-SNE instead of PCA for latents of more than two dimensions."""
+    quantiles: bool = False
+    """manifold over normal quantiles instead of an even grid over [-2, 2]."""
+    interpolate: tuple[int, int] = (3, 8)
+    """the classes at the two ends of interpolation."""
+    seed: int = 0
+    """seed of every random draw in the pictures."""
+
+
+def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequence[dict[str, Any]],
+                options: PictureOptions | None = None) -> dict[str, Callable[[], Figure]]:
+    """The pictures that apply to this run, by name, each drawn when called."""
+    o = options or PictureOptions()
+    test = test.to(vae.device)
+    figures: dict[str, Callable[[], Figure]] = {
+        "samples": lambda: samples_figure(vae, image_shape, seed=o.seed),
+        "reconstructions": lambda: reconstructions_figure(vae, test.x, image_shape, y=test.y),
+        "training_curves": lambda: training_curves_figure(metrics),
+        "latent_scatter": lambda: latent_scatter_figure(vae, test, tsne=o.tsne, seed=o.seed),
+        "manifold": lambda: manifold_figure(vae, image_shape, test.x, quantiles=o.quantiles),
+        "interpolation": lambda: interpolation_figure(vae, test, image_shape, o.interpolate),
+        "kl_per_dim": lambda: kl_per_dim_figure(vae, test, seed=o.seed),
+        "class_samples": lambda: class_samples_figure(vae, image_shape, seed=o.seed),
+    }
+    if not metrics:
+        del figures["training_curves"]
+    if test.y is None:
+        del figures["interpolation"]
+    if not vae.conditional:
+        del figures["class_samples"]
+    return figures
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG and close it."""
     fig.savefig(path, dpi=100)
@@ -85,9 +329,21 @@ def save(fig: Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder: str | Path) -> list[Path]:
-    """Write ``reconstructions.png`` (of the first test images) and ``samples.png`` into ``folder``."""
-    folder = Path(folder)
-    test = test.to(vae.device)
-    return [save(reconstructions_figure(vae, test.x, image_shape, y=test.y), folder / "reconstructions.png"),
-            save(samples_figure(vae, image_shape), folder / "samples.png")]
+def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder: str | Path,
+                      metrics: Sequence[dict[str, Any]] = (), only: Sequence[str] | None = None,
+                      options: PictureOptions | None = None) -> list[Path]:
+    """Write the run's pictures (all that apply, or those named in ``only``) as ``<name>.png`` in ``folder``."""
+    figures = run_figures(vae, test, image_shape, metrics, options)
+    for name in only or ():
+        if name not in PICTURES:
+            raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
+        if name not in figures:
+            raise ValueError(f"{name} does not apply to this run ({_why_not(name)})")
+    names = [name for name in figures if only is None or name in only]
+    return [save(figures[name](), Path(folder) / f"{name}.png") for name in names]
+
+
+def _why_not(name: str) -> str:
+    return {"training_curves": "metrics.jsonl has no epochs yet",
+            "interpolation": "the test split has no labels",
+            "class_samples": "the model is not conditional; train with --conditional"}[name]

@@ -1,0 +1,80 @@
+"""What the encoder learned: posterior means, KL per latent dimension, active units, principal directions.
+
+These are the numbers behind the latent-space pictures of :mod:`pyrovae.plots`, kept
+apart from the drawing so notebooks and tests can use them directly.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import kl_divergence
+
+from pyrovae.vae import VAE
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+"""Burda et al. (2015): unit i is active when Cov_x(E_q[z_i | x]) exceeds this."""
+
+
+@torch.no_grad()
+def encoder_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """E_q[z | x] for every image, ``(N, Z)``, computed in batches."""
+    return torch.cat([vae.encode(batch)[0] for batch in x.split(batch_size)])
+
+
+def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> torch.Tensor:
+    """Boolean ``(Z,)``: which units' posterior means vary across the data by more than ``threshold``."""
+    return means.var(0) > threshold
+
+
+def principal_directions(means: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(center, directions (k, Z), std (k,))``: the k directions of largest variance of ``means``."""
+    center = means.mean(0)
+    _, singular_values, vt = torch.linalg.svd(means - center, full_matrices=False)
+    std = singular_values[:k] / max(len(means) - 1, 1) ** 0.5
+    return center, vt[:k], std
+
+
+def _marginals(p: dist.Distribution) -> dist.Distribution:
+    """The one-dimensional marginals p(z_i) of a distribution over ``z`` as batch shape ``(..., Z)``."""
+    while isinstance(p, dist.Independent):
+        p = p.base_dist
+    if isinstance(p, dist.Normal):
+        return p
+    if isinstance(p, dist.MixtureSameFamily):
+        components = p.component_distribution
+        while isinstance(components, dist.Independent):
+            components = components.base_dist
+        if isinstance(components, dist.Normal):
+            z_dim = components.loc.shape[-1]
+            logits = p.mixture_distribution.logits.unsqueeze(-2)  # (..., 1, K)
+            logits = logits.expand(*logits.shape[:-2], z_dim, logits.shape[-1])
+            per_dim = dist.Normal(components.loc.transpose(-1, -2), components.scale.transpose(-1, -2))
+            return dist.MixtureSameFamily(dist.Categorical(logits=logits), per_dim)
+    raise ValueError(f"KL per dimension needs a prior made of diagonal Gaussians (Normal, or a mixture of "
+                     f"them); this prior returns {type(p).__name__}")
+
+
+@torch.no_grad()
+def kl_per_dimension(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 16,
+                     batch_size: int = 1000) -> torch.Tensor:
+    """KL(q(z_i|x) || p(z_i)) per latent dimension i, averaged over ``x``: ``(Z,)`` in nats.
+
+    Closed form where torch has it (Gaussian priors); a Monte Carlo estimate with
+    ``num_samples`` draws per image otherwise (mixture and VampPrior, whose marginal
+    per dimension is a one-dimensional mixture). A collapsed dimension has KL near 0.
+    """
+    total = torch.zeros(vae.z_dim, device=x.device)
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        yb = None if y is None else y[start:start + batch_size]
+        loc, scale = vae.encode(xb)
+        q = dist.Normal(loc, scale)
+        p = _marginals(vae.prior(yb))
+        try:
+            kl = kl_divergence(q, p)
+        except NotImplementedError:
+            z = q.sample((num_samples,))
+            kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
+        total += kl.expand(len(xb), vae.z_dim).sum(0)
+    return total / len(x)

@@ -1,0 +1,153 @@
+import hashlib
+
+import matplotlib.image
+import numpy as np
+import pyro
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset, plots
+from pyrovae.cli import main
+from pyrovae.latents import active_units, encoder_means, kl_per_dimension, principal_directions
+from pyrovae.runs import RunDir
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig(dataset="digits", binarize="dynamic"))
+
+
+def trained(digits, z_dim=2, seed=0, epochs=3, **model):
+    pyro.set_rng_seed(seed)
+    vae = build_vae(ModelConfig(image_shape=digits.image_shape, z_dim=z_dim, hidden=(64,), **model))
+    history = fit(vae, digits, TrainConfig(epochs=epochs, seed=seed), progress=False)
+    return vae, history
+
+
+def png_pixels(path):
+    return matplotlib.image.imread(path)
+
+
+@pytest.fixture(scope="module")
+def two_runs(digits, tmp_path_factory):
+    """The pictures of two models that differ only in their seed, plus a redraw of the first."""
+    folders = {}
+    for name, seed in (("a", 0), ("b", 1), ("a_again", 0)):
+        vae, history = trained(digits, seed=seed)
+        folders[name] = tmp_path_factory.mktemp(name)
+        plots.save_run_pictures(vae, digits.test, digits.image_shape, folders[name], metrics=history)
+    return folders
+
+
+def test_every_picture_that_applies_is_written_as_a_readable_png(two_runs):
+    written = {p.name for p in two_runs["a"].iterdir()}
+    assert written == {f"{name}.png" for name in plots.PICTURES if name != "class_samples"}
+    for path in two_runs["a"].iterdir():
+        pixels = png_pixels(path)
+        assert min(pixels.shape[:2]) >= 100 and max(pixels.shape[:2]) >= 300
+        assert pixels[..., :3].std() > 0.05, f"{path.name} is (nearly) blank"
+
+
+def test_pictures_are_deterministic_and_change_with_the_model(two_runs):
+    def digest(folder, name):
+        return hashlib.sha256((folder / name).read_bytes()).hexdigest()
+
+    for path in two_runs["a"].iterdir():
+        assert digest(two_runs["a"], path.name) == digest(two_runs["a_again"], path.name), path.name
+        assert not np.array_equal(png_pixels(path), png_pixels(two_runs["b"] / path.name)), path.name
+
+
+def test_manifold_of_a_2d_model_varies_along_rows_and_columns(digits, tmp_path):
+    vae, _ = trained(digits, epochs=5)
+    z = plots.manifold_latents(vae, n=20)
+    assert z.shape == (400, 2)
+    assert torch.equal(z[:20, 1], torch.full((20,), 2.0)) and torch.equal(z[-20:, 1], torch.full((20,), -2.0))
+    images = vae.decode(z).detach().reshape(20, 20, -1)
+    along_row = (images[:, 1:] - images[:, :-1]).abs().mean()
+    along_column = (images[1:] - images[:-1]).abs().mean()
+    assert along_row > 1e-3 and along_column > 1e-3
+    assert (images[:, 0] - images[:, -1]).abs().mean() > 0.05  # the ends of a row are different images
+    pixels = png_pixels(plots.save(plots.manifold_figure(vae, digits.image_shape), tmp_path / "manifold.png"))
+    top, bottom = np.array_split(pixels[..., 0], 2)
+    assert np.abs(top[: len(bottom)].mean(1) - bottom[: len(top)].mean(1)).max() > 0.01
+
+
+def test_manifold_strip_quantiles_and_principal_directions(digits):
+    one_d = build_vae(ModelConfig(image_shape=digits.image_shape, z_dim=1))
+    assert plots.manifold_latents(one_d, n=7).shape == (7, 1)
+    quantiles = plots.manifold_grid(5, quantiles=True)
+    assert torch.allclose(torch.distributions.Normal(0, 1).cdf(quantiles), torch.linspace(0.05, 0.95, 5))
+    many = build_vae(ModelConfig(image_shape=digits.image_shape, z_dim=6))
+    with pytest.raises(ValueError, match="principal directions"):
+        plots.manifold_latents(many)
+    z = plots.manifold_latents(many, digits.test.x, n=5)
+    center, directions, std = principal_directions(encoder_means(many, digits.test.x))
+    assert z.shape == (25, 6)
+    assert torch.allclose(z.mean(0), center, atol=1e-5)  # the grid is symmetric about the mean
+    assert torch.allclose((z - center) @ directions[0], (plots.manifold_grid(5) * std[0]).repeat(5), atol=1e-4)
+
+
+def test_principal_directions_find_the_axis_of_largest_variance():
+    means = torch.randn(2000, 3) * torch.tensor([0.1, 3.0, 1.0])
+    _, directions, std = principal_directions(means)
+    assert directions[0].abs().argmax() == 1 and directions[1].abs().argmax() == 2
+    assert std[0] == pytest.approx(3.0, rel=0.1) and std[1] == pytest.approx(1.0, rel=0.1)
+
+
+def test_kl_per_dimension_sums_to_the_closed_form_kl_for_a_gaussian_prior(small_vae, binary_batch):
+    loc, scale = small_vae.encode(binary_batch)
+    per_dim = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log())
+    assert torch.allclose(kl_per_dimension(small_vae, binary_batch), per_dim.mean(0), atol=1e-5)
+
+
+def test_kl_per_dimension_of_a_one_component_mixture_matches_its_gaussian(binary_batch):
+    mixture = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=3, hidden=(8,), prior="mixture",
+                                    prior_components=1))
+    loc, scale = mixture.encode(binary_batch)
+    m, s = mixture.prior.locs[0], torch.nn.functional.softplus(mixture.prior.raw_scales[0])
+    exact = (torch.log(s / scale) + (scale**2 + (loc - m) ** 2) / (2 * s**2) - 0.5).mean(0)
+    estimate = kl_per_dimension(mixture, binary_batch, num_samples=20000)
+    assert torch.allclose(estimate, exact.detach(), atol=0.03)
+
+
+def test_a_unit_the_encoder_ignores_is_inactive(small_vae, binary_batch):
+    last_layer = small_vae.encoder.net[-1]  # rows 0..Z-1 give loc
+    with torch.no_grad():
+        last_layer.weight[1] = 0.0
+        last_layer.weight[[0, 2]] *= 20  # a random init barely moves the means; make units 0 and 2 vary
+    means = small_vae.encode(torch.bernoulli(torch.full((200, 16), 0.5)))[0].detach()
+    active = active_units(means)
+    assert not active[1] and active[0] and active[2]
+
+
+def test_conditional_model_draws_one_row_per_class(digits, tmp_path):
+    vae, history = trained(digits, z_dim=4, epochs=1, prior="class-means", num_classes=10)
+    paths = plots.save_run_pictures(vae, digits.test, digits.image_shape, tmp_path, metrics=history,
+                                    only=["class_samples"])
+    assert [p.name for p in paths] == ["class_samples.png"]
+    assert png_pixels(paths[0]).shape[0] > png_pixels(paths[0]).shape[1] * 0.8  # ten rows of ten
+
+
+def test_figures_are_returned_for_notebooks(digits):
+    vae, history = trained(digits, epochs=1)
+    assert isinstance(plots.training_curves_figure(history), Figure)
+    assert isinstance(plots.latent_scatter_figure(vae, digits.test, tsne=False), Figure)
+    with pytest.raises(ValueError, match="no test image of class 11"):
+        plots.interpolation_figure(vae, digits.test, digits.image_shape, classes=(3, 11))
+    with pytest.raises(ValueError, match="--conditional"):
+        plots.class_samples_figure(vae, digits.image_shape)
+
+
+def test_plot_command_draws_only_what_is_asked(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--z-dim", "3", "--out", str(out), "--no-progress"]) == 0
+    assert {f"{name}.png" for name in plots.PICTURES if name != "class_samples"} <= {p.name for p in out.iterdir()}
+    assert len(RunDir(out).read_metrics()) == 2
+    for picture in out.glob("*.png"):
+        picture.unlink()
+    assert main(["plot", str(out), "--only", "manifold", "latent_scatter", "--tsne", "--quantiles",
+                 "--interpolate", "1", "7"]) == 0
+    assert {p.name for p in out.glob("*.png")} == {"manifold.png", "latent_scatter.png"}
+    assert main(["plot", str(out), "--only", "class_samples"]) == 2
+    assert "not conditional" in capsys.readouterr().err
