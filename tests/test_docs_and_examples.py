@@ -1,4 +1,5 @@
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -57,15 +58,6 @@ def test_readme_commands_match_ci():
     assert test_command in ci
 
 
-def test_guide_custom_prior_snippet_runs(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    for block in python_blocks(ROOT / "docs" / "guide.md"):
-        exec(compile(block, "guide.md", "exec"), namespace)
-    assert 0 < namespace["nll"].item() < 64 * 0.7
-    assert namespace["vae"].prior.raw_df.item() != 1.0  # the prior's own parameter was trained
-
-
 def test_burda_example_runs_a_tiny_schedule_on_digits():
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "burda_iwae.py"), "--dataset", "digits",
                              "--objective", "iwae", "--k", "5", "--stages", "2", "--epoch-scale", "0.34",
@@ -73,3 +65,71 @@ def test_burda_example_runs_a_tiny_schedule_on_digits():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "stage 1: 1 epochs" in result.stdout and "NLL (K=20)" in result.stdout
+
+
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_theory_quotes_lines_that_are_in_the_code():
+    quotes = re.findall(r"`(pyrovae/[\w/]+\.py)`: `([^`]+)`", (ROOT / "docs" / "theory.md").read_text())
+    assert len(quotes) >= 10
+    for path, code in quotes:
+        assert code in (ROOT / path).read_text(), f"docs/theory.md quotes {path}: {code!r}, which is not there"
+
+
+def test_cli_and_api_reference_are_up_to_date():
+    result = subprocess.run([sys.executable, str(ROOT / "docs" / "make_reference.py"), "--check"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def known_flags() -> set[str]:
+    """Options of every pyrovae command, example and benchmark script, and pytest's --runslow."""
+    from pyrovae.cli import build_parser
+
+    flags = {"--runslow", "--help"}
+    for command in build_parser()._subparsers._group_actions[0].choices.values():
+        flags |= {option for action in command._actions for option in action.option_strings}
+    for script in [*(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+                   ROOT / "docs" / "make_reference.py"]:
+        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
+    return flags
+
+
+def test_every_flag_named_in_the_docs_exists():
+    flags = known_flags()
+    for doc in DOC_FILES:
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", doc.read_text()))
+        assert named <= flags, f"{doc.name} names flags that nothing takes: {sorted(named - flags)}"
+
+
+def test_every_pyrovae_command_in_the_docs_parses():
+    from pyrovae.cli import build_parser
+
+    commands = []
+    for doc in DOC_FILES:
+        for block in re.findall(r"```(?:bash|text)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.splitlines():
+                line = line.split("  #")[0].strip()
+                match = re.match(r"^(?:\.venv/bin/)?pyrovae (train|evaluate|sample|plot)\b(.*)", line)
+                if match and "--help" not in line:
+                    commands.append((doc.name, shlex.split(match.group(1) + match.group(2))))
+    assert len(commands) >= 10
+    for doc, argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{doc}: `pyrovae {' '.join(argv)}` does not parse")
+
+
+def test_every_python_snippet_in_the_docs_runs(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    ran = {}
+    for doc in DOC_FILES[1:]:  # the README's snippet has its own test
+        namespace: dict = {}
+        for block in python_blocks(doc):
+            exec(compile(block, doc.name, "exec"), namespace)
+        ran[doc.name] = namespace
+    guide = ran["guide.md"]  # a custom prior, trained and evaluated
+    assert 0 < guide["nll"].item() < 64 * 0.7
+    assert guide["vae"].prior.raw_df.item() != 1.0  # the prior's own parameter was trained
