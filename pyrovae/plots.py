@@ -313,13 +313,17 @@ def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequ
         "kl_per_dim": lambda: kl_per_dim_figure(vae, test, seed=o.seed),
         "class_samples": lambda: class_samples_figure(vae, image_shape, seed=o.seed),
     }
-    if not metrics:
-        del figures["training_curves"]
-    if test.y is None:
-        del figures["interpolation"]
-    if not vae.conditional:
-        del figures["class_samples"]
+    for name in unavailable_pictures(vae, test, metrics):
+        del figures[name]
     return figures
+
+
+def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The pictures that do not apply to this run, each with the reason."""
+    reasons = {"training_curves": (not metrics, "metrics.jsonl has no epochs yet"),
+               "interpolation": (test.y is None, "the test split has no labels"),
+               "class_samples": (not vae.conditional, "the model is not conditional; train with --conditional")}
+    return {name: reason for name, (missing, reason) in reasons.items() if missing}
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -333,17 +337,12 @@ def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder:
                       metrics: Sequence[dict[str, Any]] = (), only: Sequence[str] | None = None,
                       options: PictureOptions | None = None) -> list[Path]:
     """Write the run's pictures (all that apply, or those named in ``only``) as ``<name>.png`` in ``folder``."""
-    figures = run_figures(vae, test, image_shape, metrics, options)
+    unavailable = unavailable_pictures(vae, test, metrics)
     for name in only or ():
         if name not in PICTURES:
             raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
-        if name not in figures:
-            raise ValueError(f"{name} does not apply to this run ({_why_not(name)})")
+        if name in unavailable:
+            raise ValueError(f"{name} does not apply to this run ({unavailable[name]})")
+    figures = run_figures(vae, test, image_shape, metrics, options)
     names = [name for name in figures if only is None or name in only]
     return [save(figures[name](), Path(folder) / f"{name}.png") for name in names]
-
-
-def _why_not(name: str) -> str:
-    return {"training_curves": "metrics.jsonl has no epochs yet",
-            "interpolation": "the test split has no labels",
-            "class_samples": "the model is not conditional; train with --conditional"}[name]
