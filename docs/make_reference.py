@@ -18,7 +18,7 @@ HELP_COLUMNS = "100"  # argparse wraps --help to the terminal width; fix it so t
 
 API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.data",
                "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives", "pyrovae.evaluate",
-               "pyrovae.latents", "pyrovae.plots", "pyrovae.runs", "pyrovae.memory"]
+               "pyrovae.latents", "pyrovae.plots", "pyrovae.runs", "pyrovae.memory", "pyrovae.randomness"]
 
 
 def cli_reference() -> str:

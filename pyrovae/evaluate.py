@@ -21,6 +21,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from pyrovae.memory import bytes_allocated
+from pyrovae.randomness import seeded
 from pyrovae.vae import VAE
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
@@ -144,11 +145,9 @@ def class_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x:
     comparison between classes carries no Monte Carlo noise of the shared terms.
     """
     seed = int(torch.randint(2**62, ()))
-    devices = [x.device] if x.device.type == "cuda" else []
     columns = []
     for c in range(num_classes):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with seeded(x.device, seed):
             columns.append(score(x, torch.full((len(x),), c, dtype=torch.long, device=x.device)))
     return torch.stack(columns, dim=1)
 

@@ -7,8 +7,7 @@ Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pyrovae.latents import (  # noqa: E402
     kl_per_dimension,
     principal_directions,
 )
+from pyrovae.randomness import seeded  # noqa: E402
 from pyrovae.vae import VAE  # noqa: E402
 
 PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "manifold", "interpolation",
@@ -69,14 +69,6 @@ def sample_labels(vae: VAE, n: int, label: int | None = None) -> torch.Tensor | 
     return torch.arange(n, device=vae.device) % vae.num_classes
 
 
-@contextmanager
-def _seeded(vae: VAE, seed: int) -> Iterator[None]:
-    """Torch's generators (CPU, and the model's GPU) start from ``seed`` inside, and are restored after."""
-    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 @torch.no_grad()
 def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0,
                    label: int | None = None) -> Figure:
@@ -86,7 +78,7 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
     """
     vae.eval()
     y = sample_labels(vae, n, label)
-    with _seeded(vae, seed):
+    with seeded(vae.device, seed):
         images = vae.sample(n, y)
     if y is None or label is not None:
         title = "decoded prior samples" if y is None else f"decoded samples of class {label}"
@@ -114,7 +106,7 @@ def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 
         raise ValueError("class samples need a conditional model (train with --conditional)")
     vae.eval()
     y = torch.arange(vae.num_classes, device=vae.device).repeat_interleave(per_class)
-    with _seeded(vae, seed):
+    with seeded(vae.device, seed):
         images = vae.sample(len(y), y)
     return _grid_figure(images, image_shape, ncols=per_class, title="decoded samples, one class per row (0 on top)")
 
@@ -273,7 +265,7 @@ def kl_per_dim_figure(vae: VAE, test: Split, seed: int = 0) -> Figure:
     vae.eval()
     x = test.x.to(vae.device)
     y = test.y.to(vae.device) if vae.conditional else None
-    with _seeded(vae, seed):
+    with seeded(vae.device, seed):
         kl = kl_per_dimension(vae, x, y).cpu()
     active = active_units(encoder_means(vae, x)).cpu()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * vae.z_dim + 2), 3.5))
