@@ -257,8 +257,8 @@ def _sample(args: argparse.Namespace) -> None:
     if args.label is not None and not vae.conditional:
         raise ValueError(f"--class needs a conditional model, and {args.run_dir} was trained without labels; "
                          f"train one with `pyrovae train --conditional`")
-    if args.label is not None and not 0 <= args.label < vae.num_classes:
-        raise ValueError(f"--class {args.label} is not a class of this model; choose 0 to {vae.num_classes - 1}")
+    if args.label is not None:
+        vae.check_labels(torch.tensor([args.label]), "--class")
     if out.suffix == ".png":
         plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
     else:

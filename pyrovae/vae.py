@@ -148,4 +148,5 @@ class VAE(nn.Module):
             raise ValueError(f"{name} must be an integer tensor of class labels, got {getattr(y, 'dtype', type(y))}")
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
             raise ValueError(f"{name} must lie in [0, {self.num_classes}), got values from {y.min().item()} "
-                             f"to {y.max().item()}; this model was built for {self.num_classes} classes")
+                             f"to {y.max().item()}; this model was built for {self.num_classes} classes: choose 0 to "
+                             f"{self.num_classes - 1}")
