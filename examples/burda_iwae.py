@@ -58,7 +58,7 @@ for stage in range(args.stages):
     started = time.perf_counter()
     for _ in range(epochs):
         vae.train()
-        loss = sum(step(x, y).loss for x, y in data.batches(20)).item() / len(data.train)
+        loss = sum(step(x, y)[0].loss for x, y in data.batches(20)).item() / len(data.train)
     print(f"stage {stage}: {epochs} epochs at lr {lr:.2e}, last epoch's training bound {loss:.2f} nats "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
 

@@ -26,6 +26,6 @@ pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=args.epochs, device=args.devic
 
 path = plots.save(plots.samples_figure(vae, data.image_shape, n=32, label=args.digit), f"{args.out}/{args.digit}.png")
 plots.save(plots.class_samples_figure(vae, data.image_shape), f"{args.out}/class_samples.png")
-report = pyrovae.evaluation_report(vae, data.test.x, data.test.y, num_samples=0,
+report = pyrovae.evaluation_report(vae, data.test.x, data.test.y, num_samples=None,
                                    log_py=class_log_prior(data.train.y, data.num_classes))
 print(f"samples of class {args.digit}: {path}; test accuracy of argmax_y p(x|y) p(y): {report['accuracy']:.3f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +20,12 @@ from pyrovae.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.nets import ACTIVATIONS
 from pyrovae.priors import PRIORS
 from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
+from pyrovae.stopping import TrainingInterrupted
 from pyrovae.train import DEVICES, ELBOS, TrainConfig, fit, resolve_device
+from pyrovae.vae import VAE
 
+SAMPLE_CHUNK = 10_000
+"""Samples decoded at once by ``pyrovae sample --out FILE.npy``."""
 EPILOG_TRAIN = """examples:
   pyrovae train                                   # 8x8 digits, well under a minute on a CPU
   pyrovae train --dataset fashion-mnist --epochs 20 --out runs/fashion
@@ -102,13 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--kl-balance", type=float, metavar="ALPHA",
                        help="set the KL weight automatically: from 0, w += ALPHA * (recon - w * KL) "
                             "after every batch (e.g. 1e-5)")
+    optim.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                       help="skip up to N batches whose loss or gradient is NaN or infinite (without it, "
+                            "the first one stops training and keeps the last good checkpoint)")
     run = train.add_argument_group("run")
     run.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when there is a GPU")
     run.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and Pyro")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its checkpoint, with its saved settings")
+                     help="continue the run in --out from its checkpoint, with its saved settings "
+                          "(after Ctrl-C or a crash: mid-epoch, exactly where it stopped)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start again in an --out folder that holds a run (deletes that run's files)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser(
@@ -122,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")
     evaluate.add_argument("--num-samples", type=int, default=5000, metavar="K",
-                          help="importance samples per example (0: the ELBO only)")
+                          help="importance samples per example, at least 1")
+    evaluate.add_argument("--elbo-only", action="store_true",
+                          help="only the negative ELBO (and, for conditional models, accuracy by ELBO): quick")
     evaluate.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2**30, metavar="GiB",
                           help="most memory one chunk of the log-likelihood may allocate")
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split (quicker)")
@@ -171,24 +184,25 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out DIR, the run directory to continue")
+    out = Path(args.out) if args.out else default_run_dir()
+    run = RunDir(out).prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
     if args.resume:
-        if args.out is None:
-            raise ValueError("--resume needs --out DIR, the run directory to continue")
-        saved = RunDir(args.out).read_config()
-        model_config = ModelConfig(**saved["model"])
-        data_config = DataConfig(**saved["data"])
-        train_config = TrainConfig(**{**saved["train"], "epochs": args.epochs, "device": args.device})
-        out = Path(args.out)
-        print(f"resuming {out} with the settings in its config.json (only --epochs and --device apply)")
+        model_config = run.settings(ModelConfig, "model")
+        data_config = run.settings(DataConfig, "data")
+        train_config = dataclasses.replace(run.settings(TrainConfig, "train"), epochs=args.epochs,
+                                           device=args.device, skip_nonfinite=args.skip_nonfinite)
+        print(f"resuming {out} with the settings in its config.json "
+              f"(only --epochs, --device and --skip-nonfinite apply)")
     else:
         binarize = args.binarize or ("dynamic" if args.likelihood == "bernoulli" else "none")
         data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=binarize,
                                  val_fraction=args.val_fraction, download=not args.no_download)
         train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    elbo=args.elbo, particles=args.particles, device=args.device, seed=args.seed,
-                                   kl_weight=args.kl_weight,
-                                   kl_warmup=args.kl_warmup, kl_balance=args.kl_balance)
-        out = Path(args.out) if args.out else default_run_dir()
+                                   kl_weight=args.kl_weight, kl_warmup=args.kl_warmup,
+                                   kl_balance=args.kl_balance, skip_nonfinite=args.skip_nonfinite)
     data = load_dataset(data_config)
     if not args.resume:
         model_config = _model_config(args, data)
@@ -217,20 +231,28 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
                        decoder_conditioning=args.decoder_conditioning)
 
 
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Raise ``ValueError`` naming the flag if one of ``names`` was given and is not positive."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
+    _check_positive(args, "num_samples", "memory_budget", "limit", "batch_size")
     device = resolve_device(args.device)
-    vae, config = load_run(args.run_dir, device)
-    data = load_dataset(DataConfig(**config["data"]))
+    vae, _ = load_run(args.run_dir, device)
+    data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
     split = getattr(data, args.split)
     if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {args.limit}")
         split = Split(split.x[:args.limit], split.y[:args.limit])
     vae.check_data(split.x, f"{args.split} images")
     vae.check_labels(split.y, f"{args.split} labels")
     pyro.set_rng_seed(args.seed)
     log_py = class_log_prior(data.train.y, vae.num_classes) if vae.conditional else None
-    report = evaluation_report(vae, split.x, split.y, args.num_samples, log_py, args.batch_size,
+    num_samples = None if args.elbo_only else args.num_samples
+    report = evaluation_report(vae, split.x, split.y, num_samples, log_py, args.batch_size,
                                args.memory_budget * 2**30, progress=not args.no_progress)
     result = {"split": args.split, **report}
     RunDir(args.run_dir).write_json(EVAL, result)
@@ -250,8 +272,12 @@ def _sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"--out {out} must end in .png (a picture grid) or .npy (an (N, D) array)")
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+    _check_positive(args, "n")
+    if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
+        raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
+                         f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     vae, config = load_run(args.run_dir)
     image_shape = config["model"]["image_shape"]
     if args.label is not None and not vae.conditional:
@@ -263,15 +289,25 @@ def _sample(args: argparse.Namespace) -> None:
         plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
     else:
         torch.manual_seed(args.seed)
-        with torch.no_grad():
-            np.save(out, vae.sample(args.n, plots.sample_labels(vae, args.n, args.label)).numpy())
+        _save_samples(vae, args.n, out, args.label)
     of_class = f" of class {args.label}" if args.label is not None else ""
     print(f"wrote {args.n} samples{of_class} to {out}")
 
 
+@torch.no_grad()
+def _save_samples(vae: VAE, n: int, path: Path, label: int | None = None, chunk: int = SAMPLE_CHUNK) -> None:
+    """Write ``n`` decoded prior draws to the ``.npy`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory)."""
+    labels = plots.sample_labels(vae, n, label)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, vae.x_dim))
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        array[start:start + count] = vae.sample(count, None if labels is None else labels[start:start + count]).numpy()
+    array.flush()
+
+
 def _plot(args: argparse.Namespace) -> None:
     vae, config = load_run(args.run_dir, resolve_device(args.device))
-    data = load_dataset(DataConfig(**config["data"]))
+    data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
     options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, interpolate=tuple(args.interpolate),
                                    seed=args.seed)
     written = plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], args.run_dir,
@@ -280,16 +316,22 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "plot": _plot}
+INTERRUPTED = 130
+"""Exit status after Ctrl-C, as shells report a process ended by SIGINT (128 + 2)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; bad input ends with a one-paragraph message and exit status 2."""
+    """Run the CLI; bad input ends with a one-paragraph message and exit status 2, Ctrl-C with 130."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "threads", None) is not None:
+            _check_positive(args, "threads")
+            torch.set_num_threads(args.threads)
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stopped:
+        print(f"pyrovae {args.command}: {stopped}", file=sys.stderr)
+        return INTERRUPTED
     return 0

@@ -110,12 +110,22 @@ class Dataset:
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
                                    test=self.test.to(device))
 
-    def batches(self, batch_size: int, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training minibatches ``(x, y)``: slices of a shuffled index, binarized afresh if dynamic."""
+    def shuffled_order(self) -> torch.Tensor:
+        """A fresh random permutation of the training examples, on their device (one epoch's order)."""
+        return torch.randperm(len(self.train), device=self.train.x.device)
+
+    def batches(self, batch_size: int, shuffle: bool = True, order: torch.Tensor | None = None,
+                first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training minibatches ``(x, y)``: slices of a shuffled index, binarized afresh if dynamic.
+
+        ``order`` gives the index (default: :meth:`shuffled_order`, or the stored order
+        without ``shuffle``); ``first`` skips that many batches, to finish an interrupted epoch.
+        """
         n = len(self.train)
-        order = torch.randperm(n, device=self.train.x.device) if shuffle else None
-        for start in range(0, n, batch_size):
-            index = order[start:start + batch_size] if shuffle else slice(start, start + batch_size)
+        if order is None and shuffle:
+            order = self.shuffled_order()
+        for start in range(first * batch_size, n, batch_size):
+            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
             x = self.train.x[index]
             yield (torch.bernoulli(x) if self.dynamic_binarization else x), self.train.y[index]
 

@@ -61,6 +61,9 @@ def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
 
     ``x`` and ``y`` are moved to the VAE's device batch by batch.
     """
+    vae.check_inputs(x, y)
+    if batch_size < 1 or num_particles < 1:
+        raise ValueError(f"batch_size and num_particles must be positive, got {batch_size} and {num_particles}")
     was_training = vae.training
     vae.eval()
     try:
@@ -87,6 +90,9 @@ def log_likelihood(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num
     """
     if num_samples < 1:
         raise ValueError(f"the log-likelihood needs at least one sample per example, got {num_samples}")
+    if not memory_budget > 0:
+        raise ValueError(f"the memory budget must be a positive number of bytes, got {memory_budget}")
+    vae.check_inputs(x, y)
     was_training = vae.training
     vae.eval()
     try:
@@ -165,18 +171,22 @@ def classify(log_px_given_y: torch.Tensor, log_py: torch.Tensor | None = None) -
     return log_px_given_y.argmax(dim=1)
 
 
-def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 5000,
+def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = 5000,
                       log_py: torch.Tensor | None = None, batch_size: int = 1000,
                       memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> dict[str, float]:
     """The numbers of ``eval.json``, per example in nats, each with its standard error across examples.
 
-    ``neg_elbo``; with ``num_samples`` > 0 the importance-sampled ``nll`` = -log p(x) and
-    ``bits_per_dim`` = nll / (D log 2). A conditional model scores every class c with
-    the same estimator (log p(x|y=c); the ELBO when ``num_samples`` is 0) and adds
+    ``neg_elbo``; unless ``num_samples`` is ``None``, the importance-sampled ``nll`` = -log p(x)
+    and ``bits_per_dim`` = nll / (D log 2). A conditional model scores every class c with
+    the same estimator (log p(x|y=c); the ELBO when ``num_samples`` is ``None``) and adds
     ``accuracy`` of argmax_y log p(x|y) + log p(y) against ``y``; its ``nll`` is the
     marginal -log p(x) = -logsumexp_y [log p(y) + log p(x|y)], and ``nll_given_label``
-    is -log p(x|y) for the true label.
+    is -log p(x|y) for the true label. The ELBO's batches also stay within ``memory_budget``.
     """
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1 (None: the ELBO only), got {num_samples}")
+    vae.check_inputs(x, y)
+    batch_size = min(batch_size, chunk_shape(vae, x, y, 1, memory_budget)[1])
     report: dict[str, float] = {"num_examples": len(x)}
     report["neg_elbo"], report["neg_elbo_stderr"] = mean_and_stderr(negative_elbo(vae, x, y, batch_size))
     if num_samples:

@@ -7,6 +7,7 @@ Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "
 
 TSNE_MAX_POINTS = 2000
 """t-SNE is quadratic-ish in the points: the scatter embeds at most this many test images."""
+MAX_GRID_IMAGES = 1024
+"""Most images one sample grid shows (32 x 32); more would make an unreadable, memory-hungry picture."""
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
@@ -76,13 +79,16 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
 
     A conditional model draws from p(z|y): class ``label``, or one class per column.
     """
+    if not 1 <= n <= MAX_GRID_IMAGES:
+        raise ValueError(f"a sample grid shows 1 to {MAX_GRID_IMAGES} images, not {n}; save more samples as an "
+                         f"array (pyrovae sample --out FILE.npy)")
     vae.eval()
     y = sample_labels(vae, n, label)
     with seeded(vae.device, seed):
         images = vae.sample(n, y)
     if y is None or label is not None:
         title = "decoded prior samples" if y is None else f"decoded samples of class {label}"
-        return _grid_figure(images, image_shape, ncols=8, title=title)
+        return _grid_figure(images, image_shape, ncols=max(8, math.ceil(math.sqrt(n))), title=title)
     return _grid_figure(images, image_shape, ncols=vae.num_classes, title="decoded samples, one class per column")
 
 

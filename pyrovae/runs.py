@@ -1,27 +1,40 @@
 """Run directories: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl`` and pictures.
 
 Checkpoints hold only tensors and plain containers, are loaded with
-``torch.load(weights_only=True)`` (so a crafted file cannot run code), and are written
-to a temporary file first and renamed, so a crash never leaves half a checkpoint.
+``torch.load(weights_only=True)`` (so a crafted file cannot run code) and checked for
+the entries a pyrovae checkpoint has. They are written to a temporary file, flushed to
+disk and renamed over the previous one, so a crash at any moment leaves either the old
+checkpoint or the new one, never half of one. ``config.json`` is read through
+:func:`~pyrovae.schema.settings_from_json`: known keys and types only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from pyrovae.build import ModelConfig, build_vae
+from pyrovae.schema import settings_from_json
 from pyrovae.vae import VAE
+
+Settings = TypeVar("Settings")
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
+CONFIG_SECTIONS = ("model", "data", "train")
+CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "rng": dict, "kl_weight": torch.Tensor,
+                      "metrics": list, "skipped": int, "partial": (dict, type(None))}
+"""What :func:`~pyrovae.train.fit` saves: the trained state, the metrics history up to ``epoch``,
+the count of skipped non-finite batches, and ``partial``, the position in an interrupted epoch."""
 
 
 class CheckpointError(ValueError):
@@ -40,12 +53,18 @@ def default_run_dir(root: str | Path = "runs") -> Path:
 
 
 def _write_atomically(path: Path, write: Any) -> None:
+    """Write ``path`` through a flushed temporary file and a rename (then sync the folder's entry)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class RunDir:
@@ -61,6 +80,37 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
+    def prepare(self, resume: bool = False, overwrite: bool = False, extra: Iterable[str] = ()) -> RunDir:
+        """Check, before any work, that training may write here; ``overwrite`` clears a previous run first.
+
+        The folder must be writable (or creatable), and hold no earlier run unless it is
+        resumed (``resume``) or replaced (``overwrite``, which deletes the run's files and
+        the ``extra`` names, nothing else).
+        """
+        if resume and overwrite:
+            raise ValueError("--resume continues a run and --overwrite replaces it; pass one of them")
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"--out {self.path} is a file, not a folder; choose a folder for the run directory")
+        holds_run = self.file(CHECKPOINT).exists() or self.file(CONFIG).exists()
+        if resume and not self.file(CHECKPOINT).exists():
+            raise CheckpointError(f"--resume found no {CHECKPOINT} in {self.path}; train there without --resume "
+                                  f"(add --overwrite if it holds an unfinished first epoch)")
+        if holds_run and not resume and not overwrite:
+            raise ValueError(f"{self.path} already holds a run; add --resume to continue it, --overwrite to "
+                             f"start it again, or choose another --out folder")
+        existing = next(folder for folder in (self.path, *self.path.absolute().parents) if folder.exists())
+        if not existing.is_dir():
+            raise ValueError(f"--out {self.path} lies under {existing}, which is a file; choose a folder path")
+        try:
+            with tempfile.TemporaryFile(dir=existing):  # the folder, or where it will be created
+                pass
+        except OSError as error:
+            raise ValueError(f"cannot write to the run directory {self.path} ({error.strerror}); "
+                             f"choose a writable --out folder") from None
+        if overwrite:
+            self.clear(extra)
+        return self
+
     def write_config(self, config: dict[str, Any]) -> None:
         text = json.dumps(config, indent=2, sort_keys=True).encode()
         _write_atomically(self.file(CONFIG), lambda f: f.write(text))
@@ -71,9 +121,25 @@ class RunDir:
             raise CheckpointError(f"{path} does not exist; is {self.path} a pyrovae run directory "
                                   f"(made by `pyrovae train --out {self.path}`)?")
         try:
-            return json.loads(path.read_text())
+            config = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(f"{path} is not valid JSON ({error}); restore it or train again") from None
+        if not isinstance(config, dict) or not set(config) <= set(CONFIG_SECTIONS):
+            found = sorted(config) if isinstance(config, dict) else type(config).__name__
+            raise CheckpointError(f"{path} is not a pyrovae run config: expected the sections "
+                                  f"{', '.join(CONFIG_SECTIONS)}, found {found}; restore it or train again")
+        return config
+
+    def settings(self, cls: type[Settings], section: str) -> Settings:
+        """Section ``section`` of ``config.json`` as the settings class ``cls``, keys and types checked."""
+        config = self.read_config().get(section)
+        if config is None:
+            raise CheckpointError(f"{self.file(CONFIG)} has no {section} settings (the run was made in Python "
+                                  f"with custom parts); rebuild it in Python and load {CHECKPOINT} yourself")
+        try:
+            return settings_from_json(cls, config, f"{self.file(CONFIG)}, section {section!r}")
+        except ValueError as error:
+            raise CheckpointError(f"{error}; fix the file or train again") from None
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.file(METRICS), "a") as f:
@@ -83,13 +149,25 @@ class RunDir:
         path = self.file(METRICS)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{path} line {number} is not JSON (was the run killed while writing it?); "
+                                      f"`pyrovae train --out {self.path} --resume` rewrites the file from the "
+                                      f"checkpoint") from None
+        return rows
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop metric rows after ``last_epoch`` (written after the checkpoint a resume starts from)."""
-        rows = [row for row in self.read_metrics() if row["epoch"] <= last_epoch]
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` by ``rows`` (on resume: the history saved in the checkpoint)."""
         text = "".join(json.dumps(row) + "\n" for row in rows).encode()
         _write_atomically(self.file(METRICS), lambda f: f.write(text))
+
+    def clear(self, extra: Iterable[str] = ()) -> None:
+        """Delete the files of a previous run here (and the ``extra`` names), keeping anything else."""
+        for name in (CONFIG, CHECKPOINT, METRICS, EVAL, *extra):
+            self.file(name).unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         _write_atomically(self.file(CHECKPOINT), lambda f: torch.save(state, f))
@@ -99,29 +177,39 @@ class RunDir:
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; train first with `pyrovae train --out {self.path}`")
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:  # truncated zip, random bytes, or a pickle asking for code
             raise CheckpointError(
                 f"{path} is not a readable pyrovae checkpoint ({type(error).__name__}); it may be "
                 f"truncated, corrupt or from an untrusted source. Train again or restore a copy."
             ) from None
+        _check_checkpoint(state, path)
+        return state
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         text = json.dumps(data, indent=2).encode()
         _write_atomically(self.file(name), lambda f: f.write(text))
 
 
+def _check_checkpoint(state: Any, path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has the entries and types of :data:`CHECKPOINT_ENTRIES`."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a pyrovae checkpoint; "
+                              f"point to a run directory that `pyrovae train` wrote")
+    for key, kind in CHECKPOINT_ENTRIES.items():
+        if not isinstance(state.get(key), kind):
+            problem = "lacks" if key not in state else "has a malformed"
+            raise CheckpointError(f"{path} {problem} entry {key!r}, so it is not a checkpoint of this pyrovae "
+                                  f"version; train again or restore a copy")
+    if not all(torch.is_tensor(value) for value in state["model"].values()):
+        raise CheckpointError(f"{path} has model weights that are not tensors; train again or restore a copy")
+
+
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
     """The trained VAE of a run directory (in eval mode, on ``device``) and its config dict."""
     run = RunDir(path)
     config = run.read_config()
-    if not config.get("model"):
-        raise CheckpointError(f"{run.file(CONFIG)} has no model settings (the VAE was built from "
-                              f"custom parts); rebuild it in Python and load {CHECKPOINT} yourself")
-    try:
-        vae = build_vae(ModelConfig(**config["model"]))
-    except TypeError as error:
-        raise CheckpointError(f"{run.file(CONFIG)} has model settings this version cannot read ({error})") from None
+    vae = build_vae(run.settings(ModelConfig, "model"))
     state = run.load_checkpoint(map_location=device)
     try:
         vae.load_state_dict(state["model"])

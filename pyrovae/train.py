@@ -5,12 +5,17 @@ Each step minimizes the ELBO estimate of ``Trace_ELBO`` (Monte Carlo KL) or
 device-resident versions in :mod:`pyrovae.objectives`. The loss is accumulated on the
 device and read back once per epoch, so a GPU is never made to wait for the host
 inside an epoch.
+
+A run loses at most the step in flight: a checkpoint is saved after every epoch, and
+SIGINT or SIGTERM saves one mid-epoch (the epoch's order, position, running sums and
+random state) from which ``resume`` continues as if never stopped. A non-finite loss or
+gradient stops training, keeping the last good checkpoint, unless ``skip_nonfinite``
+allows that many bad batches to be skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from pyrovae.kl_weight import KLSchedule
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.randomness import rng_state, set_rng_state
 from pyrovae.runs import CHECKPOINT, RunDir
+from pyrovae.stopping import StopRequest, TrainingInterrupted
 from pyrovae.vae import VAE
 
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
@@ -41,7 +47,8 @@ class TrainConfig:
     ``elbo`` is ``trace``, ``meanfield`` or ``iwae``, estimated with ``particles``
     vectorized samples per example (averaged, or importance-weighted for ``iwae``).
     ``kl_weight``, ``kl_warmup`` (epochs) and ``kl_balance`` (a rate) set the weight of
-    the KL term; see :class:`~pyrovae.kl_weight.KLSchedule`.
+    the KL term; see :class:`~pyrovae.kl_weight.KLSchedule`. ``skip_nonfinite`` is how
+    many batches with a non-finite loss or gradient the run may skip before it stops.
     """
 
     epochs: int = 100
@@ -54,6 +61,7 @@ class TrainConfig:
     kl_warmup: float = 0.0
     kl_balance: float | None = None
     particles: int = 1
+    skip_nonfinite: int = 0
 
     def __post_init__(self) -> None:
         if self.elbo not in ELBOS:
@@ -63,6 +71,8 @@ class TrainConfig:
                              f"{self.batch_size} and {self.particles}")
         if not self.lr > 0:
             raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if self.skip_nonfinite < 0:
+            raise ValueError(f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
         resolve_device(self.device)
         KLSchedule(self.kl_weight, self.kl_warmup, self.kl_balance)  # raises on bad KL settings
 
@@ -83,24 +93,34 @@ def resolve_device(name: str) -> torch.device:
 
 
 class SVIStep:
-    """One optimizer step on a minibatch's (KL-weighted) negative ELBO; returns its detached parts.
+    """One optimizer step on a minibatch's (KL-weighted) negative ELBO.
 
+    Returns the detached loss parts and a 0-dim flag: were the loss and every gradient
+    finite? With ``skip_nonfinite`` the flag is read before the update (a device sync
+    per step) and a non-finite step changes neither parameters nor optimizer state;
+    otherwise the update always happens and the flag stays on the device.
     Pyro checks the model and guide (shapes, supports, plate structure) on the first
     step; the structure is static, so later steps skip those checks.
     """
 
-    def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO):
+    def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
+                 skip_nonfinite: bool = False):
         self.vae, self.optimizer, self.elbo = vae, optimizer, elbo
+        self.skip_nonfinite = skip_nonfinite
+        self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.checked = False
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ELBOParts:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[ELBOParts, torch.Tensor]:
         with pyro.validation_enabled(is_validation_enabled() and not self.checked):
             parts = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y)
         self.checked = True
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
-        self.optimizer.step()
-        return parts._replace(loss=parts.loss.detach())
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        finite = torch.isfinite(parts.loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if not (self.skip_nonfinite and not finite):
+            self.optimizer.step()
+        return parts._replace(loss=parts.loss.detach()), finite
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
@@ -111,31 +131,87 @@ def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
     return {"model": as_dict(vae.config), "data": as_dict(data.config), "train": as_dict(config)}
 
 
-def train_epoch(svi_step: SVIStep, data: Dataset, config: TrainConfig, epoch: int, bar: tqdm) -> dict[str, float]:
-    """One pass over the shuffled training set, setting the KL weight before every step.
+@dataclasses.dataclass
+class EpochState:
+    """An epoch in progress: its shuffled order, the steps taken, and device-side running sums.
 
-    Returns the per-example means of the loss and of its reconstruction and KL terms,
-    and the mean KL weight, read from the device once at the end.
+    ``sums`` holds the loss, reconstruction and KL terms summed over the ``seen``
+    examples, ``weight_sum`` the KL weights of the steps taken, ``first_bad_step`` the
+    first step whose loss or gradient was not finite (-1: none). Saved in a checkpoint
+    when training is interrupted, it lets the epoch finish exactly as it would have.
+    """
+
+    order: torch.Tensor
+    sums: torch.Tensor
+    weight_sum: torch.Tensor
+    first_bad_step: torch.Tensor
+    step: int = 0
+    seen: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, data: Dataset) -> EpochState:
+        device = data.train.x.device
+        return cls(order=data.shuffled_order(), sums=torch.zeros(3, device=device),
+                   weight_sum=torch.zeros((), dtype=torch.float64, device=device),
+                   first_bad_step=torch.full((), -1, device=device))
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any]) -> EpochState:
+        return cls(**saved)
+
+
+def train_epoch(svi_step: SVIStep, data: Dataset, config: TrainConfig, epoch: int, state: EpochState,
+                bar: tqdm, stop: StopRequest | None = None, skip_budget: int = 0) -> None:
+    """Take the steps of one pass over the training set left in ``state``, setting the KL weight first.
+
+    Returns early, between steps, when ``stop`` was requested, or when more than
+    ``skip_budget`` non-finite steps were skipped (with ``svi_step.skip_nonfinite``).
     """
     vae, schedule = svi_step.vae, config.kl_schedule
     steps = -(-len(data.train) // config.batch_size)
-    sums = torch.zeros(3, device=data.train.x.device)  # loss, recon, kl
-    weight_sum = 0.0
-    seen = 0
-    for step, (x, y) in enumerate(data.batches(config.batch_size)):
+    for x, y in data.batches(config.batch_size, order=state.order, first=state.step):
+        if stop is not None and stop.requested:
+            return
         if not schedule.balanced:
-            vae.kl_weight = schedule.scheduled_weight(epoch - 1 + step / steps)
-        weight_sum = weight_sum + vae.kl_weight
-        parts = svi_step(x, y)
-        sums += torch.stack(parts)
+            vae.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / steps)
+        weight = vae.kl_weight
+        parts, finite = svi_step(x, y)
+        state.step += 1
+        bar.update()
+        if svi_step.skip_nonfinite and not finite:
+            state.skipped += 1
+            if state.skipped > skip_budget:
+                return
+            continue
+        state.first_bad_step = torch.where((state.first_bad_step < 0) & ~finite, state.step, state.first_bad_step)
+        state.weight_sum += weight
+        state.sums += torch.stack(parts)
+        state.seen += len(x)
         if schedule.balanced:
             vae.kl_weight = schedule.balance(vae.kl_weight, parts.recon / len(x), parts.kl / len(x))
-        seen += len(x)
-        bar.update()
-        if not bar.disable and (step + 1) % PROGRESS_REFRESH_STEPS == 0:
-            bar.set_postfix(loss=f"{sums[0].item() / seen:.2f}")
-    loss, recon, kl = (sums / seen).tolist()
-    return {"train_loss": loss, "recon": recon, "kl": kl, "kl_weight": float(weight_sum / steps)}
+        if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
+            bar.set_postfix(loss=f"{state.sums[0].item() / max(state.seen, 1):.2f}")
+
+
+def epoch_metrics(state: EpochState) -> dict[str, float]:
+    """Per-example means of the loss and its reconstruction and KL terms, the mean KL weight, skips."""
+    loss, recon, kl = (state.sums / max(state.seen, 1)).tolist()
+    steps_taken = max(state.step - state.skipped, 1)
+    return {"train_loss": loss, "recon": recon, "kl": kl, "kl_weight": state.weight_sum.item() / steps_taken,
+            "skipped_batches": state.skipped}
+
+
+def nonfinite_message(epoch: int, step: int, steps: int, config: TrainConfig, kept: str) -> str:
+    """Why training stopped on a NaN or infinity, what was kept, and the usual fixes."""
+    return (f"training stopped: the loss or a gradient was NaN or infinite at epoch {epoch}, step {step} of {steps}; "
+            f"{kept}. Usual fixes: a lower learning rate (--lr, now {config.lr:g}), a KL warm-up (--kl-warmup 10), "
+            f"a larger --likelihood-scale for gaussian or laplace likelihoods, or --skip-nonfinite N to skip up to "
+            f"N bad batches")
 
 
 def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str | Path | None = None,
@@ -144,9 +220,12 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
 
     With ``run_dir``, writes ``config.json``, appends to ``metrics.jsonl`` and saves
     ``checkpoint.pt`` after every epoch; ``resume=True`` continues from that checkpoint
-    up to ``config.epochs`` in all. Without resuming, the seed is set first (set it
-    before building the VAE too, for a reproducible initialization). Pyro's global
-    param store is cleared: the parameters live in ``vae`` and Adam updates them there.
+    (mid-epoch if it was interrupted) up to ``config.epochs`` in all. Without resuming,
+    the seed is set first (set it before building the VAE too, for a reproducible
+    initialization). SIGINT or SIGTERM saves a checkpoint and raises
+    :class:`~pyrovae.stopping.TrainingInterrupted`; a non-finite loss or gradient raises
+    ``FloatingPointError``. Pyro's global param store is cleared: the parameters live in
+    ``vae`` and Adam updates them there.
     """
     config = config or TrainConfig()
     device = resolve_device(config.device)
@@ -155,7 +234,7 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     run = RunDir(run_dir).create() if run_dir is not None else None
     if run is not None and not resume and run.file(CHECKPOINT).exists():
         raise ValueError(f"{run.path} already holds a trained run; pass --resume (resume=True) "
-                         f"to continue it, or choose another --out directory")
+                         f"to continue it, --overwrite to start it again, or choose another --out directory")
     vae.to(device)
     data = data.to(device)
     vae.check_data(data.observed_train_images(), "training images")
@@ -166,61 +245,114 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     pyro.clear_param_store()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
     vae.kl_weight = config.kl_schedule.initial_weight(device)
-    start_epoch = 0
+    saved = {"epoch": 0, "metrics": [], "skipped": 0, "partial": None}
     if resume:
-        state = run.load_checkpoint(map_location=device)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-        set_rng_state(state["rng"])
+        saved = run.load_checkpoint(map_location=device)
+        vae.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
         if config.kl_schedule.balanced:
-            vae.kl_weight = state["kl_weight"].to(device)
-        run.truncate_metrics(start_epoch)
+            vae.kl_weight = saved["kl_weight"].to(device)
+        run.write_metrics(saved["metrics"])
     else:
         pyro.set_rng_seed(config.seed)
     if run is not None:
         run.write_config(run_config(vae, data, config))
 
     try:
-        return _train_epochs(vae, data, config, run, optimizer, start_epoch, progress)
+        return Trainer(vae, data, config, run, optimizer, saved).train_epochs(progress)
     finally:
         vae.kl_weight = 1.0  # the weight is a training device; the trained VAE is the plain model
 
 
-def _train_epochs(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None,
-                  optimizer: torch.optim.Optimizer, start_epoch: int, progress: bool) -> list[dict[str, float]]:
-    """The epoch loop of :func:`fit`: train, validate, log, checkpoint."""
-    elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
-                              max_plate_nesting=1)  # the data plate; particles go left of it
-    svi_step = SVIStep(vae, optimizer, elbo)
-    steps_per_epoch = -(-len(data.train) // config.batch_size)
-    history = []
-    with tqdm(total=steps_per_epoch * max(0, config.epochs - start_epoch), disable=not progress,
-              unit="step", dynamic_ncols=True) as bar:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
-            vae.train()
-            started = time.perf_counter()
-            train = train_epoch(svi_step, data, config, epoch, bar)
-            epoch_seconds = time.perf_counter() - started
-            train_loss = train["train_loss"]
-            if not math.isfinite(train_loss):
-                kept = (f" ({run.file(CHECKPOINT)} still holds epoch {epoch - 1})"
-                        if run is not None and epoch > 1 else "")
-                raise FloatingPointError(f"training diverged: epoch {epoch} ended with loss {train_loss} "
-                                         f"and was not saved{kept}; lower --lr or check the data")
-            row = {"epoch": epoch, **train,
-                   "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),
-                   "epoch_seconds": epoch_seconds}
-            history.append(row)
-            bar.set_postfix(loss=f"{train_loss:.2f}", val=f"{row['val_neg_elbo']:.2f}")
-            if progress:
-                bar.write(f"epoch {epoch:>4}  train loss {train_loss:9.3f} (recon {train['recon']:.2f}, "
-                          f"KL {train['kl']:.2f}, w {train['kl_weight']:.3g})  "
-                          f"val -ELBO {row['val_neg_elbo']:9.3f}  ({epoch_seconds:.2f}s)")
-            if run is not None:
-                run.append_metrics(row)
-                run.save_checkpoint({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch, "rng": rng_state(),
-                                     "kl_weight": torch.as_tensor(vae.kl_weight)})
-    return history
+class Trainer:
+    """The epoch loop of :func:`fit`: train, check for non-finite steps, validate, log, checkpoint."""
+
+    def __init__(self, vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None,
+                 optimizer: torch.optim.Optimizer, saved: dict[str, Any]):
+        self.vae, self.data, self.config, self.run, self.optimizer = vae, data, config, run, optimizer
+        elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
+                                  max_plate_nesting=1)  # the data plate; particles go left of it
+        self.svi_step = SVIStep(vae, optimizer, elbo, skip_nonfinite=config.skip_nonfinite > 0)
+        self.steps = -(-len(data.train) // config.batch_size)
+        self.epoch = saved["epoch"]
+        self.history: list[dict[str, float]] = list(saved["metrics"])
+        self.skipped = saved["skipped"]
+        self.partial = None if saved["partial"] is None else EpochState.from_checkpoint(saved["partial"])
+        self.kept = "nothing was saved"
+        if run is not None and run.file(CHECKPOINT).exists():
+            self._kept_checkpoint(self.partial)
+
+    def train_epochs(self, progress: bool) -> list[dict[str, float]]:
+        config, trained = self.config, []
+        done = self.steps * self.epoch + (self.partial.step if self.partial else 0)
+        with StopRequest() as stop, tqdm(total=max(0, self.steps * config.epochs - done), disable=not progress,
+                                         unit="step", dynamic_ncols=True) as bar:
+            while self.epoch < config.epochs:
+                epoch = self.epoch + 1
+                bar.set_description(f"epoch {epoch}/{config.epochs}")
+                state, self.partial = self.partial or EpochState.start(self.data), None
+                self.vae.train()
+                started = time.perf_counter()
+                train_epoch(self.svi_step, self.data, config, epoch, state, bar, stop,
+                            skip_budget=config.skip_nonfinite - self.skipped)
+                state.seconds += time.perf_counter() - started
+                self._check_finite(epoch, state)
+                if state.step < self.steps:
+                    self._save(partial=state)
+                    raise TrainingInterrupted(self._interrupted(stop.requested, f"in epoch {epoch} after step "
+                                                                f"{state.step} of {self.steps}"))
+                self.skipped += state.skipped
+                row = self._finish_epoch(epoch, state, bar, progress)
+                trained.append(row)
+                if stop.requested:
+                    raise TrainingInterrupted(self._interrupted(stop.requested, f"after epoch {epoch}"))
+        return trained
+
+    def _check_finite(self, epoch: int, state: EpochState) -> None:
+        """Raise ``FloatingPointError`` if a step was non-finite, or more were skipped than allowed."""
+        if self.skipped + state.skipped > self.config.skip_nonfinite:
+            raise FloatingPointError(nonfinite_message(epoch, state.step, self.steps, self.config, self.kept) +
+                                     f" ({self.skipped + state.skipped} bad batches so far, more than --skip-nonfinite "
+                                     f"{self.config.skip_nonfinite})")
+        first_bad = int(state.first_bad_step)
+        if first_bad >= 0:
+            raise FloatingPointError(nonfinite_message(epoch, first_bad, self.steps, self.config, self.kept))
+
+    def _finish_epoch(self, epoch: int, state: EpochState, bar: tqdm, progress: bool) -> dict[str, float]:
+        data, vae = self.data, self.vae
+        train = epoch_metrics(state)
+        row = {"epoch": epoch, **train,
+               "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),
+               "epoch_seconds": state.seconds}
+        self.epoch = epoch
+        self.history.append(row)
+        bar.set_postfix(loss=f"{train['train_loss']:.2f}", val=f"{row['val_neg_elbo']:.2f}")
+        if progress:
+            bar.write(f"epoch {epoch:>4}  train loss {train['train_loss']:9.3f} (recon {train['recon']:.2f}, "
+                      f"KL {train['kl']:.2f}, w {train['kl_weight']:.3g})  "
+                      f"val -ELBO {row['val_neg_elbo']:9.3f}  ({state.seconds:.2f}s)")
+        self._save(partial=None)
+        if self.run is not None:
+            self.run.append_metrics(row)
+        return row
+
+    def _save(self, partial: EpochState | None) -> None:
+        """Checkpoint the state (the metrics history goes with it, so a resume can rewrite metrics.jsonl)."""
+        if self.run is None:
+            return
+        self.run.save_checkpoint({"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                  "epoch": self.epoch, "rng": rng_state(),
+                                  "kl_weight": torch.as_tensor(self.vae.kl_weight), "metrics": self.history,
+                                  "skipped": self.skipped,
+                                  "partial": None if partial is None else partial.to_checkpoint()})
+        self._kept_checkpoint(partial)
+
+    def _kept_checkpoint(self, partial: EpochState | None) -> None:
+        where = f"epoch {self.epoch}" if partial is None else f"step {partial.step} of epoch {self.epoch + 1}"
+        self.kept = f"{self.run.file(CHECKPOINT)} still holds the state after {where}"
+
+    def _interrupted(self, signal_name: str, where: str) -> str:
+        saved = (f"saved {self.run.file(CHECKPOINT)}; continue with `pyrovae train --out {self.run.path} --resume` "
+                 f"(Python: fit(..., resume=True))" if self.run is not None else "no run directory, nothing saved")
+        return f"{signal_name} received: training stopped {where}; {saved}"

@@ -140,6 +140,18 @@ class VAE(nn.Module):
             raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
         self.likelihood.check_data(x, name)
 
+    def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None = None, name: str = "data") -> None:
+        """Raise ``ValueError`` naming the problem unless ``(x, y)`` can be fed to :meth:`model` and :meth:`guide`."""
+        self.check_data(x, name)
+        if self.conditional and y is None:
+            raise ValueError(f"this VAE is conditional: {name} needs labels y, one class per example "
+                             f"(from the CLI they come with the dataset)")
+        if y is not None:
+            if not torch.is_tensor(y) or y.shape != (len(x),):
+                raise ValueError(f"{name}: {len(x)} examples need labels of shape ({len(x)},), got "
+                                 f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
+            self.check_labels(y, f"{name} labels")
+
     def check_labels(self, y: torch.Tensor, name: str = "labels") -> None:
         """Raise ``ValueError`` unless ``y`` holds integer classes in [0, num_classes) (conditional models)."""
         if not self.conditional:

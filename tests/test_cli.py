@@ -49,8 +49,8 @@ def test_evaluate_writes_eval_json(trained_run, capsys):
     assert "negative ELBO" in out and "NLL, K=200" in out and "bits/dim" in out
 
 
-def test_evaluate_with_no_samples_reports_the_elbo_only(trained_run):
-    assert main(["evaluate", str(trained_run), "--num-samples", "0"]) == 0
+def test_evaluate_elbo_only_skips_the_log_likelihood(trained_run):
+    assert main(["evaluate", str(trained_run), "--elbo-only"]) == 0
     assert "nll" not in json.loads((trained_run / "eval.json").read_text())
 
 

@@ -44,7 +44,8 @@ def test_training_steps_never_read_the_loss_back_to_the_host(small_vae, binary_b
         monkeypatch.setattr(torch.Tensor, name, counted)
     steps = [step(binary_batch) for _ in range(5)]
     assert reads == []
-    assert all(torch.is_tensor(part) and not part.requires_grad for parts in steps for part in parts)
+    assert all(torch.is_tensor(part) and not part.requires_grad for parts, _ in steps for part in parts)
+    assert all(finite.dtype == torch.bool and finite.shape == () for _, finite in steps)
 
 
 def test_discrete_guide_sites_are_refused_with_a_pointer():

@@ -39,7 +39,7 @@ def test_run_directory_files_and_checkpoint_round_trip(digits, tmp_path):
     fit(vae, digits, TrainConfig(epochs=2, device="cpu"), run_dir=tmp_path, progress=False)
     assert {p.name for p in tmp_path.iterdir()} == {"config.json", "checkpoint.pt", "metrics.jsonl"}
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    keys = {"epoch", "train_loss", "recon", "kl", "kl_weight", "val_neg_elbo", "epoch_seconds"}
+    keys = {"epoch", "train_loss", "recon", "kl", "kl_weight", "skipped_batches", "val_neg_elbo", "epoch_seconds"}
     assert [set(row) for row in rows] == [keys] * 2
     assert all(row["train_loss"] == pytest.approx(row["recon"] + row["kl"], rel=1e-5) for row in rows)
 

@@ -1,0 +1,46 @@
+"""Stopping training on request: Ctrl-C (SIGINT) or a scheduler's SIGTERM ends the run at a step boundary.
+
+The first signal only sets a flag; the training loop sees it after the current step,
+saves a checkpoint of exactly where it stands, and raises :class:`TrainingInterrupted`.
+A second signal while that happens interrupts at once, as Python normally does (the
+checkpoint write is atomic, so the previous checkpoint survives it).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal after saving a checkpoint; ``--resume`` continues from it."""
+
+
+class StopRequest:
+    """A context in which SIGINT and SIGTERM ask the loop to stop instead of killing it.
+
+    ``requested`` holds the signal's name once one arrived. Outside the main thread
+    Python cannot install handlers, and signals keep their usual effect.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
