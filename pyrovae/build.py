@@ -56,8 +56,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.image_shape = tuple(self.image_shape)
         self.hidden = tuple(self.hidden)
+        if len(self.image_shape) != 3 or any(side < 1 for side in self.image_shape):
+            raise ValueError(f"image_shape must be three positive sizes (channels, height, width), "
+                             f"got {list(self.image_shape)}")
         if self.z_dim < 1:
             raise ValueError(f"z_dim must be at least 1, got {self.z_dim}")
+        if self.prior_components < 1:
+            raise ValueError(f"prior_components (K of the mixture and vamp priors) must be at least 1, "
+                             f"got {self.prior_components}")
+        if not self.likelihood_scale > 0 or self.likelihood_scale == float("inf"):
+            raise ValueError(f"likelihood_scale must be a positive number, got {self.likelihood_scale}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must be positive, got {list(self.hidden)}")
         for field, value, choices in (("net", self.net, NETS), ("prior", self.prior, PRIORS),

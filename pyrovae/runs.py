@@ -186,6 +186,16 @@ class RunDir:
         _check_checkpoint(state, path)
         return state
 
+    def restore(self, state: dict[str, Any], vae: VAE, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Load a checkpoint's weights (and optimizer state) into ``vae``, refusing ones of another model."""
+        try:
+            vae.load_state_dict(state["model"])
+            if optimizer is not None:
+                optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{self.file(CHECKPOINT)} does not match the model of {self.file(CONFIG)} "
+                                  f"({type(error).__name__}); train again or restore a copy") from None
+
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         text = json.dumps(data, indent=2).encode()
         _write_atomically(self.file(name), lambda f: f.write(text))
@@ -210,10 +220,5 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE,
     run = RunDir(path)
     config = run.read_config()
     vae = build_vae(run.settings(ModelConfig, "model"))
-    state = run.load_checkpoint(map_location=device)
-    try:
-        vae.load_state_dict(state["model"])
-    except (KeyError, RuntimeError, TypeError) as error:
-        raise CheckpointError(f"{run.file(CHECKPOINT)} does not match {run.file(CONFIG)} "
-                              f"({type(error).__name__}); train again") from None
+    run.restore(run.load_checkpoint(map_location=device), vae)
     return vae.to(device).eval(), config

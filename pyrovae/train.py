@@ -157,6 +157,13 @@ class EpochState:
                    weight_sum=torch.zeros((), dtype=torch.float64, device=device),
                    first_bad_step=torch.full((), -1, device=device))
 
+    def add(self, parts: ELBOParts, finite: torch.Tensor, kl_weight: float | torch.Tensor, examples: int) -> None:
+        """Count a step taken: its loss parts, its KL weight, and (on the device) whether it was finite."""
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~finite, self.step, self.first_bad_step)
+        self.weight_sum += kl_weight
+        self.sums += torch.stack(parts)
+        self.seen += examples
+
     def to_checkpoint(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -174,9 +181,13 @@ def train_epoch(svi_step: SVIStep, data: Dataset, config: TrainConfig, epoch: in
     """
     vae, schedule = svi_step.vae, config.kl_schedule
     steps = -(-len(data.train) // config.batch_size)
+
+    def stopping() -> bool:  # checked before a batch is drawn: drawing consumes random numbers
+        return (stop is not None and stop.requested is not None) or state.skipped > skip_budget
+
+    if stopping():
+        return
     for x, y in data.batches(config.batch_size, order=state.order, first=state.step):
-        if stop is not None and stop.requested:
-            return
         if not schedule.balanced:
             vae.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / steps)
         weight = vae.kl_weight
@@ -185,17 +196,14 @@ def train_epoch(svi_step: SVIStep, data: Dataset, config: TrainConfig, epoch: in
         bar.update()
         if svi_step.skip_nonfinite and not finite:
             state.skipped += 1
-            if state.skipped > skip_budget:
-                return
-            continue
-        state.first_bad_step = torch.where((state.first_bad_step < 0) & ~finite, state.step, state.first_bad_step)
-        state.weight_sum += weight
-        state.sums += torch.stack(parts)
-        state.seen += len(x)
-        if schedule.balanced:
-            vae.kl_weight = schedule.balance(vae.kl_weight, parts.recon / len(x), parts.kl / len(x))
+        else:
+            state.add(parts, finite, weight, len(x))
+            if schedule.balanced:
+                vae.kl_weight = schedule.balance(vae.kl_weight, parts.recon / len(x), parts.kl / len(x))
         if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
             bar.set_postfix(loss=f"{state.sums[0].item() / max(state.seen, 1):.2f}")
+        if stopping():
+            return
 
 
 def epoch_metrics(state: EpochState) -> dict[str, float]:
@@ -248,8 +256,7 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     saved = {"epoch": 0, "metrics": [], "skipped": 0, "partial": None}
     if resume:
         saved = run.load_checkpoint(map_location=device)
-        vae.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        run.restore(saved, vae, optimizer)
         set_rng_state(saved["rng"])
         if config.kl_schedule.balanced:
             vae.kl_weight = saved["kl_weight"].to(device)

@@ -167,7 +167,7 @@ def test_gaussian_and_laplace_accept_any_finite_values():
     ({"likelihood": "gaussian", "likelihood_scale": 0.0}, "positive"),
     ({"prior": "class-means"}, "num_classes"),
     ({"prior": "nope"}, "unknown prior"),
-    ({"prior": "mixture", "prior_components": 0}, "at least one"),
+    ({"prior": "mixture", "prior_components": 0}, "at least 1"),
 ])
 def test_bad_model_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):

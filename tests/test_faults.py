@@ -1,0 +1,304 @@
+"""Faults lose at most one epoch: SIGKILL, Ctrl-C, corrupt or malicious files, NaN and infinity.
+
+The kill tests run ``pyrovae train`` in a subprocess that sends itself the signal at a
+chosen training step or in the middle of writing a checkpoint (a real SIGKILL, at a
+reproducible moment), then resume it and compare with a run that was never stopped.
+"""
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit
+from pyrovae.cli import main
+from pyrovae.data import load_dataset
+from pyrovae.runs import CheckpointError, RunDir, load_run
+from pyrovae.stopping import TrainingInterrupted
+
+TRAIN = ["train", "--epochs", "3", "--hidden", "32", "--z-dim", "2", "--threads", "1", "--no-progress",
+         "--device", "cpu"]
+STEPS_PER_EPOCH = 11  # 1347 digits training images in batches of 128
+
+KILLING_RUN = """
+import io, os, signal, sys
+import torch
+from pyrovae import cli, train
+
+mode, at = sys.argv[1], int(sys.argv[2])
+count = [0]
+if mode == "save":  # die halfway through writing checkpoint number `at`
+    real_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        count[0] += 1
+        if count[0] == at:
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = save
+else:  # send signal `mode` to ourselves during training step number `at`
+    real_step = train.SVIStep.__call__
+    def step(self, *args):
+        count[0] += 1
+        if count[0] == at:
+            os.kill(os.getpid(), getattr(signal, mode))
+        return real_step(self, *args)
+    train.SVIStep.__call__ = step
+raise SystemExit(cli.main(sys.argv[3:]))
+"""
+
+
+def run_with_fault(mode, at, out):
+    return subprocess.run([sys.executable, "-c", KILLING_RUN, mode, str(at), *TRAIN, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def weights(run_dir):
+    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)["model"]
+
+
+def metrics_without_timing(run_dir):
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in RunDir(run_dir).read_metrics()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "straight"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("mode,at,epochs_kept", [
+    ("SIGKILL", STEPS_PER_EPOCH + 5, 1),  # in the middle of epoch 2: epoch 1 survives
+    ("save", 2, 1),                       # halfway through writing epoch 2's checkpoint: epoch 1 survives
+    ("SIGINT", STEPS_PER_EPOCH + 5, 1),   # Ctrl-C saves the position in epoch 2 and exits cleanly
+    ("SIGTERM", 2 * STEPS_PER_EPOCH + 1, 2),
+], ids=["sigkill-mid-epoch", "sigkill-mid-checkpoint-write", "sigint-mid-epoch", "sigterm-mid-epoch"])
+def test_resume_after_a_fault_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, mode, at, epochs_kept):
+    out = tmp_path / "run"
+    stopped = run_with_fault(mode, at, out)
+    if mode in ("SIGINT", "SIGTERM"):
+        assert stopped.returncode == 130, stopped.stderr
+        assert f"{mode} received" in stopped.stderr and "--resume" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
+        partial = torch.load(out / "checkpoint.pt", weights_only=True)["partial"]
+        assert partial["step"] == at - (epochs_kept * STEPS_PER_EPOCH)
+    else:
+        assert stopped.returncode == -signal.SIGKILL
+    assert len(RunDir(out).read_metrics()) >= epochs_kept
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == epochs_kept
+
+    resumed = subprocess.run([sys.executable, "-m", "pyrovae", *TRAIN, "--out", str(out), "--resume"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics_without_timing(out) == metrics_without_timing(uninterrupted)
+    expected = weights(uninterrupted)
+    for name, value in weights(out).items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_ctrl_c_in_python_raises_after_saving_and_resume_finishes_the_epoch(tmp_path, monkeypatch):
+    data = load_dataset(DataConfig())
+    config = TrainConfig(epochs=2, device="cpu")
+
+    def model(seed=0):
+        torch.manual_seed(seed)
+        return build_vae(ModelConfig(image_shape=(1, 8, 8), z_dim=2, hidden=(16,)))
+
+    straight = model()
+    fit(straight, data, config, run_dir=tmp_path / "straight", progress=False)
+
+    from pyrovae import train
+    real_step, calls = train.SVIStep.__call__, []
+
+    def step(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(train.SVIStep, "__call__", step)
+    with pytest.raises(TrainingInterrupted, match="SIGINT received: training stopped in epoch 1 after step 4"):
+        fit(model(), data, config, run_dir=tmp_path / "stopped", progress=False)
+    monkeypatch.undo()
+    resumed = model(seed=5)
+    history = fit(resumed, data, config, run_dir=tmp_path / "stopped", resume=True, progress=False)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+# --- files that are damaged, foreign or hostile ---------------------------------------------------
+
+class Payload:
+    """Unpickled unsafely, this creates a marker file: proof that the checkpoint ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def good_state(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+CHECKPOINT_DAMAGE = {
+    "empty file": lambda run, ckpt: ckpt.write_bytes(b""),
+    "truncated": lambda run, ckpt: ckpt.write_bytes(ckpt.read_bytes()[:len(ckpt.read_bytes()) // 2]),
+    "random bytes": lambda run, ckpt: ckpt.write_bytes(os.urandom(4096)),
+    "zip header then garbage": lambda run, ckpt: ckpt.write_bytes(b"PK\x03\x04" + os.urandom(500)),
+    "a bare state_dict": lambda run, ckpt: torch.save(good_state(run)["model"], ckpt),
+    "a list": lambda run, ckpt: torch.save([1, 2, 3], ckpt),
+    "epoch tampered to text": lambda run, ckpt: torch.save({**good_state(run), "epoch": "3"}, ckpt),
+    "weights replaced by numbers": lambda run, ckpt: torch.save({**good_state(run), "model": {"w": 1.0}}, ckpt),
+    "weights of another shape": lambda run, ckpt: torch.save(
+        {**good_state(run), "model": {k: v[..., :1] for k, v in good_state(run)["model"].items()}}, ckpt),
+}
+
+
+@pytest.fixture
+def trained(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage", CHECKPOINT_DAMAGE, ids=list(CHECKPOINT_DAMAGE))
+def test_damaged_checkpoint_is_refused_by_every_command_in_one_line(trained, damage, capsys):
+    checkpoint = trained / "checkpoint.pt"
+    CHECKPOINT_DAMAGE[damage](trained, checkpoint)
+    with pytest.raises(CheckpointError, match=str(checkpoint)):
+        load_run(trained)
+    for argv in (["evaluate", str(trained), "--elbo-only"], ["plot", str(trained)],
+                 ["sample", str(trained), "--out", str(trained / "s.png")],
+                 ["train", "--out", str(trained), "--resume", "--epochs", "2", "--no-progress"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert str(trained) in err and err.count("\n") == 1, err
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_pickle_that_runs_code_is_refused_without_running_it(trained, tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({**good_state(trained), "epoch": Payload(marker)}, trained / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="untrusted source"):
+        load_run(trained)
+    with pytest.raises(CheckpointError):
+        fit(build_vae(ModelConfig(image_shape=(1, 8, 8), z_dim=2, hidden=(16,))), load_dataset(
+            DataConfig()), TrainConfig(epochs=2), run_dir=trained, resume=True, progress=False)
+    assert not marker.exists()
+    torch.load(trained / "checkpoint.pt", weights_only=False)  # the payload is live: unsafe loading runs it
+    assert marker.exists()
+    with open(trained / "checkpoint.pt", "wb") as f:  # the same payload as a bare pickle
+        pickle.dump(Payload(tmp_path / "bare"), f)
+    with pytest.raises(CheckpointError):
+        load_run(trained)
+    assert not (tmp_path / "bare").exists()
+
+
+def edit_config(run, change):
+    config = json.loads((run / "config.json").read_text())
+    change(config)
+    (run / "config.json").write_text(json.dumps(config))
+
+
+CONFIG_DAMAGE = {
+    "not JSON": (lambda run: (run / "config.json").write_text("{'model': "), "not valid JSON"),
+    "a list": (lambda run: (run / "config.json").write_text("[1, 2]"), "not a pyrovae run config"),
+    "foreign sections": (lambda run: (run / "config.json").write_text('{"optimizer": {}}'), "expected the sections"),
+    "unknown prior": (lambda run: edit_config(run, lambda c: c["model"].update(prior="flow")), "unknown prior 'flow'"),
+    "unknown likelihood": (lambda run: edit_config(run, lambda c: c["model"].update(likelihood="poisson")),
+                           "unknown likelihood 'poisson'"),
+    "unknown key": (lambda run: edit_config(run, lambda c: c["model"].update(exec="import os")),
+                    "unknown key.*'exec'"),
+    "wrong type": (lambda run: edit_config(run, lambda c: c["model"].update(z_dim="2")), "'z_dim' must be int"),
+    "bad value": (lambda run: edit_config(run, lambda c: c["model"].update(z_dim=-1)), "z_dim must be at least 1"),
+    "bad data section": (lambda run: edit_config(run, lambda c: c["data"].update(dataset="../../etc")),
+                         "unknown dataset"),
+}
+
+
+@pytest.mark.parametrize("damage", CONFIG_DAMAGE, ids=list(CONFIG_DAMAGE))
+def test_damaged_config_is_refused_naming_the_file_and_the_problem(trained, damage, capsys):
+    change, message = CONFIG_DAMAGE[damage]
+    change(trained)
+    for argv in (["evaluate", str(trained), "--elbo-only"], ["plot", str(trained)],
+                 ["train", "--out", str(trained), "--resume", "--epochs", "2", "--no-progress"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "config.json" in err and re.search(message, err) and err.count("\n") == 1, err
+
+
+def test_a_half_written_metrics_line_is_named_and_resume_repairs_it(trained, capsys):
+    with open(trained / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # killed mid-append
+    assert main(["plot", str(trained), "--only", "training_curves"]) == 2
+    assert "line 2 is not JSON" in capsys.readouterr().err
+    assert main(["train", "--out", str(trained), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert [row["epoch"] for row in RunDir(trained).read_metrics()] == [1, 2]
+
+
+# --- NaN and infinity ------------------------------------------------------------------------------
+
+class Poisoned(torch.nn.Module):
+    """Wraps a decoder; on chosen training calls makes the loss (or only the gradients) NaN."""
+
+    def __init__(self, decoder, bad_calls, where):
+        super().__init__()
+        self.decoder, self.bad_calls, self.where, self.calls = decoder, set(bad_calls), where, 0
+
+    def forward(self, z):
+        out = self.decoder(z)
+        if not self.training:
+            return out
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            if self.where == "loss":
+                return out * float("nan")
+            out.register_hook(lambda grad: grad * float("inf"))  # a finite loss with infinite gradients
+        return out
+
+
+def poisoned_vae(bad_calls, where):
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(image_shape=(1, 8, 8), z_dim=2, hidden=(16,)))
+    vae.decoder = Poisoned(vae.decoder, bad_calls, where)
+    return vae
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_a_nonfinite_step_stops_training_naming_epoch_and_step(tmp_path, where):
+    data = load_dataset(DataConfig())
+    vae = poisoned_vae({STEPS_PER_EPOCH + 4}, where)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 4 of 11.*still holds the state after epoch 1"
+                                                 r".*--lr.*--kl-warmup.*--skip-nonfinite"):
+        fit(vae, data, TrainConfig(epochs=3, device="cpu"), run_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert [row["epoch"] for row in RunDir(tmp_path).read_metrics()] == [1]
+
+
+def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(tmp_path):
+    data = load_dataset(DataConfig())
+    history = fit(poisoned_vae({3, STEPS_PER_EPOCH + 2}, "gradient"), data,
+                  TrainConfig(epochs=2, device="cpu", skip_nonfinite=2), run_dir=tmp_path / "ok", progress=False)
+    assert [row["skipped_batches"] for row in history] == [1, 1]
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "ok").values())
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*2 bad batches so far, more than "
+                                                 r"--skip-nonfinite 1"):
+        fit(poisoned_vae({3, STEPS_PER_EPOCH + 2}, "loss"), data, TrainConfig(epochs=2, device="cpu", skip_nonfinite=1),
+            run_dir=tmp_path / "stops", progress=False)
