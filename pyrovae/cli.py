@@ -289,13 +289,13 @@ def _sample(args: argparse.Namespace) -> None:
         plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
     else:
         torch.manual_seed(args.seed)
-        _save_samples(vae, args.n, out, args.label)
+        _save_samples(vae, args.n, out, args.label, SAMPLE_CHUNK)
     of_class = f" of class {args.label}" if args.label is not None else ""
     print(f"wrote {args.n} samples{of_class} to {out}")
 
 
 @torch.no_grad()
-def _save_samples(vae: VAE, n: int, path: Path, label: int | None = None, chunk: int = SAMPLE_CHUNK) -> None:
+def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int) -> None:
     """Write ``n`` decoded prior draws to the ``.npy`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory)."""
     labels = plots.sample_labels(vae, n, label)
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, vae.x_dim))

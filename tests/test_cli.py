@@ -5,8 +5,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from pyrovae import VAE, cli
 from pyrovae.cli import build_parser, main
 
 
@@ -59,6 +61,14 @@ def test_sample_writes_png_and_npy(trained_run, tmp_path):
     assert samples.shape == (7, 64) and samples.min() >= 0 and samples.max() <= 1
     assert main(["sample", str(trained_run), "--n", "7", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_many_samples_are_written_in_chunks(trained_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "SAMPLE_CHUNK", 1000)
+    drawn = []
+    monkeypatch.setattr(VAE, "sample", lambda self, n, y=None: drawn.append(n) or torch.rand(n, self.x_dim))
+    assert main(["sample", str(trained_run), "--n", "2500", "--out", str(tmp_path / "many.npy")]) == 0
+    assert drawn == [1000, 1000, 500] and np.load(tmp_path / "many.npy").shape == (2500, 64)
 
 
 def test_resume_from_the_cli_keeps_counting(trained_run):

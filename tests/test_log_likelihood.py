@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyrovae import VAE
+from pyrovae import VAE, evaluate
 from pyrovae.evaluate import chunk_shape, log_importance_weights, log_likelihood, mean_and_stderr, negative_elbo
 from pyrovae.likelihoods import GaussianLikelihood
 from pyrovae.nets import MLPEncoder, inverse_softplus
@@ -161,3 +161,15 @@ def test_weights_keep_particles_and_examples_apart():
 def test_bad_sample_count_is_refused():
     with pytest.raises(ValueError, match="at least one sample"):
         log_likelihood(factor_analysis_vae(), torch.zeros(2, D), num_samples=0)
+
+
+def test_a_report_that_cannot_fit_the_budget_is_split_not_crashed(monkeypatch):
+    vae = factor_analysis_vae()
+    x = sample_data(vae, 30)
+    batch_sizes = []
+    real = evaluate.negative_elbo
+    monkeypatch.setattr(evaluate, "negative_elbo", lambda *args: batch_sizes.append(args[3]) or real(*args))
+    report = evaluate.evaluation_report(vae, x, num_samples=50, batch_size=10_000, memory_budget=2_000)
+    fitting = chunk_shape(vae, x, None, 1, 2_000)[1]  # examples whose single-sample ELBO fits in 2 kB
+    assert batch_sizes == [fitting] and fitting < len(x)  # the ELBO's batches shrink to the budget too
+    assert abs(-report["nll"] - exact_log_marginal(vae, x).mean().item()) < 0.1
