@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from pyrovae import plots
 from pyrovae.build import LABEL_PRIORS, NETS, ModelConfig, build_vae
 from pyrovae.data import BINARIZE, DATASETS, DataConfig, Dataset, Split, load_dataset
+from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
 from pyrovae.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.nets import ACTIVATIONS
@@ -35,6 +37,7 @@ EPILOG_TRAIN = """examples:
   pyrovae train --prior vamp --prior-components 50 --kl-warmup 10
   pyrovae train --dataset fashion-mnist --likelihood continuous-bernoulli   # grayscale pixels
   pyrovae train --likelihood gaussian --likelihood-scale 0.2 --learn-scale decoder
+  torchrun --nproc-per-node 2 -m pyrovae train --dataset fashion-mnist --batch-size 1024   # data-parallel
 """
 
 
@@ -121,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="start again in an --out folder that holds a run (deletes that run's files)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    speed = train.add_argument_group("speed (measure: see benchmarks/)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)")
+    speed.add_argument("--tf32", action="store_true",
+                       help="let CUDA matmuls use TensorFloat-32 (faster on Ampere and later GPUs, ~3 digits)")
 
     evaluate = commands.add_parser(
         "evaluate", help="test negative ELBO and importance-sampled log-likelihood", formatter_class=_Formatter,
@@ -186,15 +194,20 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def _train(args: argparse.Namespace) -> None:
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the run directory to continue")
-    out = Path(args.out) if args.out else default_run_dir()
-    run = RunDir(out).prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
+    processes, _ = join(resolve_device(args.device))
+    out = Path(from_main(args.out or default_run_dir(), processes))
+    run = RunDir(out)
+    if processes.is_main:
+        run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
+    wait_for_all(processes)
     if args.resume:
         model_config = run.settings(ModelConfig, "model")
         data_config = run.settings(DataConfig, "data")
         train_config = dataclasses.replace(run.settings(TrainConfig, "train"), epochs=args.epochs,
-                                           device=args.device, skip_nonfinite=args.skip_nonfinite)
+                                           device=args.device, skip_nonfinite=args.skip_nonfinite,
+                                           compile=args.compile, tf32=args.tf32)
         print(f"resuming {out} with the settings in its config.json "
-              f"(only --epochs, --device and --skip-nonfinite apply)")
+              f"(only --epochs, --device, --skip-nonfinite, --compile and --tf32 apply)")
     else:
         binarize = args.binarize or ("dynamic" if args.likelihood == "bernoulli" else "none")
         data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=binarize,
@@ -202,16 +215,19 @@ def _train(args: argparse.Namespace) -> None:
         train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    elbo=args.elbo, particles=args.particles, device=args.device, seed=args.seed,
                                    kl_weight=args.kl_weight, kl_warmup=args.kl_warmup,
-                                   kl_balance=args.kl_balance, skip_nonfinite=args.skip_nonfinite)
+                                   kl_balance=args.kl_balance, skip_nonfinite=args.skip_nonfinite,
+                                   compile=args.compile, tf32=args.tf32)
     data = load_dataset(data_config)
     if not args.resume:
         model_config = _model_config(args, data)
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
+    parallel = f" in {processes.world_size} processes" if processes.parallel else ""
     print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
-          f"on {resolve_device(train_config.device)}; run directory: {out}")
+          f"on {resolve_device(train_config.device)}{parallel}; run directory: {out}")
     fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
-    plots.save_run_pictures(vae, data.test, model_config.image_shape, out, metrics=RunDir(out).read_metrics())
+    if processes.is_main:
+        plots.save_run_pictures(vae, data.test, model_config.image_shape, out, metrics=run.read_metrics())
     print(f"done: {out}  (next: pyrovae evaluate {out})")
 
 
@@ -241,7 +257,7 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     _check_positive(args, "num_samples", "memory_budget", "limit", "batch_size")
-    device = resolve_device(args.device)
+    processes, device = join(resolve_device(args.device))
     vae, _ = load_run(args.run_dir, device)
     data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
     split = getattr(data, args.split)
@@ -253,9 +269,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     log_py = class_log_prior(data.train.y, vae.num_classes) if vae.conditional else None
     num_samples = None if args.elbo_only else args.num_samples
     report = evaluation_report(vae, split.x, split.y, num_samples, log_py, args.batch_size,
-                               args.memory_budget * 2**30, progress=not args.no_progress)
+                               args.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
+                               seed=args.seed, processes=processes)
     result = {"split": args.split, **report}
-    RunDir(args.run_dir).write_json(EVAL, result)
+    if processes.is_main:
+        RunDir(args.run_dir).write_json(EVAL, result)
     print(f"{args.split} split, {len(split)} images, nats per example (± standard error):")
     print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
     if "nll" in report:
@@ -323,6 +341,8 @@ INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; bad input ends with a one-paragraph message and exit status 2, Ctrl-C with 130."""
     args = build_parser().parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
+        sys.stdout = open(os.devnull, "w")  # for the life of the process
     try:
         if getattr(args, "threads", None) is not None:
             _check_positive(args, "threads")

@@ -110,20 +110,26 @@ class Dataset:
         return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
                                    test=self.test.to(device))
 
-    def shuffled_order(self) -> torch.Tensor:
-        """A fresh random permutation of the training examples, on their device (one epoch's order)."""
-        return torch.randperm(len(self.train), device=self.train.x.device)
+    def shuffled_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random permutation of the training examples (one epoch's order), on their device.
+
+        Drawn from ``generator`` (a CPU generator) if given, else from torch's global one.
+        """
+        if generator is None:
+            return torch.randperm(len(self.train), device=self.train.x.device)
+        return torch.randperm(len(self.train), generator=generator).to(self.train.x.device)
 
     def batches(self, batch_size: int, shuffle: bool = True, order: torch.Tensor | None = None,
                 first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Training minibatches ``(x, y)``: slices of a shuffled index, binarized afresh if dynamic.
 
-        ``order`` gives the index (default: :meth:`shuffled_order`, or the stored order
-        without ``shuffle``); ``first`` skips that many batches, to finish an interrupted epoch.
+        ``order`` gives the index, perhaps one process's shard of the examples (default:
+        :meth:`shuffled_order`, or the stored order without ``shuffle``); ``first`` skips that
+        many batches, to finish an interrupted epoch.
         """
-        n = len(self.train)
         if order is None and shuffle:
             order = self.shuffled_order()
+        n = len(self.train) if order is None else len(order)
         for start in range(first * batch_size, n, batch_size):
             index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
             x = self.train.x[index]

@@ -12,6 +12,7 @@ for any prior, likelihood, conditional model or user-written part, with no speci
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -20,12 +21,15 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from pyrovae.distributed import SINGLE, Processes, gather_objects, my_blocks
 from pyrovae.memory import bytes_allocated
-from pyrovae.randomness import seeded
+from pyrovae.randomness import derived_seed, seeded
 from pyrovae.vae import VAE
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Bytes one chunk of the log-likelihood may allocate (2 GiB: at ease in a laptop's RAM or on any GPU)."""
+EVAL_BLOCK = 500
+"""Examples per block of :func:`evaluation_report`, each block drawing from its own seed."""
 CPU_CHUNK_BYTES = 64 * 2**20
 """On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower, not faster, as every
 chunk's fresh tensors are page-faulted in anew (measured in benchmarks/log_likelihood.py)."""
@@ -171,9 +175,29 @@ def classify(log_px_given_y: torch.Tensor, log_py: torch.Tensor | None = None) -
     return log_px_given_y.argmax(dim=1)
 
 
+def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int | None, batch_size: int,
+                  memory_budget: float) -> torch.Tensor:
+    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c."""
+    neg_elbo = negative_elbo(vae, x, y, batch_size)
+    if num_samples:
+        def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+            return log_likelihood(vae, x, y, num_samples, memory_budget)
+    else:
+        def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+            return -negative_elbo(vae, x, y, batch_size)
+    if vae.conditional:
+        scores = class_scores(estimate, x, vae.num_classes)
+    elif num_samples:
+        scores = estimate(x, y)[:, None]
+    else:
+        scores = neg_elbo.new_zeros(len(x), 0)
+    return torch.cat([neg_elbo[:, None], scores], dim=1).cpu()
+
+
 def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = 5000,
                       log_py: torch.Tensor | None = None, batch_size: int = 1000,
-                      memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> dict[str, float]:
+                      memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False, seed: int = 0,
+                      processes: Processes = SINGLE) -> dict[str, float]:
     """The numbers of ``eval.json``, per example in nats, each with its standard error across examples.
 
     ``neg_elbo``; unless ``num_samples`` is ``None``, the importance-sampled ``nll`` = -log p(x)
@@ -182,21 +206,38 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     ``accuracy`` of argmax_y log p(x|y) + log p(y) against ``y``; its ``nll`` is the
     marginal -log p(x) = -logsumexp_y [log p(y) + log p(x|y)], and ``nll_given_label``
     is -log p(x|y) for the true label. The ELBO's batches also stay within ``memory_budget``.
+
+    The examples are taken in blocks of :data:`EVAL_BLOCK`, each with random draws from its
+    own seed derived from ``seed``; under torchrun (``processes``) the ranks share out the
+    blocks and gather the results, so any number of processes gives the same numbers.
     """
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be at least 1 (None: the ELBO only), got {num_samples}")
     vae.check_inputs(x, y)
     batch_size = min(batch_size, chunk_shape(vae, x, y, 1, memory_budget)[1])
+    was_training = vae.training
+    vae.eval()
+    starts = range(0, len(x), EVAL_BLOCK)
+    mine = my_blocks(len(starts), processes)
+    computed = []
+    desc = f"log p(x), K={num_samples}" if num_samples else "-ELBO"
+    try:
+        with tqdm(total=sum(len(x[starts[b]:starts[b] + EVAL_BLOCK]) for b in mine), disable=not progress,
+                  unit="example", desc=desc, dynamic_ncols=True) as bar:
+            for block in mine:
+                part = slice(starts[block], starts[block] + EVAL_BLOCK)
+                with seeded(vae.device, derived_seed(seed, block)):
+                    computed.append((block, _block_scores(vae, x[part], None if y is None else y[part], num_samples,
+                                                          batch_size, memory_budget)))
+                bar.update(len(x[part]))
+    finally:
+        vae.train(was_training)
+    columns = torch.cat([scores for _, scores in sorted(itertools.chain(*gather_objects(computed, processes)),
+                                                         key=lambda item: item[0])])
     report: dict[str, float] = {"num_examples": len(x)}
-    report["neg_elbo"], report["neg_elbo_stderr"] = mean_and_stderr(negative_elbo(vae, x, y, batch_size))
-    if num_samples:
-        def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return log_likelihood(vae, x, y, num_samples, memory_budget, progress)
-    else:
-        def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return -negative_elbo(vae, x, y, batch_size)
+    report["neg_elbo"], report["neg_elbo_stderr"] = mean_and_stderr(columns[:, 0])
+    scores = columns[:, 1:]  # log p(x), or log p(x|y=c) for every class c
     if vae.conditional:
-        scores = class_scores(estimate, x, vae.num_classes).cpu()  # log p(x|y=c), (N, C)
         log_py = log_py if log_py is not None else torch.full((vae.num_classes,), -math.log(vae.num_classes))
         report["accuracy"] = (classify(scores, log_py) == y.cpu()).float().mean().item()
         if not num_samples:
@@ -205,7 +246,7 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
         report["nll_given_label"], report["nll_given_label_stderr"] = mean_and_stderr(
             -scores.gather(1, y.cpu()[:, None])[:, 0])
     elif num_samples:
-        log_px = estimate(x, y)
+        log_px = scores[:, 0]
     else:
         return report
     report["nll"], report["nll_stderr"] = mean_and_stderr(-log_px)

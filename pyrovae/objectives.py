@@ -114,7 +114,8 @@ class IWAEBound(RenyiELBO):
 
     with the K particles vectorized (a ``particles`` plate left of the data plate). The
     logsumexp runs over the particle dim of each example's own weights, never over the
-    batch sum. K = 1 is the ELBO. Returns the loss on the device, like the ELBOs above;
+    batch sum. K = 1 is the ELBO. The bound takes the data plate's scale (the dataset size
+    over the batch size, when the VAE is told it). Returns the loss on the device, like the ELBOs above;
     ``recon`` and ``kl`` are their particle averages (the ELBO's halves), for logging.
     """
 
@@ -127,7 +128,8 @@ class IWAEBound(RenyiELBO):
         log_weights = (sum(site["log_prob"] for _, site in _sample_sites(model_trace))
                        - sum(site["log_prob"] for _, site in _sample_sites(guide_trace)))
         log_weights = log_weights.reshape(self.num_particles, -1)  # (K, B); K = 1 has no particle dim
-        bound = (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
+        data_scale = next(site["scale"] for _, site in _sample_sites(model_trace) if site["is_observed"])
+        bound = data_scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
         log_likelihood, kl = _sampled_parts(model_trace, guide_trace)
         n = self.num_particles
         return ELBOParts(-bound, -log_likelihood.detach() / n, kl.detach() / n)

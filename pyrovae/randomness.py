@@ -1,4 +1,4 @@
-"""Torch's random state: saved with a checkpoint, or fixed for a block of draws and restored after."""
+"""Torch's random state: saved with a checkpoint, fixed for a block of draws, or derived from a seed and keys."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -30,3 +31,8 @@ def seeded(device: torch.device, seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A well-mixed seed for the stream named by ``keys`` (an epoch, a block), independent of the others."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, np.uint64)[0] >> 1)

@@ -4,11 +4,13 @@ Each step minimizes the ELBO estimate of ``Trace_ELBO`` (Monte Carlo KL) or
 ``TraceMeanField_ELBO`` (closed-form KL, seed 000 eq. 4) with Adam, through the
 device-resident versions in :mod:`pyrovae.objectives`. The loss is accumulated on the
 device and read back once per epoch, so a GPU is never made to wait for the host
-inside an epoch.
+inside an epoch. Under ``torchrun`` the objective is wrapped in
+``DistributedDataParallel`` (see :mod:`pyrovae.distributed`).
 
 A run loses at most the step in flight: a checkpoint is saved after every epoch, and
 SIGINT or SIGTERM saves one mid-epoch (the epoch's order, position, running sums and
-random state) from which ``resume`` continues as if never stopped. A non-finite loss or
+random state) from which ``resume`` continues as if never stopped (under torchrun, from
+the last complete epoch). A non-finite loss or
 gradient stops training, keeping the last good checkpoint, unless ``skip_nonfinite``
 allows that many bad batches to be skipped.
 """
@@ -16,6 +18,7 @@ allows that many bad batches to be skipped.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,16 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
+from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, gather_objects, join, shard
 from pyrovae.evaluate import negative_elbo
 from pyrovae.kl_weight import KLSchedule
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
-from pyrovae.randomness import rng_state, set_rng_state
+from pyrovae.randomness import derived_seed, rng_state, set_rng_state
 from pyrovae.runs import CHECKPOINT, RunDir
 from pyrovae.stopping import StopRequest, TrainingInterrupted
 from pyrovae.vae import VAE
@@ -49,6 +55,9 @@ class TrainConfig:
     ``kl_weight``, ``kl_warmup`` (epochs) and ``kl_balance`` (a rate) set the weight of
     the KL term; see :class:`~pyrovae.kl_weight.KLSchedule`. ``skip_nonfinite`` is how
     many batches with a non-finite loss or gradient the run may skip before it stops.
+    ``batch_size`` is the global batch: under torchrun each of the N processes takes
+    batch_size / N examples per step. ``compile`` applies ``torch.compile`` to the encoder
+    and decoder; ``tf32`` lets CUDA matmuls and convolutions use TensorFloat-32.
     """
 
     epochs: int = 100
@@ -62,6 +71,8 @@ class TrainConfig:
     kl_balance: float | None = None
     particles: int = 1
     skip_nonfinite: int = 0
+    compile: bool = False
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.elbo not in ELBOS:
@@ -92,27 +103,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class ELBOLoss(nn.Module):
+    """The VAE's minibatch objective as a module (like Pyro's ``ELBOModule``), so DDP can wrap it.
+
+    ``forward(x, y)`` returns the :class:`~pyrovae.objectives.ELBOParts` of ``elbo`` on the
+    VAE's model and guide; DDP then all-reduces the gradients of the VAE's parameters.
+    """
+
+    def __init__(self, vae: VAE, elbo: pyro.infer.ELBO):
+        super().__init__()
+        self.vae, self.elbo = vae, elbo
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ELBOParts:
+        return self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y)
+
+
 class SVIStep:
     """One optimizer step on a minibatch's (KL-weighted) negative ELBO.
 
-    Returns the detached loss parts and a 0-dim flag: were the loss and every gradient
+    Returns the detached loss parts, each summed over the minibatch (the loss without the
+    data plate's dataset scaling), and a 0-dim flag: were the loss and every gradient
     finite? With ``skip_nonfinite`` the flag is read before the update (a device sync
     per step) and a non-finite step changes neither parameters nor optimizer state;
-    otherwise the update always happens and the flag stays on the device.
+    otherwise the update always happens and the flag stays on the device. Under torchrun
+    (``processes``) the objective runs inside DDP, which all-reduces the gradients.
     Pyro checks the model and guide (shapes, supports, plate structure) on the first
     step; the structure is static, so later steps skip those checks.
     """
 
     def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
-                 skip_nonfinite: bool = False):
-        self.vae, self.optimizer, self.elbo = vae, optimizer, elbo
+                 skip_nonfinite: bool = False, processes: Processes = SINGLE):
+        self.vae, self.optimizer = vae, optimizer
         self.skip_nonfinite = skip_nonfinite
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self.loss: nn.Module = ELBOLoss(vae, elbo)
+        if processes.parallel:
+            device_ids = [vae.device] if vae.device.type == "cuda" else None
+            self.loss = DistributedDataParallel(self.loss, device_ids=device_ids)
         self.checked = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[ELBOParts, torch.Tensor]:
         with pyro.validation_enabled(is_validation_enabled() and not self.checked):
-            parts = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y)
+            parts = self.loss(x, y)
         self.checked = True
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
@@ -120,7 +152,8 @@ class SVIStep:
         finite = torch.isfinite(parts.loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads))
         if not (self.skip_nonfinite and not finite):
             self.optimizer.step()
-        return parts._replace(loss=parts.loss.detach()), finite
+        plate_scale = 1.0 if self.vae.data_size is None else self.vae.data_size / len(x)
+        return parts._replace(loss=parts.loss.detach() / plate_scale), finite
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
@@ -133,7 +166,7 @@ def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class EpochState:
-    """An epoch in progress: its shuffled order, the steps taken, and device-side running sums.
+    """An epoch in progress: this process's shuffled order, the steps taken, and device-side running sums.
 
     ``sums`` holds the loss, reconstruction and KL terms summed over the ``seen``
     examples, ``weight_sum`` the KL weights of the steps taken, ``first_bad_step`` the
@@ -151,9 +184,9 @@ class EpochState:
     seconds: float = 0.0
 
     @classmethod
-    def start(cls, data: Dataset) -> EpochState:
-        device = data.train.x.device
-        return cls(order=data.shuffled_order(), sums=torch.zeros(3, device=device),
+    def start(cls, order: torch.Tensor) -> EpochState:
+        device = order.device
+        return cls(order=order, sums=torch.zeros(3, device=device),
                    weight_sum=torch.zeros((), dtype=torch.float64, device=device),
                    first_bad_step=torch.full((), -1, device=device))
 
@@ -172,43 +205,11 @@ class EpochState:
         return cls(**saved)
 
 
-def train_epoch(svi_step: SVIStep, data: Dataset, config: TrainConfig, epoch: int, state: EpochState,
-                bar: tqdm, stop: StopRequest | None = None, skip_budget: int = 0) -> None:
-    """Take the steps of one pass over the training set left in ``state``, setting the KL weight first.
-
-    Returns early, between steps, when ``stop`` was requested, or when more than
-    ``skip_budget`` non-finite steps were skipped (with ``svi_step.skip_nonfinite``).
-    """
-    vae, schedule = svi_step.vae, config.kl_schedule
-    steps = -(-len(data.train) // config.batch_size)
-
-    def stopping() -> bool:  # checked before a batch is drawn: drawing consumes random numbers
-        return (stop is not None and stop.requested is not None) or state.skipped > skip_budget
-
-    if stopping():
-        return
-    for x, y in data.batches(config.batch_size, order=state.order, first=state.step):
-        if not schedule.balanced:
-            vae.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / steps)
-        weight = vae.kl_weight
-        parts, finite = svi_step(x, y)
-        state.step += 1
-        bar.update()
-        if svi_step.skip_nonfinite and not finite:
-            state.skipped += 1
-        else:
-            state.add(parts, finite, weight, len(x))
-            if schedule.balanced:
-                vae.kl_weight = schedule.balance(vae.kl_weight, parts.recon / len(x), parts.kl / len(x))
-        if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
-            bar.set_postfix(loss=f"{state.sums[0].item() / max(state.seen, 1):.2f}")
-        if stopping():
-            return
-
-
-def epoch_metrics(state: EpochState) -> dict[str, float]:
-    """Per-example means of the loss and its reconstruction and KL terms, the mean KL weight, skips."""
-    loss, recon, kl = (state.sums / max(state.seen, 1)).tolist()
+def epoch_metrics(state: EpochState, processes: Processes = SINGLE) -> dict[str, float]:
+    """Per-example means of the loss and its reconstruction and KL terms over all processes, the
+    mean KL weight, and the skipped batches."""
+    totals = all_reduce_sum(torch.cat([state.sums, state.sums.new_tensor([state.seen])]), processes)
+    loss, recon, kl = (totals[:3] / max(totals[3].item(), 1)).tolist()
     steps_taken = max(state.step - state.skipped, 1)
     return {"train_loss": loss, "recon": recon, "kl": kl, "kl_weight": state.weight_sum.item() / steps_taken,
             "skipped_batches": state.skipped}
@@ -233,13 +234,17 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     initialization). SIGINT or SIGTERM saves a checkpoint and raises
     :class:`~pyrovae.stopping.TrainingInterrupted`; a non-finite loss or gradient raises
     ``FloatingPointError``. Pyro's global param store is cleared: the parameters live in
-    ``vae`` and Adam updates them there.
+    ``vae`` and Adam updates them there. Launched by torchrun, every process calls
+    ``fit`` alike; they train data-parallel and rank 0 alone writes the run directory.
     """
     config = config or TrainConfig()
-    device = resolve_device(config.device)
+    processes, device = join(resolve_device(config.device))
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to resume from")
-    run = RunDir(run_dir).create() if run_dir is not None else None
+    if config.batch_size % processes.world_size:
+        raise ValueError(f"the batch size {config.batch_size} is the global batch and must divide evenly among "
+                         f"{processes.world_size} processes; choose a multiple of {processes.world_size}")
+    run = RunDir(run_dir) if run_dir is not None else None
     if run is not None and not resume and run.file(CHECKPOINT).exists():
         raise ValueError(f"{run.path} already holds a trained run; pass --resume (resume=True) "
                          f"to continue it, --overwrite to start it again, or choose another --out directory")
@@ -249,6 +254,11 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     vae.check_data(data.val.x, "validation images")
     for split, name in ((data.train, "training"), (data.val, "validation")):
         vae.check_labels(split.y, f"{name} labels")
+    if config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if config.compile:
+        vae.encoder.compile()
+        vae.decoder.compile()
 
     pyro.clear_param_store()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
@@ -257,31 +267,40 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     if resume:
         saved = run.load_checkpoint(map_location=device)
         run.restore(saved, vae, optimizer)
-        set_rng_state(saved["rng"])
+        ranks = saved["rng"].get("ranks", [])
+        set_rng_state(ranks[processes.rank] if len(ranks) == processes.world_size else saved["rng"])
+        if processes.parallel and len(ranks) != processes.world_size:  # another world size: fresh streams
+            pyro.set_rng_seed(derived_seed(config.seed, saved["epoch"], processes.rank))
         if config.kl_schedule.balanced:
             vae.kl_weight = saved["kl_weight"].to(device)
-        run.write_metrics(saved["metrics"])
     else:
-        pyro.set_rng_seed(config.seed)
-    if run is not None:
+        pyro.set_rng_seed(config.seed + processes.rank)  # each process its own noise; rank 0 as when alone
+    if run is not None and processes.is_main:
+        run.create()
+        if resume:
+            run.write_metrics(saved["metrics"])
         run.write_config(run_config(vae, data, config))
 
+    vae.data_size = len(data.train)
     try:
-        return Trainer(vae, data, config, run, optimizer, saved).train_epochs(progress)
-    finally:
-        vae.kl_weight = 1.0  # the weight is a training device; the trained VAE is the plain model
+        return Trainer(vae, data, config, run, optimizer, saved, processes).train_epochs(progress)
+    finally:  # the weight and the data size are training devices; the trained VAE is the plain model
+        vae.kl_weight, vae.data_size = 1.0, None
 
 
 class Trainer:
     """The epoch loop of :func:`fit`: train, check for non-finite steps, validate, log, checkpoint."""
 
     def __init__(self, vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None,
-                 optimizer: torch.optim.Optimizer, saved: dict[str, Any]):
-        self.vae, self.data, self.config, self.run, self.optimizer = vae, data, config, run, optimizer
+                 optimizer: torch.optim.Optimizer, saved: dict[str, Any], processes: Processes = SINGLE):
+        self.vae, self.data, self.config, self.optimizer = vae, data, config, optimizer
+        self.processes = processes
+        self.run = run if processes.is_main else None
         elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
                                   max_plate_nesting=1)  # the data plate; particles go left of it
-        self.svi_step = SVIStep(vae, optimizer, elbo, skip_nonfinite=config.skip_nonfinite > 0)
-        self.steps = -(-len(data.train) // config.batch_size)
+        self.svi_step = SVIStep(vae, optimizer, elbo, config.skip_nonfinite > 0, processes)
+        self.batch_size = config.batch_size // processes.world_size
+        self.steps = math.ceil(math.ceil(len(data.train) / processes.world_size) / self.batch_size)
         self.epoch = saved["epoch"]
         self.history: list[dict[str, float]] = list(saved["metrics"])
         self.skipped = saved["skipped"]
@@ -293,45 +312,94 @@ class Trainer:
     def train_epochs(self, progress: bool) -> list[dict[str, float]]:
         config, trained = self.config, []
         done = self.steps * self.epoch + (self.partial.step if self.partial else 0)
+        progress = progress and self.processes.is_main
         with StopRequest() as stop, tqdm(total=max(0, self.steps * config.epochs - done), disable=not progress,
                                          unit="step", dynamic_ncols=True) as bar:
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
                 bar.set_description(f"epoch {epoch}/{config.epochs}")
-                state, self.partial = self.partial or EpochState.start(self.data), None
+                state, self.partial = self.partial or self._start(epoch), None
                 self.vae.train()
                 started = time.perf_counter()
-                train_epoch(self.svi_step, self.data, config, epoch, state, bar, stop,
-                            skip_budget=config.skip_nonfinite - self.skipped)
+                self._train_epoch(epoch, state, bar, stop)
                 state.seconds += time.perf_counter() - started
                 self._check_finite(epoch, state)
                 if state.step < self.steps:
+                    where = f"in epoch {epoch} after step {state.step} of {self.steps}"
+                    if self.processes.parallel:  # the ranks' positions are not saved: go back to the epoch's start
+                        raise TrainingInterrupted(self._interrupted(stop.requested, where, saved=False))
                     self._save(partial=state)
-                    raise TrainingInterrupted(self._interrupted(stop.requested, f"in epoch {epoch} after step "
-                                                                f"{state.step} of {self.steps}"))
+                    raise TrainingInterrupted(self._interrupted(stop.requested, where))
                 self.skipped += state.skipped
                 row = self._finish_epoch(epoch, state, bar, progress)
                 trained.append(row)
-                if stop.requested:
-                    raise TrainingInterrupted(self._interrupted(stop.requested, f"after epoch {epoch}"))
+                if any_rank(stop.requested is not None, self.processes):
+                    raise TrainingInterrupted(self._interrupted(stop.requested or "a signal", f"after epoch {epoch}"))
         return trained
+
+    def _start(self, epoch: int) -> EpochState:
+        """A fresh epoch: the order comes from (seed, epoch), the same on every rank, then sharded."""
+        generator = torch.Generator().manual_seed(derived_seed(self.config.seed, epoch))
+        return EpochState.start(shard(self.data.shuffled_order(generator), self.processes))
+
+    def _stop_requested(self, state: EpochState) -> bool:
+        """Whether to stop before the next step; all ranks agree, every :data:`PROGRESS_REFRESH_STEPS` steps."""
+        if not self.processes.parallel:
+            return self.stop.requested is not None
+        return state.step % PROGRESS_REFRESH_STEPS == 0 and any_rank(self.stop.requested is not None, self.processes)
+
+    def _train_epoch(self, epoch: int, state: EpochState, bar: tqdm, stop: StopRequest) -> None:
+        """Take the steps of the epoch left in ``state``, setting the KL weight before each.
+
+        Returns early, between steps and before drawing the next batch (drawing consumes
+        random numbers), when a stop was requested or more non-finite steps were skipped
+        than ``skip_nonfinite`` allows.
+        """
+        vae, schedule, svi_step = self.vae, self.config.kl_schedule, self.svi_step
+        self.stop = stop
+        budget = self.config.skip_nonfinite - self.skipped
+        if self._stop_requested(state):
+            return
+        for x, y in self.data.batches(self.batch_size, order=state.order, first=state.step):
+            if not schedule.balanced:
+                vae.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / self.steps)
+            weight = vae.kl_weight
+            parts, finite = svi_step(x, y)
+            state.step += 1
+            bar.update()
+            if svi_step.skip_nonfinite and not finite:
+                state.skipped += 1
+            else:
+                state.add(parts, finite, weight, len(x))
+                if schedule.balanced:
+                    recon, kl, n = all_reduce_sum(torch.stack([parts.recon, parts.kl, parts.kl.new_tensor(len(x))]),
+                                                  self.processes)
+                    vae.kl_weight = schedule.balance(vae.kl_weight, recon / n, kl / n)
+            if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
+                bar.set_postfix(loss=f"{state.sums[0].item() / max(state.seen, 1):.2f}")
+            if state.skipped > budget or self._stop_requested(state):
+                return
 
     def _check_finite(self, epoch: int, state: EpochState) -> None:
         """Raise ``FloatingPointError`` if a step was non-finite, or more were skipped than allowed."""
         if self.skipped + state.skipped > self.config.skip_nonfinite:
             raise FloatingPointError(nonfinite_message(epoch, state.step, self.steps, self.config, self.kept) +
-                                     f" ({self.skipped + state.skipped} bad batches so far, more than --skip-nonfinite "
-                                     f"{self.config.skip_nonfinite})")
+                                     f" ({self.skipped + state.skipped} bad batches so far, more than "
+                                     f"--skip-nonfinite {self.config.skip_nonfinite})")
         first_bad = int(state.first_bad_step)
         if first_bad >= 0:
             raise FloatingPointError(nonfinite_message(epoch, first_bad, self.steps, self.config, self.kept))
 
+    def _validation_loss(self) -> float:
+        """The validation negative ELBO per image, each rank computing every world_size-th image."""
+        val, processes = self.data.val, self.processes
+        mine = slice(processes.rank, None, processes.world_size)
+        total = negative_elbo(self.vae, val.x[mine], val.y[mine]).sum().reshape(1)
+        return all_reduce_sum(total, processes).item() / len(val)
+
     def _finish_epoch(self, epoch: int, state: EpochState, bar: tqdm, progress: bool) -> dict[str, float]:
-        data, vae = self.data, self.vae
-        train = epoch_metrics(state)
-        row = {"epoch": epoch, **train,
-               "val_neg_elbo": negative_elbo(vae, data.val.x, data.val.y).mean().item(),
-               "epoch_seconds": state.seconds}
+        train = epoch_metrics(state, self.processes)
+        row = {"epoch": epoch, **train, "val_neg_elbo": self._validation_loss(), "epoch_seconds": state.seconds}
         self.epoch = epoch
         self.history.append(row)
         bar.set_postfix(loss=f"{train['train_loss']:.2f}", val=f"{row['val_neg_elbo']:.2f}")
@@ -345,11 +413,16 @@ class Trainer:
         return row
 
     def _save(self, partial: EpochState | None) -> None:
-        """Checkpoint the state (the metrics history goes with it, so a resume can rewrite metrics.jsonl)."""
+        """Checkpoint the state (the metrics history goes with it, so a resume can rewrite metrics.jsonl).
+
+        Every rank takes part: the random states of all ranks are gathered to rank 0, which writes.
+        """
+        ranks = gather_objects(rng_state(), self.processes)
         if self.run is None:
             return
+        rng = {**ranks[0], "ranks": ranks} if self.processes.parallel else ranks[0]
         self.run.save_checkpoint({"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                  "epoch": self.epoch, "rng": rng_state(),
+                                  "epoch": self.epoch, "rng": rng,
                                   "kl_weight": torch.as_tensor(self.vae.kl_weight), "metrics": self.history,
                                   "skipped": self.skipped,
                                   "partial": None if partial is None else partial.to_checkpoint()})
@@ -359,7 +432,10 @@ class Trainer:
         where = f"epoch {self.epoch}" if partial is None else f"step {partial.step} of epoch {self.epoch + 1}"
         self.kept = f"{self.run.file(CHECKPOINT)} still holds the state after {where}"
 
-    def _interrupted(self, signal_name: str, where: str) -> str:
-        saved = (f"saved {self.run.file(CHECKPOINT)}; continue with `pyrovae train --out {self.run.path} --resume` "
-                 f"(Python: fit(..., resume=True))" if self.run is not None else "no run directory, nothing saved")
-        return f"{signal_name} received: training stopped {where}; {saved}"
+    def _interrupted(self, signal_name: str, where: str, saved: bool = True) -> str:
+        if self.run is None:
+            return f"{signal_name} received: training stopped {where}"
+        what = (f"saved {self.run.file(CHECKPOINT)}" if saved
+                else f"{self.run.file(CHECKPOINT)} holds epoch {self.epoch}, where a resume starts")
+        return (f"{signal_name} received: training stopped {where}; {what}; continue with "
+                f"`pyrovae train --out {self.run.path} --resume` (Python: fit(..., resume=True))")

@@ -46,6 +46,10 @@ class VAE(nn.Module):
 
     ``kl_weight`` (a positive float or a 0-dim tensor, 1 by default) scales the latent
     site in model and guide; training schedules set it, evaluation ignores it.
+    ``data_size`` (``None`` by default) is the size of the dataset a minibatch is drawn
+    from: when set, the data plate scales the minibatch's log densities by
+    data_size / batch, so the loss estimates the whole dataset's ELBO. Training sets it,
+    which makes the loss scale the same for one process and for many.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
@@ -63,6 +67,7 @@ class VAE(nn.Module):
         self.decoder_conditioning = decoder_conditioning
         self.config = config
         self.kl_weight: float | torch.Tensor = 1.0
+        self.data_size: int | None = None
         if self.conditional and not num_classes:
             raise ValueError("a conditional VAE (label-reading prior or decoder conditioning) needs num_classes")
 
@@ -81,7 +86,7 @@ class VAE(nn.Module):
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
-        with pyro.plate("data", x.shape[0]):
+        with self._data_plate(x):
             with poutine.scale(scale=self.kl_weight):
                 z = pyro.sample("z", self.prior(y))
             pyro.sample("x", self.likelihood(self.decoder(self._decoder_input(z, y))), obs=x)
@@ -89,10 +94,16 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q(z|x) = N(loc(x), diag(scale(x)^2))."""
         pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
+        with self._data_plate(x):
             loc, scale = self.encoder(x)
             with poutine.scale(scale=self.kl_weight):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def _data_plate(self, x: torch.Tensor) -> pyro.plate:
+        """The plate over the minibatch's examples, told the dataset's size when there is one."""
+        if self.data_size is None:
+            return pyro.plate("data", x.shape[0])
+        return pyro.plate("data", self.data_size, subsample=torch.arange(x.shape[0], device=x.device))
 
     def _decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """``z``, or ``[z, one_hot(y)]`` with decoder conditioning (``y`` broadcast over leading dims)."""

@@ -84,10 +84,11 @@ def test_cli_and_api_reference_are_up_to_date():
 
 
 def known_flags() -> set[str]:
-    """Options of every pyrovae command, example and benchmark script, and pytest's --runslow."""
+    """Options of every pyrovae command, example and benchmark script, pytest's --runslow and torchrun's."""
     from pyrovae.cli import build_parser
 
-    flags = {"--runslow", "--help"}
+    flags = {"--runslow", "--help", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint",
+             "--rdzv-backend", "--standalone"}
     for command in build_parser()._subparsers._group_actions[0].choices.values():
         flags |= {option for action in command._actions for option in action.option_strings}
     for script in [*(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),

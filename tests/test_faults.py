@@ -23,6 +23,8 @@ from pyrovae.data import load_dataset
 from pyrovae.runs import CheckpointError, RunDir, load_run
 from pyrovae.stopping import TrainingInterrupted
 
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # random bytes as a pickle
+
 TRAIN = ["train", "--epochs", "3", "--hidden", "32", "--z-dim", "2", "--threads", "1", "--no-progress",
          "--device", "cpu"]
 STEPS_PER_EPOCH = 11  # 1347 digits training images in batches of 128
@@ -57,7 +59,6 @@ else:  # send signal `mode` to ourselves during training step number `at`
     train.SVIStep.__call__ = step
 raise SystemExit(cli.main(sys.argv[3:]))
 """
-
 
 def run_with_fault(mode, at, out):
     return subprocess.run([sys.executable, "-c", KILLING_RUN, mode, str(at), *TRAIN, "--out", str(out)],
@@ -190,7 +191,6 @@ def test_damaged_checkpoint_is_refused_by_every_command_in_one_line(trained, dam
         assert str(trained) in err and err.count("\n") == 1, err
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_that_runs_code_is_refused_without_running_it(trained, tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({**good_state(trained), "epoch": Payload(marker)}, trained / "checkpoint.pt")

@@ -172,4 +172,4 @@ def test_a_report_that_cannot_fit_the_budget_is_split_not_crashed(monkeypatch):
     report = evaluate.evaluation_report(vae, x, num_samples=50, batch_size=10_000, memory_budget=2_000)
     fitting = chunk_shape(vae, x, None, 1, 2_000)[1]  # examples whose single-sample ELBO fits in 2 kB
     assert batch_sizes == [fitting] and fitting < len(x)  # the ELBO's batches shrink to the budget too
-    assert abs(-report["nll"] - exact_log_marginal(vae, x).mean().item()) < 0.1
+    assert report["neg_elbo"] > report["nll"] and abs(-report["nll"] - exact_log_marginal(vae, x).mean().item()) < 0.3

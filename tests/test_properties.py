@@ -19,6 +19,8 @@ from pyrovae.schema import settings_from_json
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # random bytes as a pickle
+
 
 class ExactPosterior(nn.Module):
     """q(z|x) = p(z|x) for a one-dimensional factor analysis model x = w z + b + N(0, sigma^2 I)."""

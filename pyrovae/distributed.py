@@ -1,0 +1,118 @@
+"""Data parallelism on PyTorch's own engine: DDP processes launched by ``torchrun``.
+
+``torchrun --nproc-per-node N -m pyrovae train ...`` starts N processes and tells each,
+through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
+address), who it is. :func:`join` turns that into a :class:`Processes` and joins the
+process group: ``gloo`` on CPUs, ``nccl`` on GPUs (one GPU per process). Without
+torchrun there is one process and nothing here communicates.
+
+Every rank holds the whole dataset on its device and takes a disjoint shard of each
+epoch's shuffled order (:func:`shard`); DDP all-reduces the gradients. Evaluation deals
+out blocks of examples (:func:`my_blocks`) and gathers the per-example results
+(:func:`gather_objects`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """This process's place among the data-parallel workers (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics, pictures and prints."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = Processes()
+
+
+def join(device: torch.device) -> tuple[Processes, torch.device]:
+    """Join the process group torchrun described in the environment; returns this rank and its device.
+
+    A CUDA rank gets the GPU of its local rank. Alone (no ``WORLD_SIZE`` above 1) this is
+    a no-op returning :data:`SINGLE` and ``device``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return SINGLE, device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def shard(order: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """This rank's share of an epoch's order: every ``world_size``-th index from its rank on.
+
+    The order is first padded with its own head to a multiple of ``world_size``, so every
+    rank takes equally many steps of equally many examples (as torch's DistributedSampler
+    does); the ranks' batches of one step together form one global batch of the order.
+    """
+    if not processes.parallel:
+        return order
+    pad = -len(order) % processes.world_size
+    order = torch.cat([order, order[:pad]]) if pad else order
+    return order[processes.rank::processes.world_size]
+
+
+def all_reduce_sum(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The sum of ``tensor`` over all ranks (in place; unchanged when alone)."""
+    if processes.parallel:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def any_rank(flag: bool, processes: Processes) -> bool:
+    """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
+    if not processes.parallel:
+        return flag
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return bool(all_reduce_sum(torch.tensor(float(flag), device=backend_device), processes) > 0)
+
+
+def my_blocks(num_blocks: int, processes: Processes) -> range:
+    """The blocks of an evaluation this rank computes: every ``world_size``-th, from its rank on."""
+    return range(processes.rank, num_blocks, processes.world_size)
+
+
+def gather_objects(value: object, processes: Processes) -> list[object]:
+    """``value`` from every rank, in rank order (small Python objects, e.g. RNG states)."""
+    if not processes.parallel:
+        return [value]
+    values: list[object] = [None] * processes.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def from_main(value: object, processes: Processes) -> object:
+    """Rank 0's ``value`` on every rank (e.g. the run directory's timestamped name)."""
+    if not processes.parallel:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wait_for_all(processes: Processes) -> None:
+    """A barrier: return once every rank got here (no-op when alone)."""
+    if processes.parallel:
+        dist.barrier()
