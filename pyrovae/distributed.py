@@ -3,8 +3,9 @@
 ``torchrun --nproc-per-node N -m pyrovae train ...`` starts N processes and tells each,
 through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
 address), who it is. :func:`join` turns that into a :class:`Processes` and joins the
-process group: ``gloo`` on CPUs, ``nccl`` on GPUs (one GPU per process). Without
-torchrun there is one process and nothing here communicates.
+process group: ``gloo`` on CPUs (each process pinned to its share of the cores),
+``nccl`` on GPUs (one GPU per process). Without torchrun there is one process and
+nothing here communicates.
 
 Every rank holds the whole dataset on its device and takes a disjoint shard of each
 epoch's shuffled order (:func:`shard`); DDP all-reduces the gradients. Evaluation deals
@@ -55,9 +56,26 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    else:
+        keep_to_own_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def keep_to_own_cores(local_rank: int, local_world_size: int) -> None:
+    """Pin this CPU process to its equal share of the machine's cores.
+
+    Unpinned, the processes of one node migrate between cores and evict each other's
+    caches; pinned, 2 processes on 2 cores train ~10% faster (benchmarks/scaling.py).
+    Nothing changes when the cores do not divide evenly or the platform cannot pin.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // local_world_size
+    if share and len(cores) % local_world_size == 0:
+        os.sched_setaffinity(0, cores[local_rank * share:(local_rank + 1) * share])
 
 
 def shard(order: torch.Tensor, processes: Processes) -> torch.Tensor:

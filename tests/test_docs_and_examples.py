@@ -112,7 +112,8 @@ def test_every_pyrovae_command_in_the_docs_parses():
         for block in re.findall(r"```(?:bash|text)\n(.*?)```", doc.read_text(), re.S):
             for line in block.splitlines():
                 line = line.split("  #")[0].strip()
-                match = re.match(r"^(?:\.venv/bin/)?pyrovae (train|evaluate|sample|plot)\b(.*)", line)
+                match = re.match(r"^(?:\.venv/bin/)?(?:torchrun .*?-m )?pyrovae (train|evaluate|sample|plot)\b(.*)",
+                                 line)
                 if match and "--help" not in line:
                     commands.append((doc.name, shlex.split(match.group(1) + match.group(2))))
     assert len(commands) >= 10

@@ -1,0 +1,154 @@
+"""The benchmark suite: every speed figure of the issues, in one run, on whatever device is here.
+
+Runs, each in its own process (so one's memory does not weigh on the next):
+
+- ``svi_step.py``: SVI step time against a plain PyTorch VAE of identical math, at batch
+  128 and 1024 (ratio; target <= 1.15), and epoch seconds on Fashion-MNIST;
+- ``log_likelihood.py``: importance-sampling throughput at K = 5000 against a plain
+  vectorized estimator and a loop over examples, and the fraction of the matmul rate;
+  on a GPU over the 10,000 test images (target: under 10 seconds on an H100);
+- ``scaling.py``: data-parallel scaling, 1 process against 2 on a CPU (target >= 0.8),
+  1..N processes on GPUs;
+
+then writes ``benchmarks/results/<machine>.json`` (every figure, and each part's peak
+memory) and ``benchmarks/results/<machine>.md`` (the table), and prints the table.
+About 10 minutes on a 2-core CPU.
+
+    python benchmarks/run.py [--device auto|cpu|cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+HERE = Path(__file__).parent
+STEP_TARGET, SCALING_TARGET, GPU_EPOCH_TARGET, GPU_NLL_TARGET = 1.15, 0.8, 1.5, 10.0
+
+
+def machine_name(device: str) -> str:
+    """``cpu-2core`` or the GPU's name, e.g. ``nvidia-h100-80gb-hbm3``: the results' file name."""
+    if device == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def run_part(script: str, args: list[str], out: Path) -> dict:
+    """Run one benchmark script with ``--json out``; its figures, its seconds and its peak memory."""
+    started = time.perf_counter()
+    command = [sys.executable, "-c", PEAK_MEMORY_WRAPPER, str(HERE / script), *args, "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{script} failed:\n{result.stderr[-3000:]}")
+    print(result.stdout.split("\n{")[0].rstrip(), flush=True)  # its own table, without the JSON dump
+    peak = json.loads(result.stderr.strip().splitlines()[-1])
+    return {**json.loads(out.read_text()), "seconds": time.perf_counter() - started, **peak}
+
+
+PEAK_MEMORY_WRAPPER = """
+import json, resource, runpy, sys, torch
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if torch.cuda.is_available():
+        peak["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    print(json.dumps(peak), file=sys.stderr)
+"""
+
+
+def table(results: dict) -> str:
+    """The Markdown summary: every figure beside its target."""
+    def mark(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    steps, epoch, ll, scaling = results["svi_step"], results["svi_step"]["epoch"], results["log_likelihood"], \
+        results["scaling"]
+    gpu = results["device"] == "cuda"
+    lines = [f"# Benchmarks on {results['machine']}", "",
+             f"{results['date']}; torch {results['torch']}, pyro {results['pyro']}, {results['platform']}.", "",
+             "| figure | pyrovae | reference | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for row in steps["steps"]:
+        targeted = row["batch_size"] == 128
+        lines.append(f"| SVI step, batch {row['batch_size']}, {row['elbo']} (ms) | {row['pyrovae_ms']:.3f} | "
+                     f"{row['plain_ms']:.3f} plain PyTorch | {row['ratio']:.3f} | {'<= 1.15' if targeted else '-'} | "
+                     f"{mark(row['ratio'] <= STEP_TARGET) if targeted else '-'} |")
+    per_60k = epoch["pyrovae_epoch_seconds"] * 60000 / epoch["examples"]
+    lines.append(f"| epoch, {epoch['examples']} images, batch 128 (s) | {epoch['pyrovae_epoch_seconds']:.2f} | "
+                 f"{epoch['plain_epoch_seconds']:.2f} plain PyTorch | {epoch['ratio']:.3f} | "
+                 f"{'60,000 images < 1.5 s (H100)' if gpu else '-'} | "
+                 f"{mark(per_60k < GPU_EPOCH_TARGET) if gpu else '-'} |")
+    rate = ll["examples_per_second"]
+    lines.append(f"| log p(x), K = {ll['num_samples']} (examples/s) | {rate['pyrovae']:.1f} | {rate['plain']:.1f} "
+                 f"plain vectorized | {ll['ratio_pyrovae_to_plain']:.2f} | >= 0.9 | "
+                 f"{mark(ll['ratio_pyrovae_to_plain'] >= 0.9)} |")
+    lines.append(f"| log p(x) against a loop over examples | {rate['pyrovae']:.1f} | "
+                 f"{ll['loop_examples_per_second']:.1f} loop | {ll['speedup_over_loop']:.2f} | >= 20 | "
+                 f"{mark(ll['speedup_over_loop'] >= 20)} |")
+    lines.append(f"| fraction of the decoder's matmul rate | {ll['decoder_flops_per_second_reached'] / 1e9:.1f} "
+                 f"GFLOP/s | {ll['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s | "
+                 f"{ll['fraction_of_matmul_rate']:.2f} | - | - |")
+    if gpu:
+        seconds_10k = 10000 / rate["pyrovae"]
+        lines.append(f"| log p(x) of 10,000 test images, K = 5000 (s) | {seconds_10k:.1f} | - | - | < 10 | "
+                     f"{mark(seconds_10k < GPU_NLL_TARGET)} |")
+    for row in scaling["rows"][1:]:
+        lines.append(f"| {row['processes']} processes x {row['threads_per_process']} threads, batch "
+                     f"{scaling['batch_size']} (examples/s) | {row['examples_per_second']:.0f} | "
+                     f"{scaling['rows'][0]['examples_per_second']:.0f} one process | "
+                     f"{row['ratio_to_one_process']:.3f} | {'>= 0.8' if not gpu else '-'} | "
+                     f"{mark(row['ratio_to_one_process'] >= SCALING_TARGET) if not gpu else '-'} |")
+    lines += ["", "| part | seconds | peak RSS (MiB) | peak GPU memory (MiB) |", "|---|---|---|---|"]
+    for part in ("svi_step", "log_likelihood", "scaling"):
+        r = results[part]
+        cuda = f"{r['peak_cuda_bytes'] / 2**20:.0f}" if "peak_cuda_bytes" in r else "-"
+        lines.append(f"| {part} | {r['seconds']:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} | {cuda} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and epochs (a smoke test, not figures)")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="folder for <machine>.json and .md")
+    args = parser.parse_args()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    gpu = device == "cuda"
+    rounds, epochs = (2, 1) if args.quick else (15, 3)
+    parts = {
+        "svi_step": ("svi_step.py", ["--device", device, "--batch-sizes", "128", "1024", "--rounds", str(rounds),
+                                     "--epochs", str(epochs)]),
+        "log_likelihood": ("log_likelihood.py", ["--device", device, "--rounds", "2" if args.quick else "3",
+                                                 "--examples", "10000" if gpu else ("10" if args.quick else "40"),
+                                                 "--loop-examples", "3" if args.quick else "10"]),
+        "scaling": ("scaling.py", ["--device", device, "--rounds", "2" if args.quick else "5"]),
+    }
+    results = {"machine": machine_name(device), "device": device, "date": time.strftime("%Y-%m-%d"),
+               "torch": torch.__version__, "pyro": pyro.__version__,
+               "platform": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (script, script_args) in parts.items():
+            print(f"\n== {script} ==", flush=True)
+            results[name] = run_part(script, script_args, Path(scratch) / f"{name}.json")
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / (results["machine"] + ("-quick" if args.quick else ""))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    summary = table(results)
+    stem.with_suffix(".md").write_text(summary)
+    print("\n" + summary + f"\nwritten to {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
