@@ -15,7 +15,9 @@ out blocks of examples (:func:`my_blocks`) and gathers the per-example results
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import os
 
 import torch
@@ -60,7 +62,15 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
         keep_to_own_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave)
     return Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter shuts down (gloo's threads abort the process otherwise)."""
+    if dist.is_initialized():
+        gc.collect()  # a finished DDP wrapper (in reference cycles) lets go of the group first
+        dist.destroy_process_group()
 
 
 def keep_to_own_cores(local_rank: int, local_world_size: int) -> None:
