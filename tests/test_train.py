@@ -101,3 +101,13 @@ def test_corrupt_checkpoint_is_a_clear_error(digits, tmp_path, content):
     (tmp_path / "checkpoint.pt").write_bytes(content)
     with pytest.raises(CheckpointError, match="not a readable pyrovae checkpoint"):
         load_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_compiled_nets_train_like_the_eager_ones(digits):
+    """--compile (torch.compile of encoder and decoder) changes the speed, not the numbers (to float error)."""
+    eager, compiled = digits_vae(), digits_vae()
+    fit(eager, digits, TrainConfig(epochs=1, device="cpu"), progress=False)
+    fit(compiled, digits, TrainConfig(epochs=1, device="cpu", compile=True), progress=False)
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4), name
