@@ -1,3 +1,4 @@
+import json
 import re
 import shlex
 import subprocess
@@ -135,3 +136,14 @@ def test_every_python_snippet_in_the_docs_runs(monkeypatch, tmp_path):
     guide = ran["guide.md"]  # a custom prior, trained and evaluated
     assert 0 < guide["nll"].item() < 64 * 0.7
     assert guide["vae"].prior.raw_df.item() != 1.0  # the prior's own parameter was trained
+
+
+@pytest.mark.slow
+def test_the_benchmark_suite_runs_and_writes_its_results(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
+                             "--results", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert {"svi_step", "log_likelihood", "scaling"} <= set(figures)
+    assert [row["batch_size"] for row in figures["svi_step"]["steps"]] == [128, 128, 1024, 1024]
+    assert figures["scaling"]["rows"][1]["processes"] == 2 and "| figure |" in next(tmp_path.glob("*.md")).read_text()
