@@ -372,7 +372,7 @@ class Trainer:
             else:
                 state.add(parts, finite, weight, len(x))
                 if schedule.balanced:
-                    recon, kl, n = all_reduce_sum(torch.stack([parts.recon, parts.kl, parts.kl.new_tensor(len(x))]),
+                    recon, kl, n = all_reduce_sum(torch.stack([parts.recon, parts.kl, parts.kl.new_full((), len(x))]),
                                                   self.processes)
                     vae.kl_weight = schedule.balance(vae.kl_weight, recon / n, kl / n)
             if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
