@@ -305,36 +305,38 @@ class Trainer:
         self.history: list[dict[str, float]] = list(saved["metrics"])
         self.skipped = saved["skipped"]
         self.partial = None if saved["partial"] is None else EpochState.from_checkpoint(saved["partial"])
+        self.stop = StopRequest()
         self.kept = "nothing was saved"
-        if run is not None and run.file(CHECKPOINT).exists():
+        if self.run is not None and self.run.file(CHECKPOINT).exists():
             self._kept_checkpoint(self.partial)
 
     def train_epochs(self, progress: bool) -> list[dict[str, float]]:
         config, trained = self.config, []
         done = self.steps * self.epoch + (self.partial.step if self.partial else 0)
         progress = progress and self.processes.is_main
-        with StopRequest() as stop, tqdm(total=max(0, self.steps * config.epochs - done), disable=not progress,
-                                         unit="step", dynamic_ncols=True) as bar:
+        with self.stop, tqdm(total=max(0, self.steps * config.epochs - done), disable=not progress,
+                             unit="step", dynamic_ncols=True) as bar:
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
                 bar.set_description(f"epoch {epoch}/{config.epochs}")
                 state, self.partial = self.partial or self._start(epoch), None
                 self.vae.train()
                 started = time.perf_counter()
-                self._train_epoch(epoch, state, bar, stop)
+                self._train_epoch(epoch, state, bar)
                 state.seconds += time.perf_counter() - started
                 self._check_finite(epoch, state)
                 if state.step < self.steps:
                     where = f"in epoch {epoch} after step {state.step} of {self.steps}"
                     if self.processes.parallel:  # the ranks' positions are not saved: go back to the epoch's start
-                        raise TrainingInterrupted(self._interrupted(stop.requested, where, saved=False))
+                        raise TrainingInterrupted(self._interrupted(self.stop.requested, where, saved=False))
                     self._save(partial=state)
-                    raise TrainingInterrupted(self._interrupted(stop.requested, where))
+                    raise TrainingInterrupted(self._interrupted(self.stop.requested, where))
                 self.skipped += state.skipped
                 row = self._finish_epoch(epoch, state, bar, progress)
                 trained.append(row)
-                if any_rank(stop.requested is not None, self.processes):
-                    raise TrainingInterrupted(self._interrupted(stop.requested or "a signal", f"after epoch {epoch}"))
+                if any_rank(self.stop.requested is not None, self.processes):
+                    signal_name = self.stop.requested or "a signal (on another rank)"
+                    raise TrainingInterrupted(self._interrupted(signal_name, f"after epoch {epoch}"))
         return trained
 
     def _start(self, epoch: int) -> EpochState:
@@ -348,7 +350,7 @@ class Trainer:
             return self.stop.requested is not None
         return state.step % PROGRESS_REFRESH_STEPS == 0 and any_rank(self.stop.requested is not None, self.processes)
 
-    def _train_epoch(self, epoch: int, state: EpochState, bar: tqdm, stop: StopRequest) -> None:
+    def _train_epoch(self, epoch: int, state: EpochState, bar: tqdm) -> None:
         """Take the steps of the epoch left in ``state``, setting the KL weight before each.
 
         Returns early, between steps and before drawing the next batch (drawing consumes
@@ -356,7 +358,6 @@ class Trainer:
         than ``skip_nonfinite`` allows.
         """
         vae, schedule, svi_step = self.vae, self.config.kl_schedule, self.svi_step
-        self.stop = stop
         budget = self.config.skip_nonfinite - self.skipped
         if self._stop_requested(state):
             return

@@ -77,7 +77,7 @@ def torchrun(*args, cwd):
                            "-m", "pyrovae", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-def test_torchrun_writes_one_run_directory_and_evaluates_like_one_process(tmp_path):
+def test_torchrun_writes_one_run_directory_resumes_and_evaluates_like_one_process(tmp_path):
     out = tmp_path / "run"
     trained = torchrun("train", "--device", "cpu", "--epochs", "1", "--hidden", "32", "--z-dim", "2",
                        "--no-progress", "--out", str(out), cwd=tmp_path)
@@ -88,6 +88,12 @@ def test_torchrun_writes_one_run_directory_and_evaluates_like_one_process(tmp_pa
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1]
     assert trained.stdout.count("done:") == 1  # rank 0 alone reports
+
+    resumed = torchrun("train", "--device", "cpu", "--epochs", "2", "--out", str(out), "--resume", "--no-progress",
+                       cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert len(torch.load(out / "checkpoint.pt", weights_only=True)["rng"]["ranks"]) == 2
 
     evaluated = torchrun("evaluate", str(out), "--num-samples", "50", "--no-progress", "--device", "cpu", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
