@@ -245,9 +245,8 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         raise ValueError(f"the batch size {config.batch_size} is the global batch and must divide evenly among "
                          f"{processes.world_size} processes; choose a multiple of {processes.world_size}")
     run = RunDir(run_dir) if run_dir is not None else None
-    if run is not None and not resume and run.file(CHECKPOINT).exists():
-        raise ValueError(f"{run.path} already holds a trained run; pass --resume (resume=True) "
-                         f"to continue it, --overwrite to start it again, or choose another --out directory")
+    if run is not None and processes.is_main:
+        run.prepare(resume)  # writable, and holding no earlier run unless it is resumed
     vae.to(device)
     data = data.to(device)
     vae.check_data(data.observed_train_images(), "training images")
