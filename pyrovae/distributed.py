@@ -39,6 +39,7 @@ class Processes:
 
     @property
     def parallel(self) -> bool:
+        """More than one process: DDP wraps the objective and results are all-reduced."""
         return self.world_size > 1
 
 
