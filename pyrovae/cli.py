@@ -263,8 +263,6 @@ def _evaluate(args: argparse.Namespace) -> None:
     split = getattr(data, args.split)
     if args.limit is not None:
         split = Split(split.x[:args.limit], split.y[:args.limit])
-    vae.check_data(split.x, f"{args.split} images")
-    vae.check_labels(split.y, f"{args.split} labels")
     pyro.set_rng_seed(args.seed)
     log_py = class_log_prior(data.train.y, vae.num_classes) if vae.conditional else None
     num_samples = None if args.elbo_only else args.num_samples

@@ -58,7 +58,6 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = N
     return weights.expand(num_particles, x.shape[0])
 
 
-@torch.no_grad()
 def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                   batch_size: int = 1000, num_particles: int = 1) -> torch.Tensor:
     """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)].
@@ -68,6 +67,13 @@ def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     vae.check_inputs(x, y)
     if batch_size < 1 or num_particles < 1:
         raise ValueError(f"batch_size and num_particles must be positive, got {batch_size} and {num_particles}")
+    return _negative_elbo(vae, x, y, batch_size, num_particles)
+
+
+@torch.no_grad()
+def _negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, batch_size: int,
+                   num_particles: int = 1) -> torch.Tensor:
+    """:func:`negative_elbo` of inputs already checked."""
     was_training = vae.training
     vae.eval()
     try:
@@ -82,7 +88,6 @@ def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     return torch.cat(parts)
 
 
-@torch.no_grad()
 def log_likelihood(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 5000,
                    memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
     """Per-example importance-sampled log p(x) (log p(x|y) given labels) in nats, shape ``(N,)``.
@@ -97,6 +102,13 @@ def log_likelihood(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num
     if not memory_budget > 0:
         raise ValueError(f"the memory budget must be a positive number of bytes, got {memory_budget}")
     vae.check_inputs(x, y)
+    return _log_likelihood(vae, x, y, num_samples, memory_budget, progress)
+
+
+@torch.no_grad()
+def _log_likelihood(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, memory_budget: float,
+                    progress: bool = False) -> torch.Tensor:
+    """:func:`log_likelihood` of inputs and settings already checked."""
     was_training = vae.training
     vae.eval()
     try:
@@ -177,14 +189,17 @@ def classify(log_px_given_y: torch.Tensor, log_py: torch.Tensor | None = None) -
 
 def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int | None, batch_size: int,
                   memory_budget: float) -> torch.Tensor:
-    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c."""
-    neg_elbo = negative_elbo(vae, x, y, batch_size)
+    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c.
+
+    The inputs were checked once by :func:`evaluation_report`, not again for every block and class.
+    """
+    neg_elbo = _negative_elbo(vae, x, y, batch_size)
     if num_samples:
         def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return log_likelihood(vae, x, y, num_samples, memory_budget)
+            return _log_likelihood(vae, x, y, num_samples, memory_budget)
     else:
         def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return -negative_elbo(vae, x, y, batch_size)
+            return -_negative_elbo(vae, x, y, batch_size)
     if vae.conditional:
         scores = class_scores(estimate, x, vae.num_classes)
     elif num_samples:
@@ -213,6 +228,8 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     """
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be at least 1 (None: the ELBO only), got {num_samples}")
+    if not memory_budget > 0:
+        raise ValueError(f"the memory budget must be a positive number of bytes, got {memory_budget}")
     vae.check_inputs(x, y)
     batch_size = min(batch_size, chunk_shape(vae, x, y, 1, memory_budget)[1])
     was_training = vae.training

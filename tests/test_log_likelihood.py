@@ -167,8 +167,8 @@ def test_a_report_that_cannot_fit_the_budget_is_split_not_crashed(monkeypatch):
     vae = factor_analysis_vae()
     x = sample_data(vae, 30)
     batch_sizes = []
-    real = evaluate.negative_elbo
-    monkeypatch.setattr(evaluate, "negative_elbo", lambda *args: batch_sizes.append(args[3]) or real(*args))
+    real = evaluate._negative_elbo
+    monkeypatch.setattr(evaluate, "_negative_elbo", lambda *args: batch_sizes.append(args[3]) or real(*args))
     report = evaluate.evaluation_report(vae, x, num_samples=50, batch_size=10_000, memory_budget=2_000)
     fitting = chunk_shape(vae, x, None, 1, 2_000)[1]  # examples whose single-sample ELBO fits in 2 kB
     assert batch_sizes == [fitting] and fitting < len(x)  # the ELBO's batches shrink to the budget too
