@@ -49,8 +49,9 @@ def _check_reparameterized(guide_trace: Trace) -> None:
                 f"latents train with pyro.infer.TraceGraph_ELBO or TraceEnum_ELBO instead")
 
 
+@torch.no_grad()
 def _sampled_parts(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x|z), log q(z|x) - log p(z)) at the sampled z, from unweighted densities, summed."""
+    """(log p(x|z), log q(z|x) - log p(z)) at the sampled z, from unweighted densities, summed (for logging)."""
     log_likelihood = kl = 0.0
     for name, site in _sample_sites(model_trace):
         if site["is_observed"]:
@@ -132,7 +133,7 @@ class IWAEBound(RenyiELBO):
         bound = data_scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
         log_likelihood, kl = _sampled_parts(model_trace, guide_trace)
         n = self.num_particles
-        return ELBOParts(-bound, -log_likelihood.detach() / n, kl.detach() / n)
+        return ELBOParts(-bound, -log_likelihood / n, kl / n)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_parts(model, guide, *args, **kwargs).loss

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrovae.distributions import UnitNormal
 from pyrovae.nets import inverse_softplus
 
 PRIORS = ("standard", "class-means", "mixture", "vamp")
@@ -29,10 +30,9 @@ class StandardNormalPrior(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.register_buffer("loc", torch.zeros(z_dim))
-        self.register_buffer("scale", torch.ones(z_dim))
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return UnitNormal(self.loc).to_event(1)
 
 
 class ClassMeansPrior(nn.Module):
@@ -59,8 +59,7 @@ class ClassMeansPrior(nn.Module):
         if y is None:
             raise ValueError("the class-means prior p(z|y) needs labels y; pass y to model, guide and "
                              "sample (from the CLI: train with labels, sample with --class Y)")
-        loc = self.means[y]
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+        return UnitNormal(self.means[y]).to_event(1)
 
 
 class MixturePrior(nn.Module):

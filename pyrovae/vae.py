@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
@@ -24,6 +23,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pyrovae.build import ModelConfig
+from pyrovae.distributions import ReparameterizedNormal
 from pyrovae.likelihoods import BernoulliLikelihood
 from pyrovae.priors import StandardNormalPrior
 
@@ -97,7 +97,7 @@ class VAE(nn.Module):
         with self._data_plate(x):
             loc, scale = self.encoder(x)
             with poutine.scale(scale=self.kl_weight):
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                pyro.sample("z", ReparameterizedNormal(loc, scale).to_event(1))
 
     def _data_plate(self, x: torch.Tensor) -> pyro.plate:
         """The plate over the minibatch's examples, told the dataset's size when there is one."""

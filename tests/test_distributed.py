@@ -22,8 +22,8 @@ from pyrovae import ModelConfig, TrainConfig, build_vae, fit, from_arrays
 
 # No reparameterization noise: z = loc. Each rank would otherwise draw its own noise, and the
 # comparison is about the data split, the loss scale and the gradient all-reduce.
-torch.distributions.Normal.rsample = lambda self, sample_shape=torch.Size(): self.loc.expand(
-    self._extended_shape(sample_shape))
+from pyrovae.distributions import ReparameterizedNormal
+ReparameterizedNormal.rsample = lambda self, sample_shape=(): self.loc.expand(self._extended_shape(sample_shape))
 torch.set_num_threads(1)
 images = torch.bernoulli(torch.full((80, 16), 0.4), generator=torch.Generator().manual_seed(0))
 data = from_arrays(images, torch.arange(80) % 3, val_fraction=0.2)  # 64 training images
