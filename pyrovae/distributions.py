@@ -34,7 +34,7 @@ class UnitNormal(dist.Normal):
         super().__init__(loc, torch.ones((), dtype=loc.dtype, device=loc.device).expand_as(loc), validate_args)
 
     def expand(self, batch_shape, _instance=None) -> UnitNormal:
-        return UnitNormal(self.loc.expand(batch_shape), validate_args=False)
+        return super().expand(batch_shape, _instance if _instance is not None else UnitNormal.__new__(UnitNormal))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
