@@ -52,6 +52,7 @@ def step_times(data, device, batch_size: int, rounds: int, steps: int, meanfield
     elbo = ELBOS["meanfield" if meanfield else "trace"]()
     pyro_step = SVIStep(vae, torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True), elbo)
     x_all = data.train.x.to(device)
+    vae.data_size = len(x_all)  # as in fit: the data plate scales each batch to the dataset
 
     def plain_step(x):
         loss = plain.loss(x, closed_form_kl=meanfield)

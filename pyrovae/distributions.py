@@ -1,7 +1,7 @@
-"""The two Gaussians of every training step, with log-densities written for that step.
+"""The three distributions of every training step, with log-densities written for that step.
 
-Both are ``pyro.distributions.Normal``s (KL, sampling, expansion and plates work as for any
-Normal); only ``log_prob`` is shorter, because a step evaluates it at known places:
+Each is a Pyro distribution like any other (KL, sampling, plates), with a shorter
+``log_prob`` for the places a step evaluates it:
 
 * :class:`UnitNormal`, N(loc, I), the standard and class-means priors: the unit scale
   drops out, log p(z) = -1/2 sum_i [(z_i - loc_i)^2 + log 2 pi].
@@ -10,9 +10,12 @@ Normal); only ``log_prob`` is shorter, because a step evaluates it at known plac
   That is the same function of (loc, scale), so it has the same value and gradient as the
   general formula. The general one, with z held fixed, also differentiates through z,
   and its terms in loc cancel exactly.
+* :class:`IndependentBernoulli`, the pixels of an image given the decoder's logits, whose
+  log-density avoids log1p (see :class:`_BernoulliLogProb`).
 
-Each saves a handful of elementwise operations and autograd nodes per step, about 0.1 ms
-on a CPU at batch 128, which matters when the nets themselves take 3 ms.
+And none is copied when Pyro's plates expand it to the batch shape it already has
+(:class:`KeepsItsShape`). On a CPU at batch 128 the Bernoulli saves about 0.4 ms of a
+4 ms step, the rest a few autograd nodes and Python calls each.
 """
 
 from __future__ import annotations
@@ -27,14 +30,24 @@ from torch.distributions import register_kl
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class UnitNormal(dist.Normal):
+class KeepsItsShape:
+    """``expand`` to the batch shape a distribution already has returns the distribution itself.
+
+    Pyro's plates expand every sample site's distribution to the plates' batch shape, also
+    when it already has it; a copy would add an autograd node per parameter, every step.
+    """
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, _instance if _instance is not None else self.__new__(type(self)))
+
+
+class UnitNormal(KeepsItsShape, dist.Normal):
     """N(loc, 1) in every coordinate: a Normal whose scale is fixed at one."""
 
     def __init__(self, loc: torch.Tensor, validate_args: bool | None = None):
         super().__init__(loc, torch.ones((), dtype=loc.dtype, device=loc.device).expand_as(loc), validate_args)
-
-    def expand(self, batch_shape, _instance=None) -> UnitNormal:
-        return super().expand(batch_shape, _instance if _instance is not None else UnitNormal.__new__(UnitNormal))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -42,7 +55,7 @@ class UnitNormal(dist.Normal):
         return -0.5 * (value - self.loc).square() - HALF_LOG_2PI
 
 
-class ReparameterizedNormal(dist.Normal):
+class ReparameterizedNormal(KeepsItsShape, dist.Normal):
     """N(loc, scale^2) that remembers the noise of its last ``rsample`` and scores that draw from it."""
 
     _draw: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -58,6 +71,53 @@ class ReparameterizedNormal(dist.Normal):
             return super().log_prob(value)
         eps = self._draw[1]
         return -0.5 * eps.square() - HALF_LOG_2PI - self.scale.log()
+
+
+class _BernoulliLogProb(torch.autograd.Function):
+    """sum_d [x_d l_d - softplus(l_d)]: the Bernoulli(logits l) log-density of x, summed over pixels.
+
+    Written with exp and log alone. On the CPU, PyTorch's log1p (behind softplus and
+    binary_cross_entropy_with_logits) runs about 7 times slower than exp or log, and it
+    took a tenth of a training step. Here softplus(l) = max(l, 0) + log1p(u) with
+    u = exp(-|l|) in (0, 1], and log1p(u) = log(w) - ((w - 1) - u) / w with w = 1 + u:
+    the second term undoes the rounding of w, so the result is as exact as log1p (it is
+    u itself where w rounds to 1). The gradient is analytic: d/dl = x - sigmoid(l), d/dx = l.
+    Logits and values broadcast against each other, e.g. (K, B, D) logits with (B, D) images.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, value)
+        u = logits.abs().neg_().exp_()
+        w = u + 1
+        rounding = (w - 1).sub_(u).div_(w)
+        del u
+        softplus = w.log_().sub_(rounding).add_(logits.clamp_min(0))
+        return torch.mul(value, logits).sub_(softplus).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        logits, value = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_logits = grad_value = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = (value - torch.sigmoid(logits)).mul_(grad).sum_to_size(logits.shape)
+        if ctx.needs_input_grad[1]:
+            grad_value = (grad * logits).sum_to_size(value.shape)
+        return grad_logits, grad_value
+
+
+class IndependentBernoulli(KeepsItsShape, dist.Independent):
+    """Bernoulli(logits) pixels as one event, with a faster log_prob of the same density.
+
+    The density is ``Bernoulli(logits).to_event(1)``'s; :class:`_BernoulliLogProb`
+    computes it without log1p, whose CPU cost was a measurable share of a training step
+    and of the K = 5000 log-likelihood. Build it as
+    ``IndependentBernoulli(dist.Bernoulli(logits=...), 1)``.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return _BernoulliLogProb.apply(self.base_dist.logits, value)
 
 
 @register_kl(TorchNormal, UnitNormal)

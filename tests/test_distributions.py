@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
-from pyrovae.distributions import ReparameterizedNormal, UnitNormal
+from pyrovae.distributions import IndependentBernoulli, ReparameterizedNormal, UnitNormal
 from pyrovae.likelihoods import BernoulliLikelihood
 
 
@@ -94,3 +94,16 @@ def test_reparameterized_normal_under_a_particles_plate():
     assert isinstance(site["fn"].base_dist, ReparameterizedNormal)
     assert site["value"].shape == (7, 5, 2) and site["log_prob"].shape == (7, 5)
     torch.testing.assert_close(site["log_prob"], dist.Normal(loc, scale).to_event(1).log_prob(site["value"]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: UnitNormal(torch.zeros(5, 3)),
+    lambda: ReparameterizedNormal(torch.zeros(5, 3), torch.ones(5, 3)),
+    lambda: IndependentBernoulli(dist.Bernoulli(logits=torch.zeros(5, 3)), 1),
+])
+def test_expanding_to_the_same_shape_keeps_the_distribution_and_to_another_copies_it(make):
+    d = make()
+    assert d.expand(d.batch_shape) is d
+    wider = d.expand((4, *d.batch_shape))
+    assert type(wider) is type(d) and wider.batch_shape == (4, *d.batch_shape)
+    assert wider.event_shape == d.event_shape and wider.sample().shape == (4, 5, 3)
