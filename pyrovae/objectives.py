@@ -71,7 +71,7 @@ class _DeviceResidentLoss:
             elbo, log_likelihood, particle_kl = self.particle_elbo(model_trace, guide_trace)
             loss, recon, kl = loss - elbo, recon - log_likelihood, kl + particle_kl
         n = self.num_particles
-        return ELBOParts(loss / n, recon.detach() / n, kl.detach() / n)
+        return ELBOParts(loss / n, recon / n, kl / n)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_parts(model, guide, *args, **kwargs).loss
@@ -81,7 +81,7 @@ class TraceELBO(_DeviceResidentLoss, Trace_ELBO):
     """Monte Carlo ELBO: log p(x, z) - log q(z|x) at reparameterized z ~ q(z|x)."""
 
     def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
-        """(weighted ELBO, log p(x|z), KL estimate log q(z|x) - log p(z)), each summed over the batch."""
+        """(weighted ELBO, log p(x|z), KL estimate log q(z|x) - log p(z)), batch sums; the last two detached."""
         log_p = sum(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
         log_q = sum(site["log_prob_sum"] for _, site in _sample_sites(guide_trace))
         return (log_p - log_q, *_sampled_parts(model_trace, guide_trace))
@@ -91,12 +91,12 @@ class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
     """E_q[log p(x|z)] - KL(q(z|x) || p(z)), the KL in closed form where torch knows it (seed 000, eq. 4)."""
 
     def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
-        """(weighted ELBO, log p(x|z), KL), the KL in closed form where torch has one."""
+        """(weighted ELBO, log p(x|z), KL), the KL in closed form where torch has one; the last two detached."""
         elbo = log_likelihood = kl = 0.0
         for name, model_site in _sample_sites(model_trace):
             if model_site["is_observed"]:
                 elbo = elbo + model_site["log_prob_sum"]
-                log_likelihood = log_likelihood + model_site["unscaled_log_prob"].sum()
+                log_likelihood = log_likelihood + model_site["unscaled_log_prob"].detach().sum()
                 continue
             guide_site = guide_trace.nodes[name]
             try:
@@ -104,7 +104,7 @@ class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
             except NotImplementedError:  # e.g. a mixture prior: fall back to the sampled estimate
                 site_kl = guide_site["unscaled_log_prob"] - model_site["unscaled_log_prob"]
             elbo = elbo - scale_and_mask(site_kl, scale=guide_site["scale"], mask=guide_site["mask"]).sum()
-            kl = kl + site_kl.sum()
+            kl = kl + site_kl.detach().sum()
         return elbo, log_likelihood, kl
 
 
