@@ -139,7 +139,9 @@ class SVIStep:
         self.loss: nn.Module = ELBOLoss(vae, elbo)
         if processes.parallel:
             device_ids = [vae.device] if vae.device.type == "cuda" else None
-            self.loss = DistributedDataParallel(self.loss, device_ids=device_ids)
+            # The VAE's buffers are constants (the standard prior's zero mean, a fixed likelihood scale):
+            # no need to broadcast them from rank 0 before every forward pass.
+            self.loss = DistributedDataParallel(self.loss, device_ids=device_ids, broadcast_buffers=False)
         self.checked = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[ELBOParts, torch.Tensor]:
