@@ -12,7 +12,7 @@ Runs, each in its own process (so one's memory does not weigh on the next):
 
 then writes ``benchmarks/results/<machine>.json`` (every figure, and each part's peak
 memory) and ``benchmarks/results/<machine>.md`` (the table), and prints the table.
-About 10 minutes on a 2-core CPU.
+About 3.5 minutes on a 2-core CPU.
 
     python benchmarks/run.py [--device auto|cpu|cuda] [--quick]
 """
@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     gpu = device == "cuda"
-    rounds, epochs = (2, 1) if args.quick else (15, 3)
+    rounds, epochs = (2, 1) if args.quick else (40, 3)
     parts = {
         "svi_step": ("svi_step.py", ["--device", device, "--batch-sizes", "128", "1024", "--rounds", str(rounds),
                                      "--epochs", str(epochs)]),
