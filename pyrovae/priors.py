@@ -34,6 +34,10 @@ class StandardNormalPrior(nn.Module):
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
         return UnitNormal(self.loc).to_event(1)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "scale", None)  # the constant unit scale that older checkpoints hold
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class ClassMeansPrior(nn.Module):
     """p(z|y) = N(mu_y, I), one learned mean per class (seed 000, the conditional VAE of eq. 8).

@@ -151,7 +151,7 @@ class SVIStep:
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         # The sum of the loss and every gradient entry is finite exactly when they all are (short of
-        # overflow past 3e38, where a squared norm would already overflow at 2e19); cheaper than a norm.
+        # the sum overflowing past 3e38); cheaper than a norm.
         sums = [parts.loss.detach(), *(p.grad.sum() for p in self.parameters if p.grad is not None)]
         finite = torch.isfinite(torch.stack(sums).sum())
         if not (self.skip_nonfinite and not finite):

@@ -7,6 +7,7 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
+from pyrovae import ModelConfig, build_vae
 from pyrovae.distributions import IndependentBernoulli, ReparameterizedNormal, UnitNormal
 from pyrovae.likelihoods import BernoulliLikelihood
 
@@ -107,3 +108,10 @@ def test_expanding_to_the_same_shape_keeps_the_distribution_and_to_another_copie
     wider = d.expand((4, *d.batch_shape))
     assert type(wider) is type(d) and wider.batch_shape == (4, *d.batch_shape)
     assert wider.event_shape == d.event_shape and wider.sample().shape == (4, 5, 3)
+
+
+def test_checkpoints_from_before_the_unit_normal_prior_still_load():
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,)))
+    old = {**vae.state_dict(), "prior.scale": torch.ones(2)}  # the N(0, I) prior's scale buffer, now gone
+    vae.load_state_dict(old)
+    assert "prior.scale" not in vae.state_dict()
