@@ -15,7 +15,10 @@ weight) weighs exactly the KL term.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -61,17 +64,25 @@ def _sampled_parts(model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor
     return log_likelihood, kl
 
 
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of one or more tensors, without the ``0 +`` that Python's ``sum`` starts from."""
+    return functools.reduce(operator.add, terms)
+
+
 class _DeviceResidentLoss:
     """``differentiable_loss`` = -mean over particles of the particle ELBO, as a device tensor."""
 
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
-        loss = recon = kl = 0.0
+        particles = []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             _check_reparameterized(guide_trace)
-            elbo, log_likelihood, particle_kl = self.particle_elbo(model_trace, guide_trace)
-            loss, recon, kl = loss - elbo, recon - log_likelihood, kl + particle_kl
-        n = self.num_particles
-        return ELBOParts(loss / n, recon / n, kl / n)
+            particles.append(self.particle_elbo(model_trace, guide_trace))
+        # Sums over the particles (one vectorized trace holds them all), then the mean; no
+        # autograd node for a division by one.
+        elbo, log_likelihood, kl = (_total(terms) for terms in zip(*particles))
+        if self.num_particles > 1:
+            elbo, log_likelihood, kl = (part / self.num_particles for part in (elbo, log_likelihood, kl))
+        return ELBOParts(-elbo, -log_likelihood, kl)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         return self.loss_and_parts(model, guide, *args, **kwargs).loss
@@ -82,8 +93,8 @@ class TraceELBO(_DeviceResidentLoss, Trace_ELBO):
 
     def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
         """(weighted ELBO, log p(x|z), KL estimate log q(z|x) - log p(z)), batch sums; the last two detached."""
-        log_p = sum(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
-        log_q = sum(site["log_prob_sum"] for _, site in _sample_sites(guide_trace))
+        log_p = _total(site["log_prob_sum"] for _, site in _sample_sites(model_trace))
+        log_q = _total(site["log_prob_sum"] for _, site in _sample_sites(guide_trace))
         return (log_p - log_q, *_sampled_parts(model_trace, guide_trace))
 
 
@@ -126,8 +137,8 @@ class IWAEBound(RenyiELBO):
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         _check_reparameterized(guide_trace)
-        log_weights = (sum(site["log_prob"] for _, site in _sample_sites(model_trace))
-                       - sum(site["log_prob"] for _, site in _sample_sites(guide_trace)))
+        log_weights = (_total(site["log_prob"] for _, site in _sample_sites(model_trace))
+                       - _total(site["log_prob"] for _, site in _sample_sites(guide_trace)))
         log_weights = log_weights.reshape(self.num_particles, -1)  # (K, B); K = 1 has no particle dim
         data_scale = next(site["scale"] for _, site in _sample_sites(model_trace) if site["is_observed"])
         bound = data_scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
