@@ -17,9 +17,9 @@ DOCS = Path(__file__).resolve().parent
 HELP_COLUMNS = "100"  # argparse wraps --help to the terminal width; fix it so the file is stable
 
 API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.distributions",
-               "pyrovae.data", "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives", "pyrovae.evaluate",
-               "pyrovae.latents", "pyrovae.plots", "pyrovae.runs", "pyrovae.schema", "pyrovae.stopping",
-               "pyrovae.distributed", "pyrovae.memory", "pyrovae.randomness"]
+               "pyrovae.softplus", "pyrovae.data", "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives",
+               "pyrovae.evaluate", "pyrovae.latents", "pyrovae.plots", "pyrovae.runs", "pyrovae.schema",
+               "pyrovae.stopping", "pyrovae.distributed", "pyrovae.memory", "pyrovae.randomness"]
 
 
 def cli_reference() -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.distributions import IndependentBernoulli
 from pyrovae.nets import MIN_SCALE, gaussian_parameters, inverse_softplus
+from pyrovae.softplus import softplus
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace")
 """Names of the built-in likelihoods, as ``--likelihood`` takes them."""
@@ -114,7 +114,7 @@ class LocationScaleLikelihood(nn.Module):
         if self.learn_scale == "decoder":
             return gaussian_parameters(params)
         if self.learn_scale == "pixel":
-            return params, F.softplus(self.raw_scale) + MIN_SCALE
+            return params, softplus(self.raw_scale) + MIN_SCALE
         return params, self.scale
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:

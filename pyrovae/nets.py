@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from pyrovae.softplus import softplus
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -50,7 +51,7 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
 def gaussian_parameters(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``(..., 2Z)`` into ``loc`` and a positive ``scale = softplus(.) + MIN_SCALE``."""
     loc, raw_scale = h.chunk(2, dim=-1)
-    return loc, F.softplus(raw_scale) + MIN_SCALE
+    return loc, softplus(raw_scale) + MIN_SCALE
 
 
 def inverse_softplus(value: float) -> float:

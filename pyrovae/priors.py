@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.distributions import UnitNormal
 from pyrovae.nets import inverse_softplus
+from pyrovae.softplus import softplus
 
 PRIORS = ("standard", "class-means", "mixture", "vamp")
 """Names of the built-in priors, as ``--prior`` takes them."""
@@ -81,7 +81,7 @@ class MixturePrior(nn.Module):
         self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), inverse_softplus(1.0)))
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)
+        components = dist.Normal(self.locs, softplus(self.raw_scales)).to_event(1)
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 
 
