@@ -19,7 +19,8 @@ HELP_COLUMNS = "100"  # argparse wraps --help to the terminal width; fix it so t
 API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.distributions",
                "pyrovae.softplus", "pyrovae.data", "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives",
                "pyrovae.evaluate", "pyrovae.latents", "pyrovae.plots", "pyrovae.runs", "pyrovae.schema",
-               "pyrovae.stopping", "pyrovae.distributed", "pyrovae.memory", "pyrovae.randomness"]
+               "pyrovae.stopping", "pyrovae.distributed", "pyrovae.shared_gradients", "pyrovae.memory",
+               "pyrovae.randomness"]
 
 
 def cli_reference() -> str:

@@ -22,6 +22,10 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pyrovae.shared_gradients import average_through_shared_memory, shared_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,25 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
     return Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def data_parallel(module: nn.Module, processes: Processes) -> DistributedDataParallel:
+    """``module`` in DDP, which averages its parameters' gradients over the ranks in every backward pass.
+
+    On GPUs NCCL all-reduces them. CPU processes of one machine average them through shared
+    memory (:mod:`pyrovae.shared_gradients`), those of several machines through gloo. The
+    module's buffers are constants (the standard prior's zero mean, a fixed likelihood
+    scale), so they are not broadcast from rank 0 before every forward pass.
+    """
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    device = parameters[0].device
+    wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+    if device.type == "cpu":
+        rows = shared_rows(parameters, processes.rank, processes.world_size)
+        if rows is not None:
+            wrapped.register_comm_hook(rows, average_through_shared_memory)
+    return wrapped
 
 
 def _leave() -> None:

@@ -27,11 +27,10 @@ import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
-from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, gather_objects, join, shard
+from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, data_parallel, gather_objects, join, shard
 from pyrovae.evaluate import negative_elbo
 from pyrovae.kl_weight import KLSchedule
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
@@ -138,10 +137,7 @@ class SVIStep:
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.loss: nn.Module = ELBOLoss(vae, elbo)
         if processes.parallel:
-            device_ids = [vae.device] if vae.device.type == "cuda" else None
-            # The VAE's buffers are constants (the standard prior's zero mean, a fixed likelihood scale):
-            # no need to broadcast them from rank 0 before every forward pass.
-            self.loss = DistributedDataParallel(self.loss, device_ids=device_ids, broadcast_buffers=False)
+            self.loss = data_parallel(self.loss, processes)
         self.checked = False
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[ELBOParts, torch.Tensor]:
