@@ -13,7 +13,7 @@ Runs, each in its own process (so one's memory does not weigh on the next):
 
 then writes ``benchmarks/results/<machine>.json`` (every figure, and each part's peak
 memory) and ``benchmarks/results/<machine>.md`` (the table), and prints the table.
-About 3 minutes on a 2-core CPU.
+About 4 minutes on a 2-core CPU.
 
     python benchmarks/run.py [--device auto|cpu|cuda] [--quick]
 """
