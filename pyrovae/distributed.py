@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import gc
+import inspect
 import os
 
 import torch
@@ -81,8 +82,12 @@ def data_parallel(module: nn.Module, processes: Processes) -> DistributedDataPar
     """
     parameters = [p for p in module.parameters() if p.requires_grad]
     device = parameters[0].device
+    # Newer torch renamed broadcast_buffers (and warns about the old name); older versions know only that one.
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
     wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      **no_buffer_sync)
     if device.type == "cpu":
         rows = shared_rows(parameters, processes.rank, processes.world_size)
         if rows is not None:
