@@ -3,8 +3,8 @@
 ``torchrun --nproc-per-node N -m pyrovae train ...`` starts N processes and tells each,
 through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
 address), who it is. :func:`join` turns that into a :class:`Processes` and joins the
-process group: ``gloo`` on CPUs (each process pinned to its share of the cores),
-``nccl`` on GPUs (one GPU per process). Without torchrun there is one process and
+process group: ``gloo`` on CPUs (torchrun gives each process one thread unless
+``OMP_NUM_THREADS`` says otherwise), ``nccl`` on GPUs (one GPU per process). Without torchrun there is one process and
 nothing here communicates.
 
 Every rank holds the whole dataset on its device and takes a disjoint shard of each
@@ -25,8 +25,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
-from pyrovae.shared_gradients import average_through_shared_memory, shared_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,35 +62,25 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
-        keep_to_own_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(_leave)
     return Processes(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
-def data_parallel(module: nn.Module, processes: Processes) -> DistributedDataParallel:
+def data_parallel(module: nn.Module) -> DistributedDataParallel:
     """``module`` in DDP, which averages its parameters' gradients over the ranks in every backward pass.
 
-    On GPUs NCCL all-reduces them. CPU processes of one machine average them through shared
-    memory (:mod:`pyrovae.shared_gradients`), those of several machines through gloo. The
-    module's buffers are constants (the standard prior's zero mean, a fixed likelihood
-    scale), so they are not broadcast from rank 0 before every forward pass.
+    NCCL all-reduces them on GPUs, gloo on CPUs. The module's buffers are constants (the
+    standard prior's zero mean, a fixed likelihood scale), so they are not broadcast from
+    rank 0 before every forward pass.
     """
-    parameters = [p for p in module.parameters() if p.requires_grad]
-    device = parameters[0].device
+    device = next(module.parameters()).device
     # Newer torch renamed broadcast_buffers (and warns about the old name); older versions know only that one.
     no_buffer_sync = ({"forward_sync_buffers": False}
                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                       else {"broadcast_buffers": False})
-    wrapped = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                      **no_buffer_sync)
-    if device.type == "cpu":
-        rows = shared_rows(parameters, processes.rank, processes.world_size)
-        if rows is not None:
-            wrapped.register_comm_hook(rows, average_through_shared_memory)
-    return wrapped
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **no_buffer_sync)
 
 
 def _leave() -> None:
@@ -100,21 +88,6 @@ def _leave() -> None:
     if dist.is_initialized():
         gc.collect()  # a finished DDP wrapper (in reference cycles) lets go of the group first
         dist.destroy_process_group()
-
-
-def keep_to_own_cores(local_rank: int, local_world_size: int) -> None:
-    """Pin this CPU process to its equal share of the machine's cores.
-
-    Unpinned, the processes of one node migrate between cores and evict each other's
-    caches; pinned, 2 processes on 2 cores train ~10% faster (benchmarks/scaling.py).
-    Nothing changes when the cores do not divide evenly or the platform cannot pin.
-    """
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    share = len(cores) // local_world_size
-    if share and len(cores) % local_world_size == 0:
-        os.sched_setaffinity(0, cores[local_rank * share:(local_rank + 1) * share])
 
 
 def shard(order: torch.Tensor, processes: Processes) -> torch.Tensor:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from pyrovae.distributions import IndependentBernoulli
 from pyrovae.nets import MIN_SCALE, gaussian_parameters, inverse_softplus
-from pyrovae.softplus import softplus
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace")
 """Names of the built-in likelihoods, as ``--likelihood`` takes them."""
@@ -45,7 +44,7 @@ class BernoulliLikelihood(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
         # Support was checked once by check_data; skip the per-step validation.
-        return IndependentBernoulli(dist.Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         """E[x|z]: the pixel probabilities."""
@@ -57,8 +56,8 @@ class BernoulliLikelihood(nn.Module):
         if not self.grayscale_targets and not torch.all((x == 0) | (x == 1)):
             raise ValueError(
                 f"{name} has grayscale values, but the Bernoulli likelihood is exact only for "
-                f"binary pixels; binarize the data (--binarize static or dynamic), use "
-                f"--likelihood continuous-bernoulli, or pass grayscale_targets=True to accept an "
+                f"binary pixels; binarize the data (binarize='static' or 'dynamic'), use "
+                f"likelihood='continuous-bernoulli', or pass grayscale_targets=True to accept an "
                 f"unnormalized likelihood"
             )
 
@@ -86,10 +85,12 @@ class ContinuousBernoulliLikelihood(nn.Module):
 class LocationScaleLikelihood(nn.Module):
     """p(x|z) = prod_d family(x_d; loc_d, scale_d) with the decoder giving ``loc``.
 
-    The scale is fixed (``learn_scale=None``; seed 003's variance c = scale^2, which
-    weighs reconstruction against the KL), one learned value per pixel
-    (``"pixel"``, needs ``x_dim``), or predicted by the decoder for every image
-    (``"decoder"``, seed 002), which then emits ``2 * D`` outputs: locs, then raw scales.
+    The scale is fixed (``learn_scale=None``; the variance c = scale^2 of Joseph Rocca,
+    "Understanding Variational Autoencoders (VAEs)" (2019), which weighs reconstruction
+    against the KL), one learned value per pixel (``"pixel"``, needs ``x_dim``), or
+    predicted by the decoder for every image (``"decoder"``, as in "Exploring the theory
+    behind Variational Autoencoders"), which then emits ``2 * D`` outputs: locs, then raw
+    scales.
     """
 
     family: type[dist.Distribution]
@@ -114,7 +115,7 @@ class LocationScaleLikelihood(nn.Module):
         if self.learn_scale == "decoder":
             return gaussian_parameters(params)
         if self.learn_scale == "pixel":
-            return params, softplus(self.raw_scale) + MIN_SCALE
+            return params, F.softplus(self.raw_scale) + MIN_SCALE
         return params, self.scale
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:

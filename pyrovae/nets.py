@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-
-from pyrovae.softplus import softplus
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -51,7 +50,7 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
 def gaussian_parameters(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split ``(..., 2Z)`` into ``loc`` and a positive ``scale = softplus(.) + MIN_SCALE``."""
     loc, raw_scale = h.chunk(2, dim=-1)
-    return loc, softplus(raw_scale) + MIN_SCALE
+    return loc, F.softplus(raw_scale) + MIN_SCALE
 
 
 def inverse_softplus(value: float) -> float:
@@ -85,7 +84,7 @@ def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4:
         raise ValueError(
             f"the conv nets need images of shape (channels, height, width) with height and "
-            f"width divisible by 4 (e.g. 8x8 or 28x28), got {tuple(image_shape)}; use --net mlp"
+            f"width divisible by 4 (e.g. 8x8 or 28x28), got {tuple(image_shape)}; use net='mlp'"
         )
     c, h, w = image_shape
     return c, h, w

@@ -8,7 +8,7 @@ nothing else differently: the same traces (``_get_traces``: validation, particle
 vectorization) and the same estimator. ``fit`` checks the loss for NaN once per epoch.
 
 :meth:`loss_and_parts` also returns the reconstruction term -E_q[log p(x|z)] and the
-KL term, unweighted, for logging and for the KL balance of seed 004. The loss itself
+KL term, unweighted, for logging and for the KL balance of Verduzco (2023). The loss itself
 takes Pyro's scaled log densities, so a ``poutine.scale`` on the latent site (the KL
 weight) weighs exactly the KL term.
 """
@@ -99,7 +99,7 @@ class TraceELBO(_DeviceResidentLoss, Trace_ELBO):
 
 
 class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
-    """E_q[log p(x|z)] - KL(q(z|x) || p(z)), the KL in closed form where torch knows it (seed 000, eq. 4)."""
+    """E_q[log p(x|z)] - KL(q(z|x) || p(z)), the KL in closed form where torch knows it (Su Jianlin 2018, eq. 4)."""
 
     def particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, ...]:
         """(weighted ELBO, log p(x|z), KL), the KL in closed form where torch has one; the last two detached."""

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from pyrovae.distributions import UnitNormal
 from pyrovae.nets import inverse_softplus
-from pyrovae.softplus import softplus
 
 PRIORS = ("standard", "class-means", "mixture", "vamp")
 """Names of the built-in priors, as ``--prior`` takes them."""
 
 
 class StandardNormalPrior(nn.Module):
-    """p(z) = N(0, I): the prior of the original VAE (seed 000, seed 002)."""
+    """p(z) = N(0, I): the prior of the original VAE (Kingma & Welling 2014)."""
 
     needs_labels = False
 
@@ -32,7 +31,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("loc", torch.zeros(z_dim))
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        return UnitNormal(self.loc).to_event(1)
+        return dist.Normal(self.loc, 1.0).to_event(1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.pop(prefix + "scale", None)  # the constant unit scale that older checkpoints hold
@@ -40,7 +39,7 @@ class StandardNormalPrior(nn.Module):
 
 
 class ClassMeansPrior(nn.Module):
-    """p(z|y) = N(mu_y, I), one learned mean per class (seed 000, the conditional VAE of eq. 8).
+    """p(z|y) = N(mu_y, I), one learned mean per class (Su Jianlin 2018, the conditional VAE of eq. 8).
 
     The KL of the posterior N(mu, sigma^2) to it is
     1/2 sum_i [(mu_i - mu_y,i)^2 + sigma_i^2 - log sigma_i^2 - 1]. Sampling class y
@@ -62,8 +61,8 @@ class ClassMeansPrior(nn.Module):
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
         if y is None:
             raise ValueError("the class-means prior p(z|y) needs labels y; pass y to model, guide and "
-                             "sample (from the CLI: train with labels, sample with --class Y)")
-        return UnitNormal(self.means[y]).to_event(1)
+                             "sample (labels for training, or the class to generate for sample)")
+        return dist.Normal(self.means[y], 1.0).to_event(1)
 
 
 class MixturePrior(nn.Module):
@@ -81,7 +80,7 @@ class MixturePrior(nn.Module):
         self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), inverse_softplus(1.0)))
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
-        components = dist.Normal(self.locs, softplus(self.raw_scales)).to_event(1)
+        components = dist.Normal(self.locs, F.softplus(self.raw_scales)).to_event(1)
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 
 

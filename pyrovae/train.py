@@ -1,7 +1,7 @@
 """Training: stochastic variational inference with a torch optimizer over the VAE's parameters.
 
 Each step minimizes the ELBO estimate of ``Trace_ELBO`` (Monte Carlo KL) or
-``TraceMeanField_ELBO`` (closed-form KL, seed 000 eq. 4) with Adam, through the
+``TraceMeanField_ELBO`` (closed-form KL; Su Jianlin 2018, eq. 4) with Adam, through the
 device-resident versions in :mod:`pyrovae.objectives`. The loss is accumulated on the
 device and read back once per epoch, so a GPU is never made to wait for the host
 inside an epoch. Under ``torchrun`` the objective is wrapped in
@@ -105,23 +105,28 @@ def resolve_device(name: str) -> torch.device:
 class ELBOLoss(nn.Module):
     """The VAE's minibatch objective as a module (like Pyro's ``ELBOModule``), so DDP can wrap it.
 
-    ``forward(x, y)`` returns the :class:`~pyrovae.objectives.ELBOParts` of ``elbo`` on the
-    VAE's model and guide; DDP then all-reduces the gradients of the VAE's parameters.
+    ``forward(x, y, kl_weight=w, data_size=N)`` returns the :class:`~pyrovae.objectives.ELBOParts`
+    of ``elbo`` on the VAE's model and guide, called with those arguments; DDP then
+    all-reduces the gradients of the VAE's parameters.
     """
 
     def __init__(self, vae: VAE, elbo: pyro.infer.ELBO):
         super().__init__()
         self.vae, self.elbo = vae, elbo
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> ELBOParts:
-        return self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, kl_weight: float | torch.Tensor = 1.0,
+                data_size: int | None = None) -> ELBOParts:
+        return self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y, kl_weight=kl_weight,
+                                        data_size=data_size)
 
 
 class SVIStep:
     """One optimizer step on a minibatch's (KL-weighted) negative ELBO.
 
-    Returns the detached loss parts, each summed over the minibatch (the loss without the
-    data plate's dataset scaling), and a 0-dim flag: were the loss and every gradient
+    ``data_size``, the number of training examples, is passed to the model and guide with
+    every step (the data plate scales the minibatch to the dataset), the KL weight with
+    each call. Returns the detached loss parts, each summed over the minibatch (the loss
+    without the data plate's dataset scaling), and a 0-dim flag: were the loss and every gradient
     finite? With ``skip_nonfinite`` the flag is read before the update (a device sync
     per step) and a non-finite step changes neither parameters nor optimizer state;
     otherwise the update always happens and the flag stays on the device. Under torchrun
@@ -131,18 +136,20 @@ class SVIStep:
     """
 
     def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
-                 skip_nonfinite: bool = False, processes: Processes = SINGLE):
+                 skip_nonfinite: bool = False, processes: Processes = SINGLE, data_size: int | None = None):
         self.vae, self.optimizer = vae, optimizer
         self.skip_nonfinite = skip_nonfinite
+        self.data_size = data_size
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.loss: nn.Module = ELBOLoss(vae, elbo)
         if processes.parallel:
-            self.loss = data_parallel(self.loss, processes)
+            self.loss = data_parallel(self.loss)
         self.checked = False
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[ELBOParts, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                 kl_weight: float | torch.Tensor = 1.0) -> tuple[ELBOParts, torch.Tensor]:
         with pyro.validation_enabled(is_validation_enabled() and not self.checked):
-            parts = self.loss(x, y)
+            parts = self.loss(x, y, kl_weight=kl_weight, data_size=self.data_size)
         self.checked = True
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
@@ -152,7 +159,7 @@ class SVIStep:
         finite = torch.isfinite(torch.stack(sums).sum())
         if not (self.skip_nonfinite and not finite):
             self.optimizer.step()
-        plate_scale = 1.0 if self.vae.data_size is None else self.vae.data_size / len(x)
+        plate_scale = 1.0 if self.data_size is None else self.data_size / len(x)
         return parts._replace(loss=parts.loss.detach() / plate_scale), finite
 
 
@@ -224,10 +231,12 @@ def nonfinite_message(epoch: int, step: int, steps: int, config: TrainConfig, ke
 
 
 def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str | Path | None = None,
-        resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
+        resume: bool = False, progress: bool = True, verbose: bool = True) -> list[dict[str, float]]:
     """Train ``vae`` on ``data.train`` by SVI; return one metrics row per epoch trained.
 
-    With ``run_dir``, writes ``config.json``, appends to ``metrics.jsonl`` and saves
+    ``progress`` shows a progress bar over the steps, ``verbose`` prints one line per epoch.
+    The model and guide get the KL weight of each step and the training set's size as
+    their ``kl_weight`` and ``data_size`` arguments. With ``run_dir``, writes ``config.json``, appends to ``metrics.jsonl`` and saves
     ``checkpoint.pt`` after every epoch; ``resume=True`` continues from that checkpoint
     (mid-epoch if it was interrupted) up to ``config.epochs`` in all. Without resuming,
     the seed is set first (set it before building the VAE too, for a reproducible
@@ -261,8 +270,8 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
 
     pyro.clear_param_store()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
-    vae.kl_weight = config.kl_schedule.initial_weight(device)
-    saved = {"epoch": 0, "metrics": [], "skipped": 0, "partial": None}
+    saved = {"epoch": 0, "metrics": [], "skipped": 0, "partial": None,
+             "kl_weight": torch.as_tensor(config.kl_schedule.initial_weight(device))}
     if resume:
         saved = run.load_checkpoint(map_location=device)
         run.restore(saved, vae, optimizer)
@@ -270,8 +279,6 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         set_rng_state(ranks[processes.rank] if len(ranks) == processes.world_size else saved["rng"])
         if processes.parallel and len(ranks) != processes.world_size:  # another world size: fresh streams
             pyro.set_rng_seed(derived_seed(config.seed, saved["epoch"], processes.rank))
-        if config.kl_schedule.balanced:
-            vae.kl_weight = saved["kl_weight"].to(device)
     else:
         pyro.set_rng_seed(config.seed + processes.rank)  # each process its own noise; rank 0 as when alone
     if run is not None and processes.is_main:
@@ -280,11 +287,7 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
             run.write_metrics(saved["metrics"])
         run.write_config(run_config(vae, data, config))
 
-    vae.data_size = len(data.train)
-    try:
-        return Trainer(vae, data, config, run, optimizer, saved, processes).train_epochs(progress)
-    finally:  # the weight and the data size are training devices; the trained VAE is the plain model
-        vae.kl_weight, vae.data_size = 1.0, None
+    return Trainer(vae, data, config, run, optimizer, saved, processes).train_epochs(progress, verbose)
 
 
 class Trainer:
@@ -297,7 +300,8 @@ class Trainer:
         self.run = run if processes.is_main else None
         elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
                                   max_plate_nesting=1)  # the data plate; particles go left of it
-        self.svi_step = SVIStep(vae, optimizer, elbo, config.skip_nonfinite > 0, processes)
+        self.svi_step = SVIStep(vae, optimizer, elbo, config.skip_nonfinite > 0, processes, data_size=len(data.train))
+        self.kl_weight: float | torch.Tensor = saved["kl_weight"]  # the balance goes on from it; schedules reset it
         self.batch_size = config.batch_size // processes.world_size
         self.steps = math.ceil(math.ceil(len(data.train) / processes.world_size) / self.batch_size)
         self.epoch = saved["epoch"]
@@ -309,7 +313,7 @@ class Trainer:
         if self.run is not None and self.run.file(CHECKPOINT).exists():
             self._kept_checkpoint(self.partial)
 
-    def train_epochs(self, progress: bool) -> list[dict[str, float]]:
+    def train_epochs(self, progress: bool, verbose: bool) -> list[dict[str, float]]:
         config, trained = self.config, []
         done = self.steps * self.epoch + (self.partial.step if self.partial else 0)
         progress = progress and self.processes.is_main
@@ -331,7 +335,7 @@ class Trainer:
                     self._save(partial=state)
                     raise TrainingInterrupted(self._interrupted(self.stop.requested, where))
                 self.skipped += state.skipped
-                row = self._finish_epoch(epoch, state, bar, progress)
+                row = self._finish_epoch(epoch, state, bar, verbose and self.processes.is_main)
                 trained.append(row)
                 if any_rank(self.stop.requested is not None, self.processes):
                     signal_name = self.stop.requested or "a signal (on another rank)"
@@ -356,15 +360,15 @@ class Trainer:
         random numbers), when a stop was requested or more non-finite steps were skipped
         than ``skip_nonfinite`` allows.
         """
-        vae, schedule, svi_step = self.vae, self.config.kl_schedule, self.svi_step
+        schedule, svi_step = self.config.kl_schedule, self.svi_step
         budget = self.config.skip_nonfinite - self.skipped
         if self._stop_requested(state):
             return
         for x, y in self.data.batches(self.batch_size, order=state.order, first=state.step):
             if not schedule.balanced:
-                vae.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / self.steps)
-            weight = vae.kl_weight
-            parts, finite = svi_step(x, y)
+                self.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / self.steps)
+            weight = self.kl_weight
+            parts, finite = svi_step(x, y, kl_weight=weight)
             state.step += 1
             bar.update()
             if svi_step.skip_nonfinite and not finite:
@@ -374,7 +378,7 @@ class Trainer:
                 if schedule.balanced:
                     recon, kl, n = all_reduce_sum(torch.stack([parts.recon, parts.kl, parts.kl.new_full((), len(x))]),
                                                   self.processes)
-                    vae.kl_weight = schedule.balance(vae.kl_weight, recon / n, kl / n)
+                    self.kl_weight = schedule.balance(self.kl_weight, recon / n, kl / n)
             if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
                 bar.set_postfix(loss=f"{state.sums[0].item() / max(state.seen, 1):.2f}")
             if state.skipped > budget or self._stop_requested(state):
@@ -397,13 +401,13 @@ class Trainer:
         total = negative_elbo(self.vae, val.x[mine], val.y[mine]).sum().reshape(1)
         return all_reduce_sum(total, processes).item() / len(val)
 
-    def _finish_epoch(self, epoch: int, state: EpochState, bar: tqdm, progress: bool) -> dict[str, float]:
+    def _finish_epoch(self, epoch: int, state: EpochState, bar: tqdm, verbose: bool) -> dict[str, float]:
         train = epoch_metrics(state, self.processes)
         row = {"epoch": epoch, **train, "val_neg_elbo": self._validation_loss(), "epoch_seconds": state.seconds}
         self.epoch = epoch
         self.history.append(row)
         bar.set_postfix(loss=f"{train['train_loss']:.2f}", val=f"{row['val_neg_elbo']:.2f}")
-        if progress:
+        if verbose:
             bar.write(f"epoch {epoch:>4}  train loss {train['train_loss']:9.3f} (recon {train['recon']:.2f}, "
                       f"KL {train['kl']:.2f}, w {train['kl_weight']:.3g})  "
                       f"val -ELBO {row['val_neg_elbo']:9.3f}  ({state.seconds:.2f}s)")
@@ -423,7 +427,7 @@ class Trainer:
         rng = {**ranks[0], "ranks": ranks} if self.processes.parallel else ranks[0]
         self.run.save_checkpoint({"model": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(),
                                   "epoch": self.epoch, "rng": rng,
-                                  "kl_weight": torch.as_tensor(self.vae.kl_weight), "metrics": self.history,
+                                  "kl_weight": torch.as_tensor(self.kl_weight), "metrics": self.history,
                                   "skipped": self.skipped,
                                   "partial": None if partial is None else partial.to_checkpoint()})
         self._kept_checkpoint(partial)

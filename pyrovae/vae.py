@@ -6,9 +6,14 @@ Generative model p(x, z | y) = p(z | y) p(x | z), one site per variable inside t
     x ~ likelihood(decoder(z[, y]))   # Bernoulli(logits) by default
 
 and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)). ``Trace_ELBO`` turns the
-pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y)).
-The latent site is wrapped in ``poutine.scale(kl_weight)`` in model and guide alike,
-so the weight multiplies exactly the KL term (beta, warm-up, balance; seed 001, 004).
+pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y))
+(Kingma & Welling 2014).
+
+Training knobs are arguments, as Pyro's deep Markov model example passes its
+``annealing_factor``: ``kl_weight`` wraps the latent site in ``poutine.scale`` in model
+and guide alike, so it multiplies exactly the KL term (the beta of Canziani & LeCun's
+lecture notes, warm-up, or the balance of Verduzco 2023); ``data_size`` tells the data
+plate how many examples the minibatch stands for. The module holds parameters only.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyro
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
@@ -23,9 +29,15 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pyrovae.build import ModelConfig
-from pyrovae.distributions import ReparameterizedNormal
 from pyrovae.likelihoods import BernoulliLikelihood
 from pyrovae.priors import StandardNormalPrior
+
+
+def data_plate(x: torch.Tensor, data_size: int | None = None) -> pyro.plate:
+    """The plate over a minibatch's examples; told the dataset's size, it scales them by data_size / batch."""
+    if data_size is None:
+        return pyro.plate("data", len(x))
+    return pyro.plate("data", data_size, subsample=torch.arange(len(x), device=x.device))
 
 
 class VAE(nn.Module):
@@ -44,12 +56,12 @@ class VAE(nn.Module):
         decoder_conditioning: also feed one-hot ``y`` to the decoder (the classic CVAE).
         config: the :class:`~pyrovae.build.ModelConfig` this VAE was built from, if any.
 
-    ``kl_weight`` (a positive float or a 0-dim tensor, 1 by default) scales the latent
-    site in model and guide; training schedules set it, evaluation ignores it.
-    ``data_size`` (``None`` by default) is the size of the dataset a minibatch is drawn
-    from: when set, the data plate scales the minibatch's log densities by
-    data_size / batch, so the loss estimates the whole dataset's ELBO. Training sets it,
-    which makes the loss scale the same for one process and for many.
+    :meth:`model` and :meth:`guide` take the same arguments: ``kl_weight`` (a positive
+    float or a 0-dim tensor, 1 by default) scales the latent site; ``data_size`` (``None``
+    by default), the size of the dataset a minibatch is drawn from, makes the data plate
+    scale the minibatch's log densities by data_size / batch, so the loss estimates the
+    whole dataset's ELBO, the same for one process and for many. :func:`~pyrovae.fit`
+    passes both; evaluation uses the defaults.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
@@ -66,8 +78,6 @@ class VAE(nn.Module):
         self.num_classes = num_classes
         self.decoder_conditioning = decoder_conditioning
         self.config = config
-        self.kl_weight: float | torch.Tensor = 1.0
-        self.data_size: int | None = None
         if self.conditional and not num_classes:
             raise ValueError("a conditional VAE (label-reading prior or decoder conditioning) needs num_classes")
 
@@ -81,51 +91,53 @@ class VAE(nn.Module):
         """Whether the model reads labels ``y`` (through the prior or the decoder)."""
         return getattr(self.prior, "needs_labels", False) or self.decoder_conditioning
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
+              kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
         """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``."""
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
-        with self._data_plate(x):
-            with poutine.scale(scale=self.kl_weight):
+        with data_plate(x, data_size):
+            with poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", self.prior(y))
             pyro.sample("x", self.likelihood(self.decoder(self._decoder_input(z, y))), obs=x)
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
+              kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
         """q(z|x) = N(loc(x), diag(scale(x)^2))."""
         pyro.module("encoder", self.encoder)
-        with self._data_plate(x):
+        with data_plate(x, data_size):
             loc, scale = self.encoder(x)
-            with poutine.scale(scale=self.kl_weight):
-                pyro.sample("z", ReparameterizedNormal(loc, scale).to_event(1))
-
-    def _data_plate(self, x: torch.Tensor) -> pyro.plate:
-        """The plate over the minibatch's examples, told the dataset's size when there is one."""
-        if self.data_size is None:
-            return pyro.plate("data", x.shape[0])
-        return pyro.plate("data", self.data_size, subsample=torch.arange(x.shape[0], device=x.device))
+            with poutine.scale(scale=kl_weight):
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def _decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """``z``, or ``[z, one_hot(y)]`` with decoder conditioning (``y`` broadcast over leading dims)."""
         if not self.decoder_conditioning:
             return z
         if y is None:
-            raise ValueError("this VAE's decoder is conditioned on labels; pass y (from the CLI: --class Y)")
+            raise ValueError("this VAE's decoder is conditioned on labels; pass y, one class per example")
         one_hot = F.one_hot(y, self.num_classes).to(z.dtype)
         return torch.cat([z, one_hot.expand(*z.shape[:-1], self.num_classes)], dim=-1)
 
+    # The inference helpers return plain tensors (no autograd graph), ready for .numpy().
+
+    @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior parameters ``(loc, scale)``, each ``(B, Z)``."""
         return self.encoder(x)
 
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The likelihood's mean E[x|z] (pixel probabilities for Bernoulli), ``(..., D)``."""
         return self.likelihood.mean(self.decoder(self._decoder_input(z, y)))
 
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean of each image: E[x | z = loc(x)]."""
         return self.decode(self.encode(x)[0], y)
 
+    @torch.no_grad()
     def sample(self, n: int, y: int | torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``n`` draws from the prior; ``y`` (one class, or ``n`` labels) for a conditional model."""
         if isinstance(y, int):
@@ -155,8 +167,7 @@ class VAE(nn.Module):
         """Raise ``ValueError`` naming the problem unless ``(x, y)`` can be fed to :meth:`model` and :meth:`guide`."""
         self.check_data(x, name)
         if self.conditional and y is None:
-            raise ValueError(f"this VAE is conditional: {name} needs labels y, one class per example "
-                             f"(from the CLI they come with the dataset)")
+            raise ValueError(f"this VAE is conditional: {name} needs labels y, one class per example")
         if y is not None:
             if not torch.is_tensor(y) or y.shape != (len(x),):
                 raise ValueError(f"{name}: {len(x)} examples need labels of shape ({len(x)},), got "

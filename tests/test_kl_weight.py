@@ -2,16 +2,15 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset, negative_elbo
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, from_arrays, load_dataset
 from pyrovae.kl_weight import MIN_KL_WEIGHT, KLSchedule
 from pyrovae.objectives import MeanFieldELBO, TraceELBO
 
 
 def parts_at(vae, x, weight, elbo):
-    vae.kl_weight = weight
     pyro.set_rng_seed(3)
     vae.zero_grad()
-    parts = elbo.loss_and_parts(vae.model, vae.guide, x)
+    parts = elbo.loss_and_parts(vae.model, vae.guide, x, kl_weight=weight)
     parts.loss.backward()
     return parts, [p.grad.clone() for p in vae.decoder.parameters()]
 
@@ -27,12 +26,23 @@ def test_the_weight_multiplies_exactly_the_kl_term(small_vae, binary_batch, elbo
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, weighted_grads))
 
 
-def test_evaluation_ignores_the_training_weight(small_vae, binary_batch):
+def test_the_vae_holds_no_training_state(small_vae, binary_batch):
+    """kl_weight and data_size are arguments of model and guide, not attributes that fit leaves behind."""
+    before = {name: value.clone() for name, value in small_vae.state_dict().items()}
+    attributes = set(vars(small_vae))
+    fit(small_vae, from_arrays(torch.bernoulli(torch.full((40, 4, 4), 0.4))),
+        TrainConfig(epochs=1, batch_size=8, kl_weight=0.5, device="cpu"), progress=False, verbose=False)
+    assert set(vars(small_vae)) == attributes
+    assert not hasattr(small_vae, "kl_weight") and not hasattr(small_vae, "data_size")
+    assert any(not torch.equal(before[name], value) for name, value in small_vae.state_dict().items())
+
+
+def test_data_size_scales_the_minibatch_to_the_dataset(small_vae, binary_batch):
     pyro.set_rng_seed(1)
-    plain = negative_elbo(small_vae, binary_batch)
-    small_vae.kl_weight = 0.1
+    batch = TraceELBO().differentiable_loss(small_vae.model, small_vae.guide, binary_batch)
     pyro.set_rng_seed(1)
-    assert torch.allclose(negative_elbo(small_vae, binary_batch), plain)
+    dataset = TraceELBO().differentiable_loss(small_vae.model, small_vae.guide, binary_batch, data_size=50)
+    assert torch.allclose(dataset, batch * 50 / len(binary_batch))
 
 
 def test_warmup_rises_linearly_to_beta():
@@ -77,7 +87,6 @@ def test_warmup_is_logged_per_epoch_and_the_vae_is_left_unweighted(digits):
     assert 0 < weights[0] < 0.4 < weights[1] < 0.8 and weights[2:] == pytest.approx([0.8, 0.8])
     assert all(row["train_loss"] == pytest.approx(row["recon"] + row["kl_weight"] * row["kl"], rel=0.05)
                for row in history[2:])
-    assert vae.kl_weight == 1.0
 
 
 def test_balance_moves_the_weight_and_resumes_from_the_checkpoint(digits, tmp_path):

@@ -17,7 +17,9 @@ Z, D, SIGMA = 2, 5, 0.7
 
 
 def factor_analysis_vae(seed=0):
-    """A linear-Gaussian decoder: x = W z + b + N(0, sigma^2 I), z ~ N(0, I) (seed 002's analytic case).
+    """A linear-Gaussian decoder: x = W z + b + N(0, sigma^2 I), z ~ N(0, I).
+
+    Factor analysis, the analytic case of "Exploring the theory behind Variational Autoencoders".
 
     The guide is an encoder with random weights whose scales start near 1.5: a proposal
     broader than the posterior, as importance sampling needs.

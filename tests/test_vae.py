@@ -1,4 +1,5 @@
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ def test_meanfield_loss_is_bce_plus_closed_form_kl(small_vae, binary_batch, elbo
 
     loc, scale = small_vae.encode(binary_batch)
     bce = F.binary_cross_entropy_with_logits(small_vae.decoder(z), binary_batch, reduction="sum")
-    kl = 0.5 * (loc**2 + scale**2 - torch.log(scale**2) - 1).sum()  # seed 000, eq. 4
+    kl = 0.5 * (loc**2 + scale**2 - torch.log(scale**2) - 1).sum()  # Su Jianlin (2018), eq. 4
     assert loss.item() == pytest.approx((bce + kl).item(), abs=1e-4)
 
 
@@ -89,3 +90,30 @@ def test_check_data_names_the_problem(small_vae, bad, match):
 def test_grayscale_targets_opt_in_accepts_gray_pixels():
     vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, grayscale_targets=True))
     vae.check_data(torch.full((3, 16), 0.5))
+
+
+def test_model_and_guide_use_pyros_own_normal_and_bernoulli(small_vae, binary_batch):
+    guide_trace = poutine.trace(small_vae.guide).get_trace(binary_batch)
+    model_trace = poutine.trace(poutine.replay(small_vae.model, trace=guide_trace)).get_trace(binary_batch)
+    for site in (guide_trace.nodes["z"], model_trace.nodes["z"]):
+        assert type(site["fn"].base_dist) is dist.Normal
+    assert type(model_trace.nodes["x"]["fn"].base_dist) is dist.Bernoulli
+
+
+def test_the_guides_log_density_has_the_analytic_path_derivative(small_vae, binary_batch):
+    """d log q(z|x) / dz at the guide's own draw is -(z - loc) / scale^2 (what STL and DReG estimators use)."""
+    site = poutine.trace(small_vae.guide).get_trace(binary_batch).nodes["z"]
+    z = site["value"]
+    loc, scale = small_vae.encoder(binary_batch)
+    gradient, = torch.autograd.grad(site["fn"].log_prob(z).sum(), z)
+    torch.testing.assert_close(gradient, -(z - loc) / scale**2)
+    edited = z.detach().clone()
+    edited[0] += 3.0  # a draw changed after sampling is scored as the value it now has
+    torch.testing.assert_close(site["fn"].log_prob(edited), dist.Normal(loc, scale).log_prob(edited).sum(-1))
+
+
+def test_inference_helpers_return_plain_tensors(small_vae, binary_batch):
+    for tensor in (*small_vae.encode(binary_batch), small_vae.decode(torch.randn(2, 3)),
+                   small_vae.reconstruct(binary_batch), small_vae.sample(4)):
+        assert not tensor.requires_grad
+        tensor.numpy()
