@@ -1,35 +1,38 @@
-"""Pictures of a trained VAE as matplotlib Figures (non-interactive backend).
+"""Pictures of a trained VAE as matplotlib Figures.
 
 Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for notebooks);
 :func:`save_run_pictures` writes them into a run directory under the names in
 :data:`PICTURES`. Random draws use a fixed seed, so a run's pictures are reproducible.
+
+The figures are built directly, without pyplot: no global figure state to close, and no
+backend chosen for the program that imports this module. Image grids are torchvision's
+:func:`~torchvision.utils.make_grid`. Hand-written: :class:`NotebookFigure`'s PNG for Jupyter,
+which matplotlib draws only for figures made through pyplot's inline backend.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from pyrovae.data import Split  # noqa: E402
-from pyrovae.latents import (  # noqa: E402
+from pyrovae.data import Split
+from pyrovae.latents import (
     ACTIVE_UNIT_THRESHOLD,
     active_units,
     encoder_means,
     kl_per_dimension,
     principal_directions,
 )
-from pyrovae.randomness import seeded  # noqa: E402
-from pyrovae.vae import VAE  # noqa: E402
+from pyrovae.randomness import seeded
+from pyrovae.vae import VAE
 
 PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "manifold", "interpolation",
             "kl_per_dim", "class_samples")
@@ -39,27 +42,36 @@ TSNE_MAX_POINTS = 2000
 """t-SNE is quadratic-ish in the points: the scatter embeds at most this many test images."""
 MAX_GRID_IMAGES = 1024
 """Most images one sample grid shows (32 x 32); more would make an unreadable, memory-hungry picture."""
+DPI = 100
+"""Pixels per inch of the PNGs, written or shown in a notebook."""
+
+
+class NotebookFigure(Figure):
+    """A Figure that Jupyter shows as a PNG whether or not pyplot's inline backend was set up."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
-    """Tile ``(N, D)`` flattened images into one ``(H', W'[, C])`` array, ``pad`` blank pixels apart."""
-    c, h, w = image_shape
-    n = len(images)
-    nrows = -(-n // ncols)
-    tiles = torch.zeros(nrows * ncols, c, h + pad, w + pad)
-    tiles[:n, :, pad:, pad:] = images.detach().cpu().reshape(n, c, h, w)
-    grid = tiles.reshape(nrows, ncols, c, h + pad, w + pad).permute(0, 3, 1, 4, 2)
-    grid = grid.reshape(nrows * (h + pad), ncols * (w + pad), c)[pad:, pad:]
-    return grid[..., 0] if c == 1 else grid
+    """Tile ``(N, D)`` flattened images, ``ncols`` to a row, into one ``(H', W')`` gray or ``(H', W', C)``
+    colour array, with ``pad`` blank pixels between and around the tiles."""
+    from torchvision.utils import make_grid  # a second to import: only pictures need it
+
+    grid = make_grid(images.detach().cpu().reshape(-1, *image_shape), nrow=ncols, padding=pad)
+    return grid[0] if image_shape[0] == 1 else grid.permute(1, 2, 0)  # make_grid repeats one channel thrice
 
 
 def _grid_figure(images: torch.Tensor, image_shape: Sequence[int], ncols: int, title: str) -> Figure:
     grid = image_grid(images, image_shape, ncols)
-    fig, ax = plt.subplots(figsize=(ncols * 0.6 + 0.4, grid.shape[0] / grid.shape[1] * ncols * 0.6 + 0.6))
+    width = min(ncols, len(images)) * 0.6 + 0.4
+    fig = NotebookFigure(figsize=(width, grid.shape[0] / grid.shape[1] * (width - 0.4) + 0.6), layout="tight")
+    ax = fig.subplots()
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    fig.tight_layout()
     return fig
 
 
@@ -107,7 +119,10 @@ def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int]
 
 @torch.no_grad()
 def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 10, seed: int = 0) -> Figure:
-    """A conditional model's samples from p(z|y), one row per class y (seed 000 generates a chosen digit)."""
+    """A conditional model's samples from p(z|y), one row per class y.
+
+    This is how Su Jianlin, "Variational Autoencoders (I): That's What It's All About" (2018), draws a chosen digit.
+    """
     if not vae.conditional:
         raise ValueError("class samples need a conditional model (train with --conditional)")
     vae.eval()
@@ -118,33 +133,35 @@ def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 
 
 
 def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
-    """Train loss and validation negative ELBO per epoch; the reconstruction and KL parts and the
-    KL weight beside them when ``metrics`` (the rows of ``metrics.jsonl``) has them."""
+    """Train loss and validation negative ELBO per epoch; the reconstruction and KL parts beside them
+    when ``metrics`` (the rows of ``metrics.jsonl``) has them, with the KL weight unless it stayed 1."""
     if not metrics:
         raise ValueError("no metrics to plot: metrics.jsonl is empty (train for at least one epoch)")
     epochs = [row["epoch"] for row in metrics]
     has_parts = all("recon" in row and "kl" in row for row in metrics)
-    fig, axes = plt.subplots(1, 2 if has_parts else 1, figsize=(10 if has_parts else 5.5, 4), squeeze=False)
-    loss_ax = axes[0, 0]
+    fig = NotebookFigure(figsize=(10 if has_parts else 5.5, 4), layout="tight")
+    axes = fig.subplots(1, 2 if has_parts else 1, squeeze=False)[0]
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    loss_ax = axes[0]
     loss_ax.plot(epochs, [row["train_loss"] for row in metrics], marker=".", label="train loss")
     loss_ax.plot(epochs, [row["val_neg_elbo"] for row in metrics], marker=".", label="validation -ELBO")
     loss_ax.set(xlabel="epoch", ylabel="nats per example", title="objective")
     loss_ax.legend()
     if has_parts:
-        parts_ax = axes[0, 1]
+        parts_ax = axes[1]
         parts_ax.plot(epochs, [row["recon"] for row in metrics], marker=".", label="reconstruction -log p(x|z)")
         parts_ax.plot(epochs, [row["kl"] for row in metrics], marker=".", label="KL(q(z|x) || p(z))")
         parts_ax.set(xlabel="epoch", ylabel="nats per example", title="ELBO parts (training)")
         handles, labels = parts_ax.get_legend_handles_labels()
-        if all("kl_weight" in row for row in metrics):
+        weights = [row.get("kl_weight") for row in metrics]
+        if None not in weights and set(weights) != {1.0}:  # a warm-up, a balance, or a constant other than 1
             weight_ax = parts_ax.twinx()
-            weight_ax.plot(epochs, [row["kl_weight"] for row in metrics], color="gray", linestyle="--",
-                           label="KL weight")
+            weight_ax.plot(epochs, weights, color="gray", linestyle="--", label="KL weight")
             weight_ax.set_ylabel("KL weight")
             more_handles, more_labels = weight_ax.get_legend_handles_labels()
             handles, labels = handles + more_handles, labels + more_labels
         parts_ax.legend(handles, labels)
-    fig.tight_layout()
     return fig
 
 
@@ -159,7 +176,8 @@ def _labelled_scatter(ax: Any, xs: torch.Tensor, ys: torch.Tensor, labels: torch
 
 @torch.no_grad()
 def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int = 0) -> Figure:
-    """The encoder means E_q[z|x] of ``test`` coloured by label (seed 001, fig. 8).
+    """The encoder means E_q[z|x] of ``test`` coloured by label (as in NYU Deep Learning, Canziani & LeCun,
+    "Generative Models - Variational Autoencoders", fig. 8).
 
     Directly for 1D and 2D latents; otherwise projected on the two principal
     directions, or embedded by t-SNE (at most :data:`TSNE_MAX_POINTS` images).
@@ -167,7 +185,8 @@ def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int =
     vae.eval()
     means = encoder_means(vae, test.x).cpu()
     labels = None if test.y is None else test.y.cpu()
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = NotebookFigure(figsize=(6, 5), layout="tight")
+    ax = fig.subplots()
     if vae.z_dim == 1:
         jitter = torch.Generator().manual_seed(seed)
         rows = (labels.float() if labels is not None else torch.zeros(len(means)))
@@ -189,7 +208,6 @@ def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int =
         _labelled_scatter(ax, projected[:, 0], projected[:, 1], labels)
         ax.set(xlabel="principal direction 1", ylabel="principal direction 2",
                title=f"encoder means ({vae.z_dim}D), PCA")
-    fig.tight_layout()
     return fig
 
 
@@ -226,7 +244,8 @@ def manifold_latents(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span:
 @torch.no_grad()
 def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None = None, n: int = 20,
                     span: float = 2.0, quantiles: bool = False, label: int = 0) -> Figure:
-    """Decode a grid of latents (seed 004): the whole latent space of a 1D or 2D model.
+    """Decode a grid of latents: the whole latent space of a 1D or 2D model (as in Sergio Verduzco,
+    "The variational autoencoder from scratch: an exercise in balance" (2023)).
 
     See :func:`manifold_latents` for the grid; a decoder conditioned on labels draws class ``label``.
     """
@@ -242,9 +261,10 @@ def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None
 @torch.no_grad()
 def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], classes: tuple[int, int] = (3, 8),
                          steps: int = 10) -> Figure:
-    """Decode the latent line between the first test images of two classes (seed 001 morphs a 3 into an 8).
+    """Decode the latent line between the first test images of two classes.
 
-    The ends are the encoder means; a decoder conditioned on labels keeps the first class.
+    The ends are the encoder means; a decoder conditioned on labels keeps the first class. NYU Deep
+    Learning, Canziani & LeCun, "Generative Models - Variational Autoencoders", morphs a 3 into an 8 this way.
     """
     if test.y is None:
         raise ValueError("interpolation picks its two images by class, and this split has no labels")
@@ -274,11 +294,11 @@ def kl_per_dim_figure(vae: VAE, test: Split, seed: int = 0) -> Figure:
     with seeded(vae.device, seed):
         kl = kl_per_dimension(vae, x, y).cpu()
     active = active_units(encoder_means(vae, x)).cpu()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * vae.z_dim + 2), 3.5))
+    fig = NotebookFigure(figsize=(max(5.0, 0.25 * vae.z_dim + 2), 3.5), layout="tight")
+    ax = fig.subplots()
     ax.bar(range(vae.z_dim), kl.numpy(), color=["tab:blue" if a else "lightgray" for a in active])
     ax.set(xlabel="latent dimension", ylabel="KL, nats per example",
            title=f"{int(active.sum())} of {vae.z_dim} units active (blue: Cov_x E_q[z_i] > {ACTIVE_UNIT_THRESHOLD})")
-    fig.tight_layout()
     return fig
 
 
@@ -325,9 +345,8 @@ def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG and close it."""
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Write ``fig`` as a PNG."""
+    fig.savefig(path, dpi=DPI)
     return Path(path)
 
 

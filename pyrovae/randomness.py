@@ -1,4 +1,12 @@
-"""Torch's random state: saved with a checkpoint, fixed for a block of draws, or derived from a seed and keys."""
+"""Random state: saved with a checkpoint, fixed for a block of draws, or derived from a seed and keys.
+
+A checkpoint's state is Pyro's (:func:`pyro.util.get_rng_state`: torch's CPU generator, Python's
+and numpy's) plus the GPUs' generators, which Pyro's leaves out. Two hand-written steps remain
+around Pyro's calls: numpy's key array travels as an int64 tensor, because
+``torch.load(weights_only=True)`` refuses numpy arrays (and uint32 tensors do not pickle, which
+``torch.distributed.all_gather_object`` needs); and the states are moved back to the CPU on
+restore, where the generators want them after a checkpoint was loaded onto a GPU.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +15,33 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import pyro.util
 import torch
 
 
 def rng_state() -> dict[str, Any]:
-    """The CPU generator's state, and every GPU's when there are GPUs (for a checkpoint)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    """Pyro's random state, and every GPU's when there are GPUs, in a form ``weights_only`` loading accepts."""
+    state = pyro.util.get_rng_state()
+    name, keys, *position = state["numpy"]
+    state["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *position)
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore a state from :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Restore a state from :func:`rng_state`, wherever its tensors were loaded.
+
+    Checkpoints written before pyrovae 0.2 hold torch's state alone; Python's and numpy's then stay as they are.
+    """
+    if "numpy" not in state:
+        torch.set_rng_state(state["torch"].cpu())
+    else:
+        name, keys, *position = state["numpy"]
+        pyro.util.set_rng_state({**state, "torch": state["torch"].cpu(),
+                                 "numpy": (name, keys.cpu().numpy().astype(np.uint32), *position)})
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([gpu.cpu() for gpu in state["cuda"]])
 
 
 @contextmanager

@@ -51,11 +51,11 @@ if mode == "save":  # die halfway through writing checkpoint number `at`
     torch.save = save
 else:  # send signal `mode` to ourselves during training step number `at`
     real_step = train.SVIStep.__call__
-    def step(self, *args):
+    def step(self, *args, **kwargs):
         count[0] += 1
         if count[0] == at:
             os.kill(os.getpid(), getattr(signal, mode))
-        return real_step(self, *args)
+        return real_step(self, *args, **kwargs)
     train.SVIStep.__call__ = step
 raise SystemExit(cli.main(sys.argv[3:]))
 """
@@ -123,11 +123,11 @@ def test_ctrl_c_in_python_raises_after_saving_and_resume_finishes_the_epoch(tmp_
     from pyrovae import train
     real_step, calls = train.SVIStep.__call__, []
 
-    def step(self, *args):
+    def step(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, *args)
+        return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(train.SVIStep, "__call__", step)
     with pytest.raises(TrainingInterrupted, match="SIGINT received: training stopped in epoch 1 after step 4"):

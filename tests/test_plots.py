@@ -1,4 +1,6 @@
 import hashlib
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -56,6 +58,49 @@ def test_pictures_are_deterministic_and_change_with_the_model(two_runs):
     for path in two_runs["a"].iterdir():
         assert digest(two_runs["a"], path.name) == digest(two_runs["a_again"], path.name), path.name
         assert not np.array_equal(png_pixels(path), png_pixels(two_runs["b"] / path.name)), path.name
+
+
+def test_image_grid_tiles_row_by_row_with_blank_padding():
+    values = torch.arange(1, 6) / 5
+    gray = plots.image_grid(values[:, None].expand(5, 6), (1, 2, 3), ncols=2)  # five 2x3 tiles, all one value
+    assert gray.shape == (3 * 3 + 1, 2 * 4 + 1)  # 3 rows, 2 columns, 1 pixel between and around
+    for k, value in enumerate(values):
+        row, column = divmod(k, 2)
+        assert torch.all(gray[1 + 3 * row:3 + 3 * row, 1 + 4 * column:4 + 4 * column] == value), k
+    assert gray.sum() == pytest.approx(6 * values.sum())  # the padding and the sixth place are blank
+    rgb = torch.tensor([0.1, 0.5, 0.9]).repeat_interleave(4)  # a 2x2 image: red, green and blue planes
+    colour = plots.image_grid(torch.stack([rgb, rgb]), (3, 2, 2), ncols=2)
+    assert colour.shape == (4, 7, 3) and torch.allclose(colour[1, 1], torch.tensor([0.1, 0.5, 0.9]))
+
+
+def curves(weights):
+    """Rows of metrics.jsonl for epochs 1, 2, ... with these KL weights."""
+    return [{"epoch": epoch, "train_loss": 100.0 - epoch, "val_neg_elbo": 101.0 - epoch, "recon": 90.0 - epoch,
+             "kl": 10.0, "kl_weight": weight} for epoch, weight in enumerate(weights, 1)]
+
+
+@pytest.mark.parametrize("weights,drawn", [((1.0, 1.0, 1.0), False), ((0.0, 0.5, 1.0), True),
+                                           ((4.0, 4.0, 4.0), True)])
+def test_training_curves_draw_the_kl_weight_unless_it_stayed_1(weights, drawn):
+    fig = plots.training_curves_figure(curves(weights))
+    assert ("KL weight" in [ax.get_ylabel() for ax in fig.axes]) == drawn
+    assert len(fig.axes) == (3 if drawn else 2)
+
+
+def test_training_curves_tick_whole_epochs():
+    fig = plots.training_curves_figure(curves((1.0, 1.0, 1.0)))
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks == [1, 2, 3]
+
+
+def test_pictures_neither_switch_the_backend_nor_use_pyplot(tmp_path):
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from pyrovae import plots; "
+            "rows = [{'epoch': 1, 'train_loss': 2.0, 'val_neg_elbo': 2.5}]; "
+            f"plots.save(plots.training_curves_figure(rows), {str(tmp_path / 'curves.png')!r}); "
+            "assert 'matplotlib.pyplot' not in sys.modules; assert matplotlib.get_backend() == 'svg'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_manifold_of_a_2d_model_varies_along_rows_and_columns(digits, tmp_path):
@@ -131,7 +176,9 @@ def test_conditional_model_draws_one_row_per_class(digits, tmp_path):
 
 def test_figures_are_returned_for_notebooks(digits):
     vae, history = trained(digits, epochs=1)
-    assert isinstance(plots.training_curves_figure(history), Figure)
+    curves_figure = plots.training_curves_figure(history)
+    assert isinstance(curves_figure, Figure)
+    assert curves_figure._repr_png_().startswith(b"\x89PNG")  # what IPython shows
     assert isinstance(plots.latent_scatter_figure(vae, digits.test, tsne=False), Figure)
     with pytest.raises(ValueError, match="no test image of class 11"):
         plots.interpolation_figure(vae, digits.test, digits.image_shape, classes=(3, 11))
