@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import os
@@ -16,11 +17,10 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 HELP_COLUMNS = "100"  # argparse wraps --help to the terminal width; fix it so the file is stable
 
-API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.distributions",
-               "pyrovae.softplus", "pyrovae.data", "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives",
-               "pyrovae.evaluate", "pyrovae.latents", "pyrovae.plots", "pyrovae.runs", "pyrovae.schema",
-               "pyrovae.stopping", "pyrovae.distributed", "pyrovae.shared_gradients", "pyrovae.memory",
-               "pyrovae.randomness"]
+API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.data",
+               "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives", "pyrovae.evaluate", "pyrovae.latents",
+               "pyrovae.plots", "pyrovae.runs", "pyrovae.settings", "pyrovae.stopping", "pyrovae.distributed",
+               "pyrovae.memory", "pyrovae.randomness"]
 
 
 def cli_reference() -> str:
@@ -62,6 +62,14 @@ def _members(cls: type) -> list[str]:
     return lines
 
 
+def _settings(cls: type) -> list[str]:
+    """The fields of a settings dataclass with their help texts (declared with ``pyrovae.settings.setting``)."""
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f"  - `{field.name}`: {field.metadata['help']}" for field in dataclasses.fields(cls)
+            if "help" in field.metadata]
+
+
 def api_reference() -> str:
     """The classes and functions each public module defines, with signatures and first paragraphs."""
     import pyrovae
@@ -76,7 +84,7 @@ def api_reference() -> str:
                 continue
             if inspect.isclass(obj):
                 parts.append(f"- class `{name}{_signature(obj)}`{_summary(obj)}")
-                parts += _members(obj)
+                parts += _settings(obj) + _members(obj)
             elif inspect.isfunction(obj):
                 parts.append(f"- `{name}{_signature(obj)}`{_summary(obj)}")
         parts.append("")

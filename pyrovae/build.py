@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -20,11 +21,18 @@ from pyrovae.likelihoods import (
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from pyrovae.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyrovae.nets import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyrovae.priors import PRIORS, ClassMeansPrior, MixturePrior, StandardNormalPrior, VampPrior
+from pyrovae.settings import SettingError, check_choices, setting
 from pyrovae.vae import VAE
 
-NETS = ("mlp", "conv")
+Net = Literal["mlp", "conv"]
+NETS = get_args(Net)
+# The names below are listed once, by the modules that implement them.
+Activation = Literal[tuple(ACTIVATIONS)]
+Prior = Literal[PRIORS]
+Likelihood = Literal[LIKELIHOODS]
+LearnScale = Literal[LEARN_SCALE]
 LABEL_PRIORS = ("class-means",)
 """Built-in priors that read the labels, p(z|y)."""
 
@@ -35,50 +43,52 @@ class ModelConfig:
 
     A model is conditional when its prior reads labels (``class-means``) or
     ``decoder_conditioning`` feeds them to the decoder; it then needs ``num_classes``.
-    ``likelihood_scale`` is the fixed (or initial, with ``learn_scale``) scale of the
-    Gaussian and Laplace likelihoods; ``prior_components`` is K of ``mixture`` and ``vamp``.
     """
 
-    image_shape: Sequence[int] = (1, 28, 28)
-    z_dim: int = 10
-    net: str = "mlp"
-    hidden: Sequence[int] = (400,)
-    activation: str = "relu"
-    prior: str = "standard"
-    prior_components: int = 10
-    likelihood: str = "bernoulli"
-    likelihood_scale: float = 0.1
-    learn_scale: str | None = None
-    grayscale_targets: bool = False
-    num_classes: int | None = None
-    decoder_conditioning: bool = False
+    image_shape: Sequence[int] = setting((1, 28, 28), "(channels, height, width) of the images")
+    z_dim: int = setting(10, "latent size (1 and 2 give pictures of the whole latent space)")
+    net: Net = setting("mlp", "mlp, or conv for images with height and width divisible by 4")
+    hidden: Sequence[int] = setting((400,), "hidden layer sizes of the encoder (the decoder mirrors them)",
+                                    metavar="N")
+    activation: Activation = setting("relu", "the nonlinearity after every hidden layer")
+    prior: Prior = setting("standard", "standard: N(0, I); class-means: N(mu_y, I), one learned mean per class; "
+                                       "mixture: K learned Gaussians; vamp: VampPrior with K pseudo-inputs")
+    prior_components: int = setting(10, "K, the components of prior='mixture' or pseudo-inputs of prior='vamp'",
+                                    metavar="K")
+    likelihood: Likelihood = setting("bernoulli", "p(x|z): bernoulli for binary pixels, continuous-bernoulli for "
+                                                  "grayscale pixels in [0, 1], gaussian or laplace for any real values")
+    likelihood_scale: float = setting(0.1, "scale S of the gaussian (variance S^2) or laplace likelihood; its "
+                                           "initial value when the scale is learned", metavar="S")
+    learn_scale: LearnScale | None = setting(None, "learn the gaussian/laplace scale: one per pixel, or predicted "
+                                                   "by the decoder for every image")
+    grayscale_targets: bool = setting(False, "let the Bernoulli likelihood score grayscale pixels in [0, 1] "
+                                             "(then not a normalized log-likelihood)")
+    num_classes: int | None = setting(None, "the number of labels, which a conditional model needs")
+    decoder_conditioning: bool = setting(False, "also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
 
     def __post_init__(self) -> None:
+        check_choices(self)
         self.image_shape = tuple(self.image_shape)
         self.hidden = tuple(self.hidden)
         if len(self.image_shape) != 3 or any(side < 1 for side in self.image_shape):
-            raise ValueError(f"image_shape must be three positive sizes (channels, height, width), "
-                             f"got {list(self.image_shape)}")
+            raise SettingError("image_shape", f"image_shape must be three positive sizes (channels, height, width), "
+                                              f"got {list(self.image_shape)}")
         if self.z_dim < 1:
-            raise ValueError(f"z_dim must be at least 1, got {self.z_dim}")
+            raise SettingError("z_dim", f"z_dim must be at least 1, got {self.z_dim}")
         if self.prior_components < 1:
-            raise ValueError(f"prior_components (K of the mixture and vamp priors) must be at least 1, "
-                             f"got {self.prior_components}")
+            raise SettingError("prior_components", f"prior_components (K of the mixture and vamp priors) must be "
+                                                   f"at least 1, got {self.prior_components}")
         if not self.likelihood_scale > 0 or self.likelihood_scale == float("inf"):
-            raise ValueError(f"likelihood_scale must be a positive number, got {self.likelihood_scale}")
+            raise SettingError("likelihood_scale",
+                               f"likelihood_scale must be a positive number, got {self.likelihood_scale}")
         if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be positive, got {list(self.hidden)}")
-        for field, value, choices in (("net", self.net, NETS), ("prior", self.prior, PRIORS),
-                                      ("likelihood", self.likelihood, LIKELIHOODS),
-                                      ("learn_scale", self.learn_scale, (None, *LEARN_SCALE))):
-            if value not in choices:
-                raise ValueError(f"unknown {field} {value!r}; choose one of "
-                                 f"{', '.join(str(c) for c in choices if c is not None)}")
+            raise SettingError("hidden", f"hidden must hold positive layer sizes, got {list(self.hidden)}")
         if self.learn_scale is not None and self.likelihood not in ("gaussian", "laplace"):
-            raise ValueError(f"a learned scale needs the gaussian or laplace likelihood, not {self.likelihood}")
+            raise ValueError(f"learn_scale={self.learn_scale!r} needs the gaussian or laplace likelihood, not "
+                             f"{self.likelihood}; add likelihood='gaussian' or likelihood='laplace'")
         if self.conditional and (self.num_classes is None or self.num_classes < 2):
-            raise ValueError(f"a conditional model needs num_classes >= 2 (the number of labels), "
-                             f"got {self.num_classes}")
+            raise SettingError("num_classes", f"a conditional model needs num_classes >= 2 (the number of labels), "
+                                              f"got {self.num_classes}")
 
     @property
     def x_dim(self) -> int:

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pyro
 import torch
 
-from pyrovae import plots
-from pyrovae.build import LABEL_PRIORS, NETS, ModelConfig, build_vae
-from pyrovae.data import BINARIZE, DATASETS, DataConfig, Dataset, Split, load_dataset
+from pyrovae import __version__, plots
+from pyrovae.build import LABEL_PRIORS, ModelConfig, build_vae
+from pyrovae.data import DataConfig, Dataset, Split, load_dataset
 from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
-from pyrovae.likelihoods import LEARN_SCALE, LIKELIHOODS
-from pyrovae.nets import ACTIVATIONS
-from pyrovae.priors import PRIORS
 from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
+from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
-from pyrovae.train import DEVICES, ELBOS, TrainConfig, fit, resolve_device
+from pyrovae.train import DEVICES, TrainConfig, fit, resolve_device
 from pyrovae.vae import VAE
 
+RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
 SAMPLE_CHUNK = 10_000
 """Samples decoded at once by ``pyrovae sample --out FILE.npy``."""
 EPILOG_TRAIN = """examples:
@@ -41,11 +42,18 @@ EPILOG_TRAIN = """examples:
 """
 
 
+FROM_DATA = ("image_shape", "num_classes", "grayscale_targets")
+"""ModelConfig fields that ``pyrovae train`` takes from the data (and the likelihood), not from a flag."""
+RESUMABLE = ("epochs", "device", "skip_nonfinite", "compile", "tf32")
+"""TrainConfig fields whose flags apply when resuming; the rest come from the run's config.json."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyrovae",
         description="Variational autoencoders written as Pyro models and guides, trained by SVI.",
         epilog="Run `pyrovae COMMAND --help` for the options of each command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -53,82 +61,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a VAE by stochastic variational inference. The run directory gets\n"
                     "config.json, checkpoint.pt (after every epoch), metrics.jsonl and, at the\n"
                     "end, the pictures of `pyrovae plot`.", epilog=EPILOG_TRAIN)
+    # A flag per settings field, made from the field's type, default and help (pyrovae.settings). Written
+    # here only what is not one field's flag: a default that depends on another flag, an inverted switch,
+    # a flag that may stand bare, and --conditional, which sets no field of its own.
     data = train.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="digits",
-                      help="digits is bundled with scikit-learn (no download); mnist and fashion-mnist "
-                           "are read from IDX files or downloaded")
-    data.add_argument("--data-dir", metavar="DIR",
-                      help="folder holding the four IDX files (train-images-idx3-ubyte, ...; .gz or not)")
-    data.add_argument("--binarize", choices=BINARIZE,
-                      help="dynamic: a fresh Bernoulli draw of every training batch; static: one fixed "
-                           "draw; none: keep grayscale (the Bernoulli likelihood is then unnormalized). "
-                           "Default: dynamic for --likelihood bernoulli, none for the others")
-    data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="fraction of the training images held out for validation")
-    data.add_argument("--no-download", action="store_true", help="never try to download data")
+    add_arguments(data, DataConfig, skip=("download",), binarize={  # default: what --likelihood can score
+        "default": None, "help": help_text(DataConfig, "binarize") + " (default: dynamic for --likelihood "
+                                                                     "bernoulli, none for the others)"})
+    data.add_argument("--no-download", dest="download", action="store_false",  # download=False
+                      help="never download; read the files from data_dir=DIR or the cache only")
     model = train.add_argument_group("model")
-    model.add_argument("--z-dim", type=int, default=10,
-                       help="latent size (1 and 2 give pictures of the whole latent space)")
-    model.add_argument("--hidden", type=int, nargs="+", default=[400], metavar="N",
-                       help="hidden layer sizes of the encoder (the decoder mirrors them)")
-    model.add_argument("--activation", choices=ACTIVATIONS, default="relu")
-    model.add_argument("--net", choices=NETS, default="mlp",
-                       help="mlp, or conv for images with height and width divisible by 4")
-    model.add_argument("--prior", choices=PRIORS,
-                       help="standard: N(0, I); class-means: N(mu_y, I), one learned mean per class; "
-                            "mixture: K learned Gaussians; vamp: VampPrior with K pseudo-inputs "
-                            "(default: class-means with --conditional, else standard)")
-    model.add_argument("--prior-components", type=int, default=10, metavar="K",
-                       help="K, the components of --prior mixture or pseudo-inputs of --prior vamp")
-    model.add_argument("--likelihood", choices=LIKELIHOODS, default="bernoulli",
-                       help="p(x|z): bernoulli for binary pixels, continuous-bernoulli for grayscale "
-                            "pixels in [0, 1], gaussian or laplace for any real values")
-    model.add_argument("--likelihood-scale", type=float, default=0.1, metavar="S",
-                       help="scale of the gaussian (variance c = S^2) or laplace likelihood; the initial "
-                            "value with --learn-scale")
-    model.add_argument("--learn-scale", nargs="?", const="pixel", choices=LEARN_SCALE,
-                       help="learn the gaussian/laplace scale: one per pixel (the default of the bare "
-                            "flag), or predicted by the decoder for every image")
-    model.add_argument("--conditional", action="store_true",
+    add_arguments(model, ModelConfig, skip=FROM_DATA,
+                  prior={"default": None,  # default: class-means with --conditional
+                         "help": help_text(ModelConfig, "prior") + " (default: class-means with --conditional, "
+                                                                   "else standard)"},
+                  learn_scale={"nargs": "?", "const": "pixel",  # --learn-scale alone: one scale per pixel
+                               "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"})
+    model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
                        help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
                             "(then --decoder-conditioning must carry the labels)")
-    model.add_argument("--decoder-conditioning", action="store_true",
-                       help="also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
-    optim = train.add_argument_group("optimization")
-    optim.add_argument("--elbo", choices=ELBOS, default="trace",
-                       help="trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (closed-form "
-                            "KL); iwae: the importance-weighted bound with --particles K")
-    optim.add_argument("--particles", type=int, default=1, metavar="K",
-                       help="vectorized samples of z per example and step (averaged for trace and meanfield)")
-    optim.add_argument("--epochs", type=int, default=100, help="epochs in all (with --resume: the total to reach)")
-    optim.add_argument("--batch-size", type=int, default=128)
-    optim.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    optim.add_argument("--kl-weight", type=float, default=1.0, metavar="BETA",
-                       help="weight of the KL term (1 is the ELBO; beta > 1 a beta-VAE)")
-    optim.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
-                       help="raise the KL weight linearly from 0 to BETA over this many epochs")
-    optim.add_argument("--kl-balance", type=float, metavar="ALPHA",
-                       help="set the KL weight automatically: from 0, w += ALPHA * (recon - w * KL) "
-                            "after every batch (e.g. 1e-5)")
-    optim.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
-                       help="skip up to N batches whose loss or gradient is NaN or infinite (without it, "
-                            "the first one stops training and keeps the last good checkpoint)")
+    add_arguments(train.add_argument_group("training"), TrainConfig)
     run = train.add_argument_group("run")
-    run.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA when there is a GPU")
-    run.add_argument("--seed", type=int, default=0, help="seeds torch, numpy and Pyro")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    run.add_argument("--out", dest="run_dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint, with its saved settings "
                           "(after Ctrl-C or a crash: mid-epoch, exactly where it stopped)")
     run.add_argument("--overwrite", action="store_true",
                      help="start again in an --out folder that holds a run (deletes that run's files)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    speed = train.add_argument_group("speed (measure: see benchmarks/)")
-    speed.add_argument("--compile", action="store_true",
-                       help="torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)")
-    speed.add_argument("--tf32", action="store_true",
-                       help="let CUDA matmuls use TensorFloat-32 (faster on Ampere and later GPUs, ~3 digits)")
 
     evaluate = commands.add_parser(
         "evaluate", help="test negative ELBO and importance-sampled log-likelihood", formatter_class=_Formatter,
@@ -138,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     f"(Burda et al. 2015, the number VAE papers report, with K = 5000), each with\n"
                     f"its standard error, and bits per dimension. Conditional models also get the\n"
                     f"accuracy of classification by likelihood.")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--split", choices=("test", "val"), default="test")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    evaluate.add_argument("--split", choices=("test", "val"), default="test", help="the split to evaluate")
     evaluate.add_argument("--num-samples", type=int, default=5000, metavar="K",
                           help="importance samples per example, at least 1")
     evaluate.add_argument("--elbo-only", action="store_true",
@@ -148,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="most memory one chunk of the log-likelihood may allocate")
     evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split (quicker)")
     evaluate.add_argument("--batch-size", type=int, default=1000, help="examples per batch of the ELBO")
-    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -157,12 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode N draws from the prior of a trained run: a .png writes a grid, "
                     "a .npy an (N, D) array of decoded means. A conditional model draws from\n"
                     "p(z|y) for the class --class Y.")
-    sample.add_argument("run_dir", metavar="RUN_DIR")
+    sample.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     sample.add_argument("--class", dest="label", type=int, metavar="Y",
                         help="generate class Y (conditional models; without it the classes take turns)")
     sample.add_argument("--n", type=int, default=64, help="number of samples")
     sample.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
 
     plot = commands.add_parser(
         "plot", help="draw a run's pictures", formatter_class=_Formatter,
@@ -172,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "conditional model). See docs/guide.md, 'Reading the pictures'.",
         epilog="examples:\n  pyrovae plot runs/fashion --only latent_scatter manifold --tsne\n"
                "  pyrovae plot runs/digits --only interpolation --interpolate 1 7")
-    plot.add_argument("run_dir", metavar="RUN_DIR")
+    plot.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     plot.add_argument("--only", nargs="+", choices=plots.PICTURES, metavar="NAME",
                       help="draw only these pictures (default: all that apply)")
     plot.add_argument("--tsne", action="store_true",
@@ -183,19 +144,55 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--interpolate", type=int, nargs=2, default=(3, 8), metavar=("A", "B"),
                       help="interpolation walks from the first test image of class A to one of class B")
     plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
-    plot.add_argument("--device", choices=DEVICES, default="auto")
+    plot.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
+    flags = _flags(parser)
+    for command in _commands(parser).values():
+        for action in command._actions:
+            action.help = in_flags(action.help, flags)  # the settings' help texts speak Python
     return parser
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the examples' line breaks."""
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line instead of the whole usage, and a guess for a mistyped choice."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:  # argparse's one check of choices
+        if action.choices is not None and value not in action.choices:
+            close = difflib.get_close_matches(value, list(action.choices), n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from "
+                                                 f"{', '.join(map(str, action.choices))}){guess}")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks; show the default of a flag that takes a value, unless its help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if not action.option_strings or action.nargs == 0 or default is None or "(default" in action.help:
+            return action.help
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{action.help} (default: {shown})"
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands' parsers by name."""
+    return parser._subparsers._group_actions[0].choices
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The options of every subcommand by the Python name they set: ``run_dir`` is ``--out``."""
+    return {action.dest: action for command in _commands(parser).values() for action in command._actions
+            if action.option_strings}
 
 
 def _train(args: argparse.Namespace) -> None:
-    if args.resume and args.out is None:
-        raise ValueError("--resume needs --out DIR, the run directory to continue")
+    if args.resume and args.run_dir is None:
+        raise ValueError("resume=True needs run_dir=DIR, the run directory to continue")
     processes, _ = join(resolve_device(args.device))
-    out = Path(from_main(args.out or default_run_dir(), processes))
+    out = Path(from_main(args.run_dir or default_run_dir(), processes))
     run = RunDir(out)
     if processes.is_main:
         run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
@@ -203,20 +200,12 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume:
         model_config = run.settings(ModelConfig, "model")
         data_config = run.settings(DataConfig, "data")
-        train_config = dataclasses.replace(run.settings(TrainConfig, "train"), epochs=args.epochs,
-                                           device=args.device, skip_nonfinite=args.skip_nonfinite,
-                                           compile=args.compile, tf32=args.tf32)
+        train_config = dataclasses.replace(run.settings(TrainConfig, "train"),
+                                           **{name: getattr(args, name) for name in RESUMABLE})
         print(f"resuming {out} with the settings in its config.json "
-              f"(only --epochs, --device, --skip-nonfinite, --compile and --tf32 apply)")
+              f"(only {', '.join(map(flag, RESUMABLE))} apply)")
     else:
-        binarize = args.binarize or ("dynamic" if args.likelihood == "bernoulli" else "none")
-        data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir, binarize=binarize,
-                                 val_fraction=args.val_fraction, download=not args.no_download)
-        train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   elbo=args.elbo, particles=args.particles, device=args.device, seed=args.seed,
-                                   kl_weight=args.kl_weight, kl_warmup=args.kl_warmup,
-                                   kl_balance=args.kl_balance, skip_nonfinite=args.skip_nonfinite,
-                                   compile=args.compile, tf32=args.tf32)
+        data_config, train_config = _data_config(args), from_args(TrainConfig, args)
     data = load_dataset(data_config)
     if not args.resume:
         model_config = _model_config(args, data)
@@ -231,32 +220,26 @@ def _train(args: argparse.Namespace) -> None:
     print(f"done: {out}  (next: pyrovae evaluate {out})")
 
 
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    """The data the train flags describe; ``--binarize`` defaults to what ``--likelihood`` can score."""
+    return from_args(DataConfig, args, binarize=args.binarize or ("dynamic" if args.likelihood == "bernoulli"
+                                                                  else "none"))
+
+
 def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
-    """The model the train flags describe; ``--conditional`` defaults the prior to class-means."""
+    """The model the train flags describe for ``data``; ``--conditional`` defaults the prior to class-means."""
     prior = args.prior or ("class-means" if args.conditional else "standard")
     conditional = args.conditional or args.decoder_conditioning or prior in LABEL_PRIORS
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
-    return ModelConfig(image_shape=data.image_shape, z_dim=args.z_dim, net=args.net, hidden=args.hidden,
-                       activation=args.activation, prior=prior, prior_components=args.prior_components,
-                       likelihood=args.likelihood, likelihood_scale=args.likelihood_scale,
-                       learn_scale=args.learn_scale,
-                       grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
-                       num_classes=data.num_classes if conditional else None,
-                       decoder_conditioning=args.decoder_conditioning)
-
-
-def _check_positive(args: argparse.Namespace, *names: str) -> None:
-    """Raise ``ValueError`` naming the flag if one of ``names`` was given and is not positive."""
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape,
+                     grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
+                     num_classes=data.num_classes if conditional else None)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    _check_positive(args, "num_samples", "memory_budget", "limit", "batch_size")
+    check_positive(args, "num_samples", "memory_budget", "limit", "batch_size")
     processes, device = join(resolve_device(args.device))
     vae, _ = load_run(args.run_dir, device)
     data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
@@ -288,7 +271,7 @@ def _sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix not in (".png", ".npy"):
         raise ValueError(f"--out {out} must end in .png (a picture grid) or .npy (an (N, D) array)")
-    _check_positive(args, "n")
+    check_positive(args, "n")
     if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
         raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
@@ -337,19 +320,25 @@ INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; bad input ends with a one-paragraph message and exit status 2, Ctrl-C with 130."""
-    args = build_parser().parse_args(argv)
+    """Run the CLI; bad input ends with a one-line message and exit status 2, Ctrl-C with 130.
+
+    Messages from the library name Python settings (see :mod:`pyrovae.settings`); they are
+    shown with the flags that set them.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         sys.stdout = open(os.devnull, "w")  # for the life of the process
     try:
         if getattr(args, "threads", None) is not None:
-            _check_positive(args, "threads")
+            check_positive(args, "threads")
             torch.set_num_threads(args.threads)
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        print(f"pyrovae {args.command}: error: {error}", file=sys.stderr)
+        message = in_flags(str(error), _flags(parser), getattr(error, "setting", None))
+        print(f"pyrovae {args.command}: error: {message}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stopped:
-        print(f"pyrovae {args.command}: {stopped}", file=sys.stderr)
+        print(f"pyrovae {args.command}: {in_flags(str(stopped), _flags(parser))}", file=sys.stderr)
         return INTERRUPTED
     return 0

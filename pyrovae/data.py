@@ -3,6 +3,12 @@
 Every split is a pair of tensors ``x`` (N, D) of pixels in [0, 1] and ``y`` (N,) of
 integer labels, kept on the training device; a batch is a slice of a shuffled index,
 so training makes no host-to-device copy per step.
+
+IDX files are parsed by torchvision's MNIST reader. Hand-written around it, where torchvision
+has no call for it: finding the four files in a flat folder (``--data-dir``, the Debian folder
+/usr/share/datasets/fashion-mnist, the cache), for torchvision's ``MNIST`` class looks only in
+``root/MNIST/raw``; decompressing gzipped files, since its reader opens them with plain
+``open()``; and one-line errors in place of its assertions.
 """
 
 from __future__ import annotations
@@ -10,14 +16,23 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import shutil
+import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
-BINARIZE = ("none", "static", "dynamic")
+from pyrovae.settings import SettingError, check_choices, setting
+
+DatasetName = Literal["digits", "mnist", "fashion-mnist"]
+DATASETS = get_args(DatasetName)
+Binarize = Literal["none", "static", "dynamic"]
+BINARIZE = get_args(Binarize)
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -40,22 +55,25 @@ class DataNotFoundError(FileNotFoundError):
 class DataConfig:
     """Which data to load and how to present it (saved in ``config.json``)."""
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    binarize: str = "dynamic"
-    val_fraction: float = 0.1
-    download: bool = True
+    dataset: DatasetName = setting("digits", "digits is bundled with scikit-learn (no download); mnist and "
+                                             "fashion-mnist are read from IDX files or downloaded")
+    data_dir: str | None = setting(None, "folder holding the four IDX files (train-images-idx3-ubyte, ...; "
+                                         ".gz or not)", metavar="DIR")
+    binarize: Binarize = setting("dynamic", "dynamic: a fresh Bernoulli draw of every training batch; static: one "
+                                            "fixed draw; none: keep grayscale (the Bernoulli likelihood is then "
+                                            "unnormalized)")
+    val_fraction: float = setting(0.1, "fraction of the training images held out for validation")
+    download: bool = setting(True, "download mnist or fashion-mnist when its files are not found")
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.binarize not in BINARIZE:
-            raise ValueError(f"unknown binarization {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
+        check_choices(self)
         if self.dataset == "digits" and self.data_dir is not None:
-            raise ValueError("the digits dataset is bundled with scikit-learn and reads no files; "
-                             "drop --data-dir, or use it with --dataset mnist or fashion-mnist")
+            raise SettingError("data_dir", "the digits dataset is bundled with scikit-learn and reads no files; "
+                                           "drop data_dir=DIR, or use it with dataset='mnist' or "
+                                           "dataset='fashion-mnist'")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+            raise SettingError("val_fraction",
+                               f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
 
 
 @dataclasses.dataclass
@@ -242,26 +260,40 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not, into a numpy array."""
+    """Read an IDX file (the MNIST format), gzipped or not, with torchvision's reader."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor  # a second to import: only here
+
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":  # gzip's magic number, whatever the file is called
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as error:
+        with _plain_idx_file(path) as plain:
+            return read_sn3_pascalvincent_tensor(str(plain), strict=False).numpy()
+    except (OSError, EOFError, zlib.error) as error:
         raise ValueError(f"cannot read IDX file {path}: {error}; download it again") from None
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
-        raise ValueError(f"{path} is not an IDX file (bad magic number); download it again")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(dtypes[raw[2]])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(raw) != expected:
-        raise ValueError(f"{path} is truncated or corrupt: {len(raw)} bytes, expected {expected} "
-                         f"for shape {shape}; download it again")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    except (AssertionError, KeyError):  # torchvision asserts on the magic number and looks up its type code
+        raise ValueError(f"{path} is not an IDX file (bad magic number); download it again") from None
+    except (ValueError, RuntimeError):  # too few bytes for the header, or not as many as its shape needs
+        raise ValueError(f"{path} is truncated or corrupt: its size does not match its header; "
+                         f"download it again") from None
+
+
+@contextmanager
+def _plain_idx_file(path: Path) -> Iterator[Path]:
+    """``path``, or its decompressed copy if it is gzipped (told by gzip's magic number, whatever its name).
+
+    The copy lives in a temporary folder for the read only: decompressing takes well under a
+    second even for MNIST's training images, while a copy kept in the cache would double the
+    disk space and go stale when the gzipped file is replaced.
+    """
+    with path.open("rb") as file:
+        gzipped = file.read(2) == b"\x1f\x8b"
+    if not gzipped:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as folder, gzip.open(path) as compressed:
+        plain = Path(folder) / path.stem
+        with plain.open("wb") as file:
+            shutil.copyfileobj(compressed, file)
+        yield plain
 
 
 def cache_dir() -> Path:
@@ -322,6 +354,6 @@ def _missing_files_message(dataset: str, searched: Sequence[Path], failure: str 
               "/usr/share/datasets/fashion-mnist." if dataset == "fashion-mnist" else "")
     return (
         f"The {dataset} files were not found in {where}{failure}. Put the four IDX files "
-        f"{names} (each gzipped as .gz or not) into one folder and pass it with --data-dir DIR "
-        f"(Python: DataConfig(data_dir=DIR)), or put them into {cache_dir() / dataset}.{debian}"
+        f"{names} (each gzipped as .gz or not) into one folder and pass it as data_dir=DIR, "
+        f"or put them into {cache_dir() / dataset}.{debian}"
     )

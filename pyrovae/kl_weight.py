@@ -8,8 +8,11 @@ and :func:`~pyrovae.train.fit` sets it before every step from a :class:`KLSchedu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
+
+from pyrovae.settings import SettingError
 
 MIN_KL_WEIGHT = 1e-6
 """The smallest weight applied: ``poutine.scale`` needs a positive scale, and 1e-6 of the
@@ -33,15 +36,7 @@ class KLSchedule:
     balance_rate: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.beta > 0:
-            raise ValueError(f"the KL weight must be positive, got {self.beta}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"the KL warm-up must be a non-negative number of epochs, got {self.warmup_epochs}")
-        if self.balance_rate is not None:
-            if not self.balance_rate > 0:
-                raise ValueError(f"the KL balance rate must be positive, got {self.balance_rate}")
-            if self.warmup_epochs or self.beta != 1:
-                raise ValueError("the KL balance sets the weight itself; use it without a KL weight or warm-up")
+        check_kl_settings(self.beta, self.warmup_epochs, self.balance_rate)
 
     @property
     def balanced(self) -> bool:
@@ -62,3 +57,25 @@ class KLSchedule:
     def balance(self, weight: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """Seed 004's update w + alpha (RE - w DE), kept at least :data:`MIN_KL_WEIGHT`."""
         return (weight + self.balance_rate * (recon - weight * kl)).clamp(min=MIN_KL_WEIGHT)
+
+
+def check_kl_settings(weight: float, warmup: float, balance: float | None,
+                      names: Sequence[str] = ("beta", "warmup_epochs", "balance_rate")) -> None:
+    """Raise :class:`~pyrovae.settings.SettingError` unless the KL weight, warm-up and balance rate make a schedule.
+
+    ``names`` are what the caller calls the three settings (:class:`~pyrovae.train.TrainConfig`
+    calls them ``kl_weight``, ``kl_warmup`` and ``kl_balance``), so messages name the caller's.
+    """
+    weight_name, warmup_name, balance_name = names
+    if not weight > 0:
+        raise SettingError(weight_name, f"{weight_name} must be positive, got {weight}")
+    if warmup < 0:
+        raise SettingError(warmup_name, f"{warmup_name} must be a non-negative number of epochs, got {warmup}")
+    if balance is not None:
+        if not balance > 0:
+            raise SettingError(balance_name, f"{balance_name} must be positive, got {balance}")
+        if warmup or weight != 1:
+            fixed = [f"{name}={value:g}" for name, value, given in ((weight_name, weight, weight != 1),
+                                                                      (warmup_name, warmup, warmup != 0)) if given]
+            raise SettingError(balance_name, f"{balance_name} sets the weight itself; use it without "
+                                             f"{' or '.join(fixed)}")

@@ -93,7 +93,7 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
     """
     if not 1 <= n <= MAX_GRID_IMAGES:
         raise ValueError(f"a sample grid shows 1 to {MAX_GRID_IMAGES} images, not {n}; save more samples as an "
-                         f"array (pyrovae sample --out FILE.npy)")
+                         f"array (vae.sample(n), or pyrovae sample --out FILE.npy)")
     vae.eval()
     y = sample_labels(vae, n, label)
     with seeded(vae.device, seed):
@@ -124,7 +124,7 @@ def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 
     This is how Su Jianlin, "Variational Autoencoders (I): That's What It's All About" (2018), draws a chosen digit.
     """
     if not vae.conditional:
-        raise ValueError("class samples need a conditional model (train with --conditional)")
+        raise ValueError("class samples need a conditional model (prior='class-means', or decoder_conditioning=True)")
     vae.eval()
     y = torch.arange(vae.num_classes, device=vae.device).repeat_interleave(per_class)
     with seeded(vae.device, seed):
@@ -340,7 +340,7 @@ def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]
     """The pictures that do not apply to this run, each with the reason."""
     reasons = {"training_curves": (not metrics, "metrics.jsonl has no epochs yet"),
                "interpolation": (test.y is None, "the test split has no labels"),
-               "class_samples": (not vae.conditional, "the model is not conditional; train with --conditional")}
+               "class_samples": (not vae.conditional, "the model is not conditional (prior='class-means', or decoder_conditioning=True)")}
     return {name: reason for name, (missing, reason) in reasons.items() if missing}
 
 

@@ -5,13 +5,14 @@ Checkpoints hold only tensors and plain containers, are loaded with
 the entries a pyrovae checkpoint has. They are written to a temporary file, flushed to
 disk and renamed over the previous one, so a crash at any moment leaves either the old
 checkpoint or the new one, never half of one. ``config.json`` is read through
-:func:`~pyrovae.schema.settings_from_json`: known keys and types only.
+:func:`~pyrovae.settings.settings_from_json`: known keys and types only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from pyrovae.build import ModelConfig, build_vae
-from pyrovae.schema import settings_from_json
+from pyrovae.settings import SettingError, settings_from_json
 from pyrovae.vae import VAE
 
 Settings = TypeVar("Settings")
@@ -30,6 +31,8 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
+STALE_EVAL = "eval.stale.json"
+"""Where resuming moves ``eval.json``: its numbers belong to the checkpoint that training replaces."""
 CONFIG_SECTIONS = ("model", "data", "train")
 CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "rng": dict, "kl_weight": torch.Tensor,
                       "metrics": list, "skipped": int, "partial": (dict, type(None))}
@@ -85,30 +88,38 @@ class RunDir:
 
         The folder must be writable (or creatable), and hold no earlier run unless it is
         resumed (``resume``) or replaced (``overwrite``, which deletes the run's files and
-        the ``extra`` names, nothing else).
+        the ``extra`` names, nothing else). Resuming moves ``eval.json`` aside to
+        ``eval.stale.json`` and says so, since training replaces the checkpoint it evaluated.
+        Messages name the settings of :func:`~pyrovae.train.fit`: ``run_dir``, ``resume``, ``overwrite``.
         """
         if resume and overwrite:
-            raise ValueError("--resume continues a run and --overwrite replaces it; pass one of them")
+            raise ValueError("resume=True continues a run and overwrite=True replaces it; pass one of them")
         if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"--out {self.path} is a file, not a folder; choose a folder for the run directory")
+            raise SettingError("run_dir", f"run_dir {self.path} is a file, not a folder; choose a folder for the "
+                                          f"run directory")
         holds_run = self.file(CHECKPOINT).exists() or self.file(CONFIG).exists()
         if resume and not self.file(CHECKPOINT).exists():
-            raise CheckpointError(f"--resume found no {CHECKPOINT} in {self.path}; train there without --resume "
-                                  f"(add --overwrite if it holds an unfinished first epoch)")
+            raise CheckpointError(f"resume=True found no {CHECKPOINT} in {self.path}; train there without "
+                                  f"resume=True (add overwrite=True if it holds an unfinished first epoch)")
         if holds_run and not resume and not overwrite:
-            raise ValueError(f"{self.path} already holds a run; add --resume to continue it, --overwrite to "
-                             f"start it again, or choose another --out folder")
+            raise SettingError("run_dir", f"{self.path} already holds a run; add resume=True to continue it, "
+                                          f"overwrite=True to start it again, or choose another run_dir folder")
         existing = next(folder for folder in (self.path, *self.path.absolute().parents) if folder.exists())
         if not existing.is_dir():
-            raise ValueError(f"--out {self.path} lies under {existing}, which is a file; choose a folder path")
+            raise SettingError("run_dir", f"run_dir {self.path} lies under {existing}, which is a file; choose a "
+                                          f"folder path")
         try:
             with tempfile.TemporaryFile(dir=existing):  # the folder, or where it will be created
                 pass
         except OSError as error:
-            raise ValueError(f"cannot write to the run directory {self.path} ({error.strerror}); "
-                             f"choose a writable --out folder") from None
+            raise SettingError("run_dir", f"cannot write to the run directory {self.path} ({error.strerror}); "
+                                          f"choose a writable run_dir folder") from None
         if overwrite:
             self.clear(extra)
+        if resume and self.file(EVAL).exists():
+            os.replace(self.file(EVAL), self.file(STALE_EVAL))
+            print(f"moved {self.file(EVAL)} to {STALE_EVAL}: it evaluated the checkpoint that training now "
+                  f"replaces; evaluate again when it is done", file=sys.stderr)
         return self
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -119,7 +130,7 @@ class RunDir:
         path = self.file(CONFIG)
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; is {self.path} a pyrovae run directory "
-                                  f"(made by `pyrovae train --out {self.path}`)?")
+                                  f"(written by training with run_dir='{self.path}')?")
         try:
             config = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -155,8 +166,8 @@ class RunDir:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 raise CheckpointError(f"{path} line {number} is not JSON (was the run killed while writing it?); "
-                                      f"`pyrovae train --out {self.path} --resume` rewrites the file from the "
-                                      f"checkpoint") from None
+                                      f"training with run_dir='{self.path}' and resume=True rewrites the file "
+                                      f"from the checkpoint") from None
         return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -166,7 +177,7 @@ class RunDir:
 
     def clear(self, extra: Iterable[str] = ()) -> None:
         """Delete the files of a previous run here (and the ``extra`` names), keeping anything else."""
-        for name in (CONFIG, CHECKPOINT, METRICS, EVAL, *extra):
+        for name in (CONFIG, CHECKPOINT, METRICS, EVAL, STALE_EVAL, *extra):
             self.file(name).unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -175,7 +186,7 @@ class RunDir:
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         path = self.file(CHECKPOINT)
         if not path.is_file():
-            raise CheckpointError(f"{path} does not exist; train first with `pyrovae train --out {self.path}`")
+            raise CheckpointError(f"{path} does not exist; train first, with run_dir='{self.path}'")
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:  # truncated zip, random bytes, or a pickle asking for code

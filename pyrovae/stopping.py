@@ -16,7 +16,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal after saving a checkpoint; ``--resume`` continues from it."""
+    """Training stopped on a signal after saving a checkpoint; ``fit(..., resume=True)`` (``pyrovae train --resume``) continues from it."""
 
 
 class StopRequest:

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyro
 import torch
@@ -32,59 +32,57 @@ from tqdm.auto import tqdm
 from pyrovae.data import Dataset
 from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, data_parallel, gather_objects, join, shard
 from pyrovae.evaluate import negative_elbo
-from pyrovae.kl_weight import KLSchedule
+from pyrovae.kl_weight import KLSchedule, check_kl_settings
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.randomness import derived_seed, rng_state, set_rng_state
 from pyrovae.runs import CHECKPOINT, RunDir
+from pyrovae.settings import SettingError, check_choice, check_choices, check_positive, setting
 from pyrovae.stopping import StopRequest, TrainingInterrupted
 from pyrovae.vae import VAE
 
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
-DEVICES = ("auto", "cpu", "cuda")
+Elbo = Literal[tuple(ELBOS)]
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = get_args(Device)
 PROGRESS_REFRESH_STEPS = 50
 """Steps between updates of the progress bar's running loss (each one reads the loss from the device)."""
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimization settings (saved in ``config.json``). ``epochs`` counts from the run's start.
+    """Optimization settings (saved in ``config.json``); the KL settings make a
+    :class:`~pyrovae.kl_weight.KLSchedule`."""
 
-    ``elbo`` is ``trace``, ``meanfield`` or ``iwae``, estimated with ``particles``
-    vectorized samples per example (averaged, or importance-weighted for ``iwae``).
-    ``kl_weight``, ``kl_warmup`` (epochs) and ``kl_balance`` (a rate) set the weight of
-    the KL term; see :class:`~pyrovae.kl_weight.KLSchedule`. ``skip_nonfinite`` is how
-    many batches with a non-finite loss or gradient the run may skip before it stops.
-    ``batch_size`` is the global batch: under torchrun each of the N processes takes
-    batch_size / N examples per step. ``compile`` applies ``torch.compile`` to the encoder
-    and decoder; ``tf32`` lets CUDA matmuls and convolutions use TensorFloat-32.
-    """
-
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    elbo: str = "trace"
-    device: str = "auto"
-    seed: int = 0
-    kl_weight: float = 1.0
-    kl_warmup: float = 0.0
-    kl_balance: float | None = None
-    particles: int = 1
-    skip_nonfinite: int = 0
-    compile: bool = False
-    tf32: bool = False
+    epochs: int = setting(100, "epochs in all, counted from the run's start (when resuming: the total to reach)")
+    batch_size: int = setting(128, "examples per step; under torchrun the global batch, split evenly among the "
+                                   "processes")
+    lr: float = setting(1e-3, "Adam learning rate")
+    elbo: Elbo = setting("trace", "trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (closed-form "
+                                  "KL); iwae: the importance-weighted bound with particles=K")
+    device: Device = setting("auto", "auto picks CUDA when there is a GPU")
+    seed: int = setting(0, "seeds torch, numpy and Pyro")
+    kl_weight: float = setting(1.0, "weight of the KL term (1 is the ELBO; beta > 1 a beta-VAE)", metavar="BETA")
+    kl_warmup: float = setting(0.0, "raise the KL weight linearly from 0 to kl_weight=BETA over this many epochs",
+                               metavar="EPOCHS")
+    kl_balance: float | None = setting(None, "set the KL weight automatically: from 0, w += ALPHA * (recon - w * KL) "
+                                             "after every batch (e.g. 1e-5)", metavar="ALPHA")
+    particles: int = setting(1, "vectorized samples of z per example and step (averaged for trace and meanfield)",
+                             metavar="K")
+    skip_nonfinite: int = setting(0, "skip up to N batches whose loss or gradient is NaN or infinite (with 0, the "
+                                     "first one stops training and keeps the last good checkpoint)", metavar="N")
+    compile: bool = setting(False, "torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)")
+    tf32: bool = setting(False, "let CUDA matmuls and convolutions use TensorFloat-32 (faster on Ampere and later "
+                                "GPUs, ~3 digits)")
 
     def __post_init__(self) -> None:
-        if self.elbo not in ELBOS:
-            raise ValueError(f"unknown elbo {self.elbo!r}; choose one of {', '.join(ELBOS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.particles < 1:
-            raise ValueError(f"epochs, batch_size and particles must be positive, got {self.epochs}, "
-                             f"{self.batch_size} and {self.particles}")
-        if not self.lr > 0:
-            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        check_choices(self)
+        check_positive(self, "epochs", "batch_size", "particles", "lr")
         if self.skip_nonfinite < 0:
-            raise ValueError(f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
+            raise SettingError("skip_nonfinite",
+                               f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
         resolve_device(self.device)
-        KLSchedule(self.kl_weight, self.kl_warmup, self.kl_balance)  # raises on bad KL settings
+        check_kl_settings(self.kl_weight, self.kl_warmup, self.kl_balance,
+                          names=("kl_weight", "kl_warmup", "kl_balance"))
 
     @property
     def kl_schedule(self) -> KLSchedule:
@@ -93,10 +91,10 @@ class TrainConfig:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
-    if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    check_choice("device", name, DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+        raise ValueError("device='cuda' was asked for but PyTorch sees no CUDA GPU; use device='cpu' or "
+                         "device='auto'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -225,9 +223,9 @@ def epoch_metrics(state: EpochState, processes: Processes = SINGLE) -> dict[str,
 def nonfinite_message(epoch: int, step: int, steps: int, config: TrainConfig, kept: str) -> str:
     """Why training stopped on a NaN or infinity, what was kept, and the usual fixes."""
     return (f"training stopped: the loss or a gradient was NaN or infinite at epoch {epoch}, step {step} of {steps}; "
-            f"{kept}. Usual fixes: a lower learning rate (--lr, now {config.lr:g}), a KL warm-up (--kl-warmup 10), "
-            f"a larger --likelihood-scale for gaussian or laplace likelihoods, or --skip-nonfinite N to skip up to "
-            f"N bad batches")
+            f"{kept}. Usual fixes: a lower learning rate (lr={config.lr / 10:g}, now {config.lr:g}), a KL warm-up "
+            f"(kl_warmup=10), a larger scale for gaussian or laplace likelihoods (likelihood_scale=0.3), or "
+            f"skip_nonfinite=N to skip up to N bad batches")
 
 
 def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str | Path | None = None,
@@ -389,7 +387,7 @@ class Trainer:
         if self.skipped + state.skipped > self.config.skip_nonfinite:
             raise FloatingPointError(nonfinite_message(epoch, state.step, self.steps, self.config, self.kept) +
                                      f" ({self.skipped + state.skipped} bad batches so far, more than "
-                                     f"--skip-nonfinite {self.config.skip_nonfinite})")
+                                     f"skip_nonfinite={self.config.skip_nonfinite})")
         first_bad = int(state.first_bad_step)
         if first_bad >= 0:
             raise FloatingPointError(nonfinite_message(epoch, first_bad, self.steps, self.config, self.kept))
@@ -441,5 +439,5 @@ class Trainer:
             return f"{signal_name} received: training stopped {where}"
         what = (f"saved {self.run.file(CHECKPOINT)}" if saved
                 else f"{self.run.file(CHECKPOINT)} holds epoch {self.epoch}, where a resume starts")
-        return (f"{signal_name} received: training stopped {where}; {what}; continue with "
-                f"`pyrovae train --out {self.run.path} --resume` (Python: fit(..., resume=True))")
+        return (f"{signal_name} received: training stopped {where}; {what}; continue it with resume=True "
+                f"and run_dir='{self.run.path}'")

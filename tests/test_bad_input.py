@@ -17,7 +17,7 @@ from pyrovae.data import IDX_FILES, DataConfig, from_arrays
 from pyrovae.evaluate import evaluation_report, log_likelihood, negative_elbo
 from pyrovae.plots import samples_figure
 from pyrovae.runs import CheckpointError, RunDir
-from pyrovae.schema import settings_from_json
+from pyrovae.settings import settings_from_json
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -47,27 +47,30 @@ def run_files_digest(root):
 
 CLI_CASES = [
     # train: optimization settings
-    (["train", "--epochs", "0"], "epochs, batch_size and particles must be positive"),
-    (["train", "--batch-size", "-5"], "epochs, batch_size and particles must be positive"),
-    (["train", "--particles", "0"], "epochs, batch_size and particles must be positive"),
-    (["train", "--lr", "0"], "learning rate must be positive"),
-    (["train", "--lr", "nan"], "learning rate must be positive"),
-    (["train", "--kl-weight", "-1"], "KL weight must be positive"),
-    (["train", "--kl-warmup", "-2"], "warm-up must be a non-negative"),
-    (["train", "--kl-balance", "1e-4", "--kl-warmup", "3"], "sets the weight itself"),
-    (["train", "--skip-nonfinite", "-1"], "cannot be negative"),
+    (["train", "--epochs", "0"], "--epochs must be positive, got 0"),
+    (["train", "--batch-size", "-5"], "--batch-size must be positive, got -5"),
+    (["train", "--particles", "0"], "--particles must be positive, got 0"),
+    (["train", "--lr", "0"], "--lr must be positive"),
+    (["train", "--lr", "nan"], "--lr must be positive"),
+    (["train", "--kl-weight", "-1"], "--kl-weight must be positive"),
+    (["train", "--kl-warmup", "-2"], "--kl-warmup must be a non-negative"),
+    (["train", "--kl-balance", "1e-4", "--kl-warmup", "3"], "--kl-balance sets the weight itself; use it without "
+                                                            "--kl-warmup 3$"),
+    (["train", "--skip-nonfinite", "-1"], "--skip-nonfinite counts batches and cannot be negative"),
     (["train", "--threads", "0"], "--threads must be positive"),
     # train: model settings
-    (["train", "--z-dim", "0"], "z_dim must be at least 1"),
-    (["train", "--hidden", "16", "0"], "hidden sizes must be positive"),
-    (["train", "--prior", "mixture", "--prior-components", "0"], "prior_components .* at least 1"),
-    (["train", "--likelihood", "gaussian", "--likelihood-scale", "0"], "likelihood_scale must be a positive"),
-    (["train", "--learn-scale", "--likelihood", "bernoulli"], "gaussian or laplace"),
+    (["train", "--z-dim", "0"], "--z-dim must be at least 1"),
+    (["train", "--hidden", "16", "0"], "--hidden must hold positive layer sizes"),
+    (["train", "--prior", "mixture", "--prior-components", "0"], "--prior-components .* at least 1"),
+    (["train", "--likelihood", "gaussian", "--likelihood-scale", "0"], "--likelihood-scale must be a positive"),
+    (["train", "--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs the gaussian or laplace "
+                                                              "likelihood.*--likelihood gaussian"),
     (["train", "--conditional", "--prior", "mixture"], "--decoder-conditioning"),
     (["train", "--likelihood", "bernoulli", "--binarize", "none", "--kl-weight", "0"], "must be positive"),
     # train: data
-    (["train", "--val-fraction", "1.5"], "val_fraction must lie strictly between 0 and 1"),
-    (["train", "--dataset", "digits", "--data-dir", "{root}/empty"], "bundled with scikit-learn"),
+    (["train", "--val-fraction", "1.5"], "--val-fraction must lie strictly between 0 and 1"),
+    (["train", "--dataset", "digits", "--data-dir", "{root}/empty"], "bundled with scikit-learn.*drop --data-dir "
+                                                                     "DIR, .*--dataset mnist"),
     (["train", "--dataset", "mnist", "--data-dir", "{root}/empty", "--no-download"], "train-images-idx3-ubyte"),
     (["train", "--dataset", "mnist", "--data-dir", "{root}/file", "--no-download"], "files were not found"),
     (["train", "--dataset", "mnist", "--data-dir", "{root}/garbled-idx"], "not an IDX file.*download it again"),
@@ -77,9 +80,10 @@ CLI_CASES = [
     (["train", "--out", "{root}/run"], "already holds a run; add --resume .* --overwrite"),
     (["train", "--out", "{root}/run", "--resume", "--overwrite"], "pass one of them"),
     (["train", "--resume"], "--resume needs --out"),
-    (["train", "--out", "{root}/empty", "--resume"], "found no checkpoint.pt"),
-    (["train", "--out", "{root}/file"], "is a file, not a folder"),
-    (["train", "--out", "{root}/file/run"], "which is a file"),
+    (["train", "--out", "{root}/empty", "--resume"], "--resume found no checkpoint.pt.*without --resume "
+                                                      r"\(add --overwrite"),
+    (["train", "--out", "{root}/file"], "--out .* is a file, not a folder"),
+    (["train", "--out", "{root}/file/run"], "--out .* which is a file"),
     # evaluate
     (["evaluate", "{root}/run", "--num-samples", "0"], "--num-samples must be positive"),
     (["evaluate", "{root}/run", "--num-samples", "-3"], "--num-samples must be positive"),
@@ -165,7 +169,7 @@ PYTHON_CASES = [
     ("two-number image shape", lambda v: ModelConfig(image_shape=(28, 28)), ValueError, "three positive sizes"),
     ("conditional without classes", lambda v: ModelConfig(prior="class-means"), ValueError, "num_classes >= 2"),
     ("unknown dataset", lambda v: DataConfig(dataset="cifar"), ValueError, "unknown dataset"),
-    ("unknown binarization", lambda v: DataConfig(binarize="otsu"), ValueError, "unknown binarization"),
+    ("unknown binarization", lambda v: DataConfig(binarize="otsu"), ValueError, "unknown binarize 'otsu'"),
     ("JSON with an unknown key", lambda v: settings_from_json(ModelConfig, {"zdim": 2}, "c.json"), ValueError,
      "unknown key.*'zdim'"),
     ("JSON with a string number", lambda v: settings_from_json(ModelConfig, {"z_dim": "2"}, "c.json"), ValueError,

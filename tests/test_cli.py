@@ -10,6 +10,7 @@ from PIL import Image
 
 from pyrovae import VAE, cli
 from pyrovae.cli import build_parser, main
+from pyrovae.runs import RunDir
 
 
 def run_cli(*args, cwd=None, env=None):
@@ -71,10 +72,28 @@ def test_many_samples_are_written_in_chunks(trained_run, tmp_path, monkeypatch):
     assert drawn == [1000, 1000, 500] and np.load(tmp_path / "many.npy").shape == (2500, 64)
 
 
-def test_resume_from_the_cli_keeps_counting(trained_run):
+def test_resume_from_the_cli_keeps_counting_and_moves_the_old_eval_json_aside(trained_run, capsys):
+    (trained_run / "eval.json").write_text('{"nll": 80.0}')
     assert main(["train", "--out", str(trained_run), "--resume", "--epochs", "4", "--no-progress"]) == 0
     epochs = [json.loads(line)["epoch"] for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
+    assert not (trained_run / "eval.json").exists()
+    assert (trained_run / "eval.stale.json").read_text() == '{"nll": 80.0}'
+    assert capsys.readouterr().err.count("eval.stale.json") == 1
+
+
+def test_resume_in_python_moves_eval_json_aside_once(tmp_path, capsys):
+    run = RunDir(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "eval.json").write_text("{}")
+    run.prepare(resume=True)
+    assert not (tmp_path / "eval.json").exists() and (tmp_path / "eval.stale.json").is_file()
+    assert f"moved {tmp_path / 'eval.json'} to eval.stale.json" in capsys.readouterr().err
+    run.prepare(resume=True)
+    assert capsys.readouterr().err == ""
+    (tmp_path / "eval.json").write_text("{}")
+    run.prepare(overwrite=True)  # a fresh start deletes both, as every file of the old run
+    assert not any(tmp_path.iterdir()) and capsys.readouterr().err == ""
 
 
 def test_missing_dataset_offline_is_one_paragraph_not_a_traceback(tmp_path):

@@ -1,4 +1,5 @@
 import gzip
+import tempfile
 
 import numpy as np
 import pytest
@@ -51,12 +52,19 @@ def test_read_idx_round_trips_what_was_written(tmp_path, compress):
     assert np.array_equal(read_idx(tmp_path / "ints"), ints)
 
 
-@pytest.mark.parametrize("content,match", [(b"\x00\x00\x08\x01\x00\x00\x00\x05ab", "truncated"),
-                                           (b"PK\x03\x04 not idx", "magic"), (b"", "magic")])
-def test_read_idx_rejects_corrupt_files(tmp_path, content, match):
+@pytest.mark.parametrize("content,match", [
+    (b"\x00\x00\x08\x01\x00\x00\x00\x05ab", "truncated"),  # 2 of 5 bytes
+    (b"\x00\x00\x08\x01\x00\x00\x00\x01ab", "truncated"),  # a byte too many
+    (b"", "truncated"),
+    (b"PK\x03\x04 not idx", "not an IDX file.*magic"),
+    (gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde")[:-10], "cannot read IDX file"),
+])
+def test_read_idx_rejects_corrupt_files_in_one_line(tmp_path, content, match):
     (tmp_path / "bad").write_bytes(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as error:
         read_idx(tmp_path / "bad")
+    assert str(tmp_path / "bad") in str(error.value) and "download it again" in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -75,6 +83,18 @@ def test_mnist_from_data_dir(tmp_path, compress):
     assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, expected.tolist()))
 
 
+def test_the_system_folder_of_gzipped_files_is_found_without_a_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_module, "SYSTEM_DIRS", {"fashion-mnist": tmp_path / "system"})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "system").mkdir()
+    (tmp_path / "tmp").mkdir()
+    arrays = write_fake_mnist(tmp_path / "system", compress=True)
+    data = load_dataset(DataConfig(dataset="fashion-mnist", binarize="none", download=False))
+    assert torch.equal(data.test.y, torch.tensor(arrays["t10k-labels-idx1-ubyte"], dtype=torch.long))
+    assert list((tmp_path / "tmp").rglob("*-ubyte")) == []  # the decompressed copies are gone
+
+
 def test_missing_files_offline_give_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(data_module, "SYSTEM_DIRS", {})
@@ -87,7 +107,7 @@ def test_missing_files_offline_give_one_clear_error(tmp_path, monkeypatch):
         find_idx_files("fashion-mnist")
     message = str(error.value)
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
-    assert "--data-dir" in message and "download failed" in message
+    assert "data_dir=DIR" in message and "download failed" in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert "\n" not in message
 
@@ -167,7 +187,7 @@ def test_from_arrays_rejects_labels_that_do_not_match():
 def test_data_config_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         DataConfig(dataset="cifar")
-    with pytest.raises(ValueError, match="binarization"):
+    with pytest.raises(ValueError, match="unknown binarize 'sometimes'"):
         DataConfig(binarize="sometimes")
     with pytest.raises(ValueError, match="bundled"):
         DataConfig(dataset="digits", data_dir="/somewhere")

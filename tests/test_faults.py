@@ -285,7 +285,7 @@ def test_a_nonfinite_step_stops_training_naming_epoch_and_step(tmp_path, where):
     data = load_dataset(DataConfig())
     vae = poisoned_vae({STEPS_PER_EPOCH + 4}, where)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 4 of 11.*still holds the state after epoch 1"
-                                                 r".*--lr.*--kl-warmup.*--skip-nonfinite"):
+                                                 r".*lr=0.0001, now 0.001.*kl_warmup=10.*skip_nonfinite=N"):
         fit(vae, data, TrainConfig(epochs=3, device="cpu"), run_dir=tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
@@ -299,6 +299,6 @@ def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(tmp_path):
     assert [row["skipped_batches"] for row in history] == [1, 1]
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "ok").values())
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*2 bad batches so far, more than "
-                                                 r"--skip-nonfinite 1"):
+                                                 r"skip_nonfinite=1"):
         fit(poisoned_vae({3, STEPS_PER_EPOCH + 2}, "loss"), data, TrainConfig(epochs=2, device="cpu", skip_nonfinite=1),
             run_dir=tmp_path / "stops", progress=False)

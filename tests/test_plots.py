@@ -182,7 +182,7 @@ def test_figures_are_returned_for_notebooks(digits):
     assert isinstance(plots.latent_scatter_figure(vae, digits.test, tsne=False), Figure)
     with pytest.raises(ValueError, match="no test image of class 11"):
         plots.interpolation_figure(vae, digits.test, digits.image_shape, classes=(3, 11))
-    with pytest.raises(ValueError, match="--conditional"):
+    with pytest.raises(ValueError, match="prior='class-means'"):
         plots.class_samples_figure(vae, digits.image_shape)
 
 

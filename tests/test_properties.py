@@ -15,7 +15,7 @@ from pyrovae.data import read_idx
 from pyrovae.evaluate import log_importance_weights, log_likelihood, negative_elbo
 from pyrovae.likelihoods import GaussianLikelihood
 from pyrovae.runs import CheckpointError, RunDir
-from pyrovae.schema import settings_from_json
+from pyrovae.settings import settings_from_json
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -69,7 +69,7 @@ def test_resume_continues_the_epoch_count_and_reproduces_an_uninterrupted_run(di
 
 def test_training_refuses_to_overwrite_a_run(digits, tmp_path):
     fit(digits_vae(), digits, TrainConfig(epochs=1, device="cpu"), run_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ValueError, match="resume=True"):
         fit(digits_vae(), digits, TrainConfig(epochs=1, device="cpu"), run_dir=tmp_path, progress=False)
 
 

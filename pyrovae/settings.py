@@ -1,0 +1,248 @@
+"""Settings written once, on dataclass fields; the CLI flags and the ``config.json`` checks follow from them.
+
+A settings class (:class:`~pyrovae.build.ModelConfig`, :class:`~pyrovae.data.DataConfig`,
+:class:`~pyrovae.train.TrainConfig`) declares each setting as a field: the annotation is its
+type (``Literal[...]`` for a choice of names), the default its default, and :func:`setting`
+adds the help text. From that, :func:`add_arguments` makes one ``--flag`` per field and
+:func:`from_args` builds the class from the parsed flags; :func:`settings_from_json` reads a
+section of an untrusted ``config.json`` (known keys and declared types only, then the class's
+own ``__post_init__`` checks, which start with :func:`check_choices`).
+
+Messages speak Python; the CLI translates them into flags. The convention, for every
+``pyrovae`` module:
+
+- a setting is named by its Python name (``z_dim``, ``batch_size``), never by a flag;
+- a message about one setting's bad value is a :class:`SettingError` naming that setting,
+  e.g. ``SettingError("lr", f"lr must be positive, got {lr}")``;
+- a suggested value is written ``name=value``: ``resume=True``, ``binarize='static'``,
+  ``data_dir=DIR``, ``z_dim=2`` (a placeholder in capitals, a string quoted); to suggest
+  leaving a switch off, write ``without resume=True``;
+- help texts of settings fields follow the same rules (the CLI's ``--help`` shows flags).
+
+:func:`in_flags` makes the CLI's message: ``name=True`` becomes ``--flag`` (``download=False``
+becomes ``--no-download``, the flag that sets it), ``name='v'`` and ``name=v`` become
+``--flag v``, and the setting a :class:`SettingError` names becomes ``--flag`` wherever it
+stands alone. Other words are left as they are, so prose like "the prior" never turns into
+a flag, and names without a flag (``num_classes``) stay Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import functools
+import re
+import types
+import typing
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+Settings = TypeVar("Settings")
+
+
+class SettingError(ValueError):
+    """A setting has a bad value; ``setting`` is its Python name, which the message contains."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(message)
+        self.setting = setting
+
+
+def setting(default: Any, help: str, metavar: str | None = None) -> Any:
+    """A settings field with its default, its help text (also the flag's) and the flag's metavar."""
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar})
+
+
+def flag(name: str) -> str:
+    """The flag a setting gets: ``z_dim`` -> ``--z-dim``."""
+    return "--" + name.replace("_", "-")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a settings class (cached: ``__post_init__`` reads them every time)."""
+    return typing.get_type_hints(cls)
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X`` for ``X | None``, else the annotation itself."""
+    if _is_union(annotation):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _choices_of(annotation: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal[...]`` or ``Literal[...] | None`` annotation allows (``None`` for other annotations)."""
+    literal = _without_none(annotation)
+    if typing.get_origin(literal) is not Literal:
+        return None
+    optional = (None,) if literal is not annotation else ()
+    return (*typing.get_args(literal), *optional)
+
+
+def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
+    """Raise :class:`SettingError` unless ``value`` is one of ``choices``, suggesting the closest name."""
+    if value in choices:
+        return
+    names = [str(choice) for choice in choices if choice is not None]
+    close = difflib.get_close_matches(str(value), names, n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    raise SettingError(name, f"unknown {name} {value!r}; choose one of {', '.join(names)}{guess}")
+
+
+def check_choices(settings: Any) -> None:
+    """Check every ``Literal`` field of the settings dataclass instance ``settings`` (for ``__post_init__``)."""
+    for name, annotation in _type_hints(type(settings)).items():
+        choices = _choices_of(annotation)
+        if choices is not None:
+            check_choice(name, getattr(settings, name), choices)
+
+
+def check_positive(settings: Any, *names: str) -> None:
+    """Raise :class:`SettingError` for the first of ``names`` that is set on ``settings`` and not positive."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and not value > 0:  # also refuses NaN
+            raise SettingError(name, f"{name} must be positive, got {value}")
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+    """``add_argument`` keywords for a field: type, choices or nargs from the annotation; default and help."""
+    if not field.metadata.get("help"):
+        raise TypeError(f"{field.name} has no help text; declare it with pyrovae.settings.setting()")
+    options = {"dest": field.name, "default": field.default, "help": field.metadata["help"]}
+    if field.metadata.get("metavar"):
+        options["metavar"] = field.metadata["metavar"]
+    kind = _without_none(annotation)
+    if kind is bool and field.default is False:
+        return {**options, "action": "store_true"}
+    if typing.get_origin(kind) is Literal:
+        return {**options, "choices": typing.get_args(kind)}
+    if typing.get_origin(kind) in (Sequence, tuple, list):
+        return {**options, "type": typing.get_args(kind)[0], "nargs": "+"}
+    if kind in (int, float, str):
+        return {**options, "type": kind}
+    raise TypeError(f"no flag for {field.name}: {annotation!r} = {field.default!r}; write the flag by hand")
+
+
+def add_arguments(group: argparse._ActionsContainer, cls: type, skip: Collection[str] = (),
+                  **changes: dict[str, Any]) -> None:
+    """Add a flag for every field of the settings class ``cls`` but those in ``skip`` to ``group``.
+
+    ``changes`` maps a field name to ``add_argument`` keywords that replace the generated ones
+    (e.g. ``learn_scale={"nargs": "?", "const": "pixel"}``).
+    """
+    hints = _type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name not in skip:
+            options = {**_argument(field, hints[field.name]), **changes.get(field.name, {})}
+            group.add_argument(flag(field.name), **options)
+
+
+def help_text(cls: type, name: str) -> str:
+    """The help text of the field ``name`` of the settings class ``cls``."""
+    return next(field for field in dataclasses.fields(cls) if field.name == name).metadata["help"]
+
+
+def from_args(cls: type[Settings], args: argparse.Namespace, **values: Any) -> Settings:
+    """The settings class ``cls`` from parsed flags (one attribute per field), ``values`` overriding them."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
+             if field.name not in values and hasattr(args, field.name)}
+    return cls(**given, **values)
+
+
+SUGGESTION = re.compile(r"(?<![\w./-])(?P<name>[a-z]\w*)=(?P<value>'[^']*'|\"[^\"]*\"|[\w.+-]*\w)")
+"""``name=value`` in a message; not inside a path (``runs/lr=0.1``)."""
+
+
+def in_flags(text: str, flags: Mapping[str, argparse.Action], setting: str | None = None) -> str:
+    """``text`` with the settings it names written as the CLI's flags (see the module's convention).
+
+    ``flags`` maps a Python name to the flag's action (its ``dest``); ``setting`` is the one a
+    :class:`SettingError` names, replaced wherever it stands alone.
+    """
+    def option(name: str) -> str:
+        return max(flags[name].option_strings, key=len)
+
+    def suggestion(match: re.Match) -> str:
+        action = flags.get(match["name"])
+        if action is None:
+            return match[0]
+        if action.nargs == 0:  # a switch: only the value it sets can be written as the flag
+            return option(match["name"]) if match["value"] == repr(action.const) else match[0]
+        value = match["value"].strip("'\"")
+        return f"{option(match['name'])} {value}"
+
+    text = SUGGESTION.sub(suggestion, text)
+    if setting in flags:
+        text = re.sub(rf"(?<![\w./'\"-]){re.escape(setting)}(?![\w/'\"=-]|\.\w)", option(setting), text)
+    return text
+
+
+# --- config.json ------------------------------------------------------------------------------------
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value has a field's type (bool is not an int; an int is a float; a choice is its type)."""
+    origin = typing.get_origin(annotation)
+    if _is_union(annotation):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is Literal:  # which choice is judged by __post_init__, naming the choices
+        return any(_matches(value, type(choice)) for choice in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (Sequence, tuple, list):
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    raise TypeError(f"no JSON check for the annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    """How a message names a field's JSON type: ``int``, ``str | None``, ``list of int``."""
+    if _is_union(annotation):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(dict.fromkeys(type(choice).__name__ for choice in typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (Sequence, tuple, list):
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    return "None" if annotation is type(None) else annotation.__name__
+
+
+def settings_from_json(cls: type[Settings], values: Any, where: str) -> Settings:
+    """Build the settings dataclass ``cls`` from a parsed JSON object, checking keys and types first.
+
+    A ``config.json`` comes from disk, perhaps from someone else's run: every key must be a
+    field of ``cls`` and every value have the field's declared type before the class's own
+    checks judge the values. Every failure is one ``ValueError`` line starting with ``where``,
+    which names the source, e.g. ``"runs/a/config.json, section 'model'"``.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected an object of settings, got {type(values).__name__}")
+    hints = _type_hints(cls)
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"known keys are {', '.join(sorted(fields))}")
+    for key, value in values.items():
+        if not _matches(value, hints[key]):
+            raise ValueError(f"{where}: {key!r} must be {_type_name(hints[key])}, got {value!r}")
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

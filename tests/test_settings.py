@@ -1,0 +1,210 @@
+"""One definition per setting: the dataclass field gives the flag, its default and help text, and the
+config.json check; library messages name Python settings, which the CLI shows as flags."""
+
+import argparse
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import pytest
+
+import pyrovae
+from pyrovae import DataConfig, ModelConfig, TrainConfig, cli
+from pyrovae.cli import FROM_DATA, build_parser, main
+from pyrovae.data import load_dataset
+from pyrovae.runs import RunDir
+from pyrovae.settings import (
+    SettingError,
+    add_arguments,
+    check_choices,
+    from_args,
+    in_flags,
+    setting,
+    settings_from_json,
+)
+
+SETTINGS = (DataConfig, ModelConfig, TrainConfig)
+COMMANDS = cli._commands(build_parser())
+TRAIN_FLAGS = {action.dest: action for action in COMMANDS["train"]._actions if action.option_strings}
+FLAGS = cli._flags(build_parser())
+
+
+@pytest.mark.parametrize("cls", SETTINGS)
+def test_every_setting_has_a_flag_or_comes_from_the_data(cls):
+    for field in dataclasses.fields(cls):
+        assert (field.name in TRAIN_FLAGS) != (field.name in FROM_DATA), field.name
+
+
+def test_train_without_flags_builds_the_python_defaults():
+    args = build_parser().parse_args(["train"])
+    assert cli._data_config(args) == DataConfig()
+    assert from_args(TrainConfig, args) == TrainConfig()
+    model = dataclasses.asdict(cli._model_config(args, load_dataset(DataConfig())))
+    default = dataclasses.asdict(ModelConfig())
+    for name in FROM_DATA:
+        del model[name], default[name]
+    assert model == default
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_documents_every_flag_and_each_default_once(command):
+    parser = COMMANDS[command]
+    for action in parser._actions:
+        assert action.help, f"pyrovae {command} {action.option_strings or action.dest} has no help"
+    text = parser.format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for entry in re.split(r"\n(?=  -)", text):
+        assert entry.count("(default") <= 1, entry
+    assert not re.search(r"\b[a-z_]+=", text), "a help text speaks Python"
+
+
+# --- the generator on a settings class of its own -----------------------------------------------------
+
+@dataclasses.dataclass
+class Toy:
+    kind: Literal["a", "b"] = setting("a", "a choice")
+    sizes: Sequence[int] = setting((1, 2), "some sizes", metavar="N")
+    rate: float | None = setting(None, "an optional number")
+    on: bool = setting(False, "a switch")
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.rate is not None and self.rate < 0:
+            raise SettingError("rate", f"rate must not be negative, got {self.rate}")
+
+
+def test_flags_follow_the_annotations_and_build_the_class():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Toy)
+    assert from_args(Toy, parser.parse_args([])) == Toy()
+    given = parser.parse_args(["--kind", "b", "--sizes", "3", "4", "--rate", "0.5", "--on"])
+    assert from_args(Toy, given) == Toy("b", [3, 4], 0.5, True)
+    assert from_args(Toy, given, rate=None).rate is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "c"])
+
+
+@pytest.mark.parametrize("field,problem", [
+    (setting(True, "on unless switched off"), "write the flag by hand"),
+    (dataclasses.field(default=0), "no help text"),
+])
+def test_a_field_the_generator_cannot_make_a_flag_of_is_refused(field, problem):
+    cls = dataclasses.make_dataclass("Bad", [("value", bool, field)])
+    with pytest.raises(TypeError, match=problem):
+        add_arguments(argparse.ArgumentParser(), cls)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"kind": "b", "sizes": [3], "rate": 1, "on": True}, None),  # an int is a float
+    ({"rate": None}, None),
+    ({"kind": 3}, "c.json: 'kind' must be str, got 3"),
+    ({"kind": "c"}, "c.json: unknown kind 'c'; choose one of a, b"),
+    ({"sizes": [1, "2"]}, "'sizes' must be list of int"),
+    ({"sizes": 2}, "'sizes' must be list of int"),
+    ({"rate": "0.5"}, r"'rate' must be float \| None"),
+    ({"on": 1}, "'on' must be bool"),
+    ({"rate": -1}, "c.json: rate must not be negative"),
+    ({"size": [1]}, "unknown key.*'size'; known keys are kind, on, rate, sizes"),
+    ([1], "expected an object of settings, got list"),
+])
+def test_json_settings_have_known_keys_and_declared_types(values, message):
+    if message is None:
+        assert isinstance(settings_from_json(Toy, values, "c.json"), Toy)
+    else:
+        with pytest.raises(ValueError, match=message):
+            settings_from_json(Toy, values, "c.json")
+
+
+def test_a_mistyped_choice_gets_a_guess():
+    with pytest.raises(SettingError, match="unknown prior 'mixtur'; choose one of standard, class-means, mixture, "
+                                           "vamp; did you mean 'mixture'"):
+        ModelConfig(prior="mixtur")
+    with pytest.raises(SettingError, match="choose one of pixel, decoder$"):
+        ModelConfig(likelihood="gaussian", learn_scale="everything")
+    assert ModelConfig(likelihood="gaussian", learn_scale=None).learn_scale is None
+
+
+# --- messages: Python names in the library, flags in the CLI ------------------------------------------
+
+PYTHON_MESSAGES = [
+    (lambda tmp: TrainConfig(batch_size=0), "batch_size", "^batch_size must be positive, got 0$"),
+    (lambda tmp: TrainConfig(kl_balance=1e-3, kl_weight=2.0), "kl_balance",
+     "^kl_balance sets the weight itself; use it without kl_weight=2$"),
+    (lambda tmp: ModelConfig(hidden=(8, 0)), "hidden", r"^hidden must hold positive layer sizes, got \[8, 0\]$"),
+    (lambda tmp: DataConfig(data_dir="x"), "data_dir",
+     "drop data_dir=DIR, or use it with dataset='mnist' or dataset='fashion-mnist'$"),
+    (lambda tmp: RunDir(tmp / "file").prepare(), "run_dir", "^run_dir .* is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("call,name,message", PYTHON_MESSAGES, ids=[case[1] for case in PYTHON_MESSAGES])
+def test_python_messages_name_the_python_argument(tmp_path, call, name, message):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SettingError, match=message) as raised:
+        call(tmp_path)
+    assert raised.value.setting == name and "--" not in str(raised.value)
+
+
+def test_python_suggestions_are_written_as_arguments(tmp_path):
+    with pytest.raises(ValueError, match="^resume=True continues a run and overwrite=True replaces it"):
+        RunDir(tmp_path).prepare(resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="learn_scale='pixel' needs .*; add likelihood='gaussian'"):
+        ModelConfig(learn_scale="pixel")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "--batch-size must be positive, got 0$"),
+    (["--kl-balance", "1e-3", "--kl-weight", "2"],
+     "--kl-balance sets the weight itself; use it without --kl-weight 2$"),
+    (["--dataset", "digits", "--data-dir", "x"], "drop --data-dir DIR, or use it with --dataset mnist or "
+                                                 "--dataset fashion-mnist$"),
+    (["--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs .*; add --likelihood gaussian or "
+                                                     "--likelihood laplace$"),
+    (["--resume", "--overwrite", "--out", "run"], "--resume continues a run and --overwrite replaces it"),
+    (["--resume"], "--resume needs --out DIR"),
+])
+def test_cli_messages_name_the_flags(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not re.search(r"\w_\w|\w=", err), f"Python names in a CLI message: {err}"
+
+
+@pytest.mark.parametrize("text,setting,expected", [
+    ("add resume=True or overwrite=True", None, "add --resume or --overwrite"),
+    ("use binarize='static', data_dir=DIR or z_dim=2.", None, "use --binarize static, --data-dir DIR or --z-dim 2."),
+    ("pass download=False", None, "pass --no-download"),
+    ("the prior reads labels; prior='vamp' does not", None, "the prior reads labels; --prior vamp does not"),
+    ("lr must be positive, got 0", "lr", "--lr must be positive, got 0"),
+    ("run_dir /a/run_dir/b is a file; choose another run_dir.", "run_dir",
+     "--out /a/run_dir/b is a file; choose another --out."),
+    ("runs/lr=0.1 holds num_classes=3 with resume=False", None, "runs/lr=0.1 holds num_classes=3 with resume=False"),
+    ("'z_dim' must be int; z_dim must be at least 1", None, "'z_dim' must be int; z_dim must be at least 1"),
+])
+def test_in_flags_rewrites_python_names_and_nothing_else(text, setting, expected):
+    assert in_flags(text, FLAGS, setting) == expected
+
+
+# --- usage errors and --version -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--prior", "mixtur"], "pyrovae train: error: argument --prior: invalid choice: 'mixtur' (choose from "
+                                     "standard, class-means, mixture, vamp); did you mean 'mixture'?\n"),
+    (["trian"], "pyrovae: error: argument COMMAND: invalid choice: 'trian' (choose from train, evaluate, sample, "
+                "plot); did you mean 'train'?\n"),
+    (["train", "--z-dim", "two"], "pyrovae train: error: argument --z-dim: invalid int value: 'two'\n"),
+    (["train", "--zdim", "3"], "pyrovae: error: unrecognized arguments: --zdim 3\n"),
+])
+def test_a_usage_error_is_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == message
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"pyrovae {pyrovae.__version__}\n"
