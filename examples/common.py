@@ -13,10 +13,10 @@ import pyrovae
 from pyrovae.train import resolve_device
 
 
-def example_parser(doc: str, epochs: int) -> argparse.ArgumentParser:
-    """A parser with the flags every example takes; ``epochs`` is the example's default."""
+def example_parser(doc: str, epochs: int, dataset: str = "mnist") -> argparse.ArgumentParser:
+    """A parser with the flags every example takes; ``epochs`` and ``dataset`` are the example's defaults."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "digits"])
+    parser.add_argument("--dataset", default=dataset, choices=["mnist", "fashion-mnist", "digits"])
     parser.add_argument("--data-dir", help="folder with the four IDX files of mnist or fashion-mnist")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -1,29 +1,30 @@
-"""Evaluation from the Pyro model and guide themselves: the ELBO, the log-likelihood, classification.
+"""Evaluation in nats per example: the negative ELBO, the importance-sampled log-likelihood, classification.
 
-The log importance weight of a draw z ~ q(z|x) is log w = log p(x, z) - log q(z|x). Its
-expectation under q is the ELBO, and (Burda, Grosse & Salakhutdinov 2015)
+Both estimators read the traces of a model and a guide (:mod:`pyrovae.importance`), so
+they take a :class:`~pyrovae.vae.VAE`, ``negative_elbo(vae, x, y)``, or any Pyro model and
+guide, ``log_likelihood(model, guide, x, model_args=..., model_kwargs=...)``: the first
+argument's type picks the form. With K draws z_k ~ q(z|x),
 
-    log p(x) ~ logsumexp_k log w_k - log K,   z_1..z_K ~ q(z|x),
+    log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K
 
-a lower bound in expectation that tightens as K grows. Both traces are taken under a
-``particles`` plate left of the data plate, so one pass gives weights of shape (K, B)
-for any prior, likelihood, conditional model or user-written part, with no special cases.
+(Burda, Grosse & Salakhutdinov 2015), the number VAE papers report with K = 5000.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from pyrovae.distributed import SINGLE, Processes, gather_objects, my_blocks
+from pyrovae.importance import ImportanceSampler
 from pyrovae.memory import bytes_allocated
-from pyrovae.randomness import derived_seed, seeded
+from pyrovae.randomness import derived_seed, seeded, unchanged
 from pyrovae.vae import VAE
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
@@ -35,119 +36,143 @@ CPU_CHUNK_BYTES = 64 * 2**20
 chunk's fresh tensors are page-faulted in anew (measured in benchmarks/log_likelihood.py)."""
 
 
-def _log_prob_per_example(trace: poutine.Trace) -> torch.Tensor:
-    """Sum the log densities of all sample sites, keeping the (particles, data) dims."""
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            total = total + site["fn"].log_prob(site["value"])
-    return total
+@contextmanager
+def evaluating(vae: VAE) -> Iterator[None]:
+    """``vae`` in eval mode inside, and back to the mode it had after."""
+    was_training = vae.training
+    vae.eval()
+    try:
+        yield
+    finally:
+        vae.train(was_training)
+
+
+def vae_sampler(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None) -> ImportanceSampler:
+    """The importance sampler of ``vae.model`` and ``vae.guide`` on ``(x, y)``, moved to the VAE's device."""
+    return ImportanceSampler(vae.model, vae.guide, x.to(vae.device), (None if y is None else y.to(vae.device),))
 
 
 def log_importance_weights(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                            num_particles: int = 1) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, B)``.
+    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, B)``, for a :class:`VAE`.
 
-    Densities are unscaled: a KL weight set with ``poutine.scale`` for training does not
-    change what is evaluated here.
+    Densities are unscaled: a KL weight passed to the model for training does not change
+    what is evaluated here. Any model and guide: :class:`~pyrovae.importance.ImportanceSampler`.
     """
-    with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x, y)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, y)
-    weights = _log_prob_per_example(model_trace) - _log_prob_per_example(guide_trace)
-    return weights.expand(num_particles, x.shape[0])
+    return vae_sampler(vae, x, y).log_weights(slice(None), num_particles)
 
 
-def negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
-                  batch_size: int = 1000, num_particles: int = 1) -> torch.Tensor:
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if not value >= 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+@functools.singledispatch
+def negative_elbo(model: Callable, guide: Callable, x: torch.Tensor, *, batch_size: int = 1000,
+                  num_particles: int = 1, model_args: Sequence = (), model_kwargs: dict | None = None,
+                  data_plate: str = "data") -> torch.Tensor:
     """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)].
 
-    ``x`` and ``y`` are moved to the VAE's device batch by batch.
+    ``model(x, *model_args, **model_kwargs)`` and ``guide`` alike are any Pyro functions
+    with their examples' sites in the plate ``data_plate`` (see :mod:`pyrovae.importance`).
+    The first form, ``negative_elbo(vae, x, y=None, batch_size=1000, num_particles=1)``,
+    takes a :class:`VAE` and checks its inputs.
     """
+    _check_counts(batch_size=batch_size, num_particles=num_particles)
+    sampler = ImportanceSampler(model, guide, x, model_args, model_kwargs, data_plate)
+    return _negative_elbo(sampler, batch_size, num_particles)
+
+
+@negative_elbo.register
+def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000,
+      num_particles: int = 1) -> torch.Tensor:
     vae.check_inputs(x, y)
-    if batch_size < 1 or num_particles < 1:
-        raise ValueError(f"batch_size and num_particles must be positive, got {batch_size} and {num_particles}")
-    return _negative_elbo(vae, x, y, batch_size, num_particles)
+    _check_counts(batch_size=batch_size, num_particles=num_particles)
+    with evaluating(vae):
+        return _negative_elbo(vae_sampler(vae, x, y), batch_size, num_particles)
 
 
 @torch.no_grad()
-def _negative_elbo(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, batch_size: int,
-                   num_particles: int = 1) -> torch.Tensor:
-    """:func:`negative_elbo` of inputs already checked."""
-    was_training = vae.training
-    vae.eval()
-    try:
-        parts = [
-            -log_importance_weights(vae, x[i:i + batch_size].to(vae.device),
-                                    None if y is None else y[i:i + batch_size].to(vae.device),
-                                    num_particles).mean(0)
-            for i in range(0, len(x), batch_size)
-        ]
-    finally:
-        vae.train(was_training)
-    return torch.cat(parts)
+def _negative_elbo(sampler: ImportanceSampler, batch_size: int, num_particles: int = 1) -> torch.Tensor:
+    """:func:`negative_elbo` of a sampler whose settings were checked."""
+    return torch.cat([-sampler.log_weights(slice(i, i + batch_size), num_particles).mean(0)
+                      for i in range(0, len(sampler), batch_size)])
 
 
-def log_likelihood(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 5000,
+@functools.singledispatch
+def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *, num_samples: int = 5000,
+                   model_args: Sequence = (), model_kwargs: dict | None = None, data_plate: str = "data",
                    memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
-    """Per-example importance-sampled log p(x) (log p(x|y) given labels) in nats, shape ``(N,)``.
+    """Per-example importance-sampled log p(x) in nats, shape ``(N,)``, for any Pyro model and guide.
 
-    Uses ``num_samples`` draws z_k ~ q(z|x) per example. The work is split into chunks
-    of particles and examples that each allocate at most ``memory_budget`` bytes (measured
-    on a probe, whatever the prior and likelihood) and combined with a running logsumexp.
-    ``x`` and ``y`` are moved to the VAE's device chunk by chunk.
+    Uses ``num_samples`` draws z_k ~ q(z|x) per example. ``model(x, *model_args,
+    **model_kwargs)`` and ``guide`` alike are plain Pyro functions whose examples' sites lie
+    in the plate ``data_plate``; a probe checks that contract before any long work (see
+    :mod:`pyrovae.importance`). The work is split along the data plate into chunks of
+    particles and examples that each allocate at most ``memory_budget`` bytes (measured on
+    a probe) and combined with a running logsumexp.
+
+    The first form, ``log_likelihood(vae, x, y=None, num_samples=5000, memory_budget=...,
+    progress=False)``, takes a :class:`VAE`, checks its inputs, and gives log p(x|y) with labels.
     """
-    if num_samples < 1:
-        raise ValueError(f"the log-likelihood needs at least one sample per example, got {num_samples}")
-    if not memory_budget > 0:
-        raise ValueError(f"the memory budget must be a positive number of bytes, got {memory_budget}")
+    _check_estimator(num_samples, memory_budget)
+    sampler = ImportanceSampler(model, guide, x, model_args, model_kwargs, data_plate)
+    return _log_likelihood(sampler, num_samples, memory_budget, progress)
+
+
+@log_likelihood.register
+def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 5000,
+      memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
+    _check_estimator(num_samples, memory_budget)
     vae.check_inputs(x, y)
-    return _log_likelihood(vae, x, y, num_samples, memory_budget, progress)
+    with evaluating(vae):
+        return _log_likelihood(vae_sampler(vae, x, y), num_samples, memory_budget, progress)
+
+
+def _check_estimator(num_samples: int, memory_budget: float) -> None:
+    if num_samples < 1:
+        raise ValueError(f"the log-likelihood needs at least one sample per example, got num_samples={num_samples}")
+    if not memory_budget > 0:
+        raise ValueError(f"the memory budget must be a positive number of bytes, got memory_budget={memory_budget}")
 
 
 @torch.no_grad()
-def _log_likelihood(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, memory_budget: float,
+def _log_likelihood(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
                     progress: bool = False) -> torch.Tensor:
-    """:func:`log_likelihood` of inputs and settings already checked."""
-    was_training = vae.training
-    vae.eval()
-    try:
-        particles, examples = chunk_shape(vae, x, y, num_samples, memory_budget)
-        parts = []
-        with tqdm(total=len(x), disable=not progress, unit="example", desc=f"log p(x), K={num_samples}",
-                  dynamic_ncols=True) as bar:
-            for start in range(0, len(x), examples):
-                xb = x[start:start + examples].to(vae.device)
-                yb = None if y is None else y[start:start + examples].to(vae.device)
-                total = torch.full((len(xb),), -math.inf, device=vae.device)
-                for done in range(0, num_samples, particles):
-                    weights = log_importance_weights(vae, xb, yb, min(particles, num_samples - done))
-                    total = torch.logaddexp(total, weights.logsumexp(0))
-                parts.append(total - math.log(num_samples))
-                bar.update(len(xb))
-    finally:
-        vae.train(was_training)
+    """:func:`log_likelihood` of a sampler whose settings were checked."""
+    particles, examples = chunk_shape(sampler, num_samples, memory_budget)
+    parts = []
+    with tqdm(total=len(sampler), disable=not progress, unit="example", desc=f"log p(x), K={num_samples}",
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(sampler), examples):
+            part = slice(start, start + examples)
+            total = None
+            for done in range(0, num_samples, particles):
+                chunk = sampler.log_weights(part, min(particles, num_samples - done)).logsumexp(0)
+                total = chunk if total is None else torch.logaddexp(total, chunk)
+            parts.append(total - math.log(num_samples))
+            bar.update(len(total))
     return torch.cat(parts)
 
 
-def chunk_shape(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int,
-                memory_budget: float) -> tuple[int, int]:
+def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: float) -> tuple[int, int]:
     """(particles, examples) per chunk of :func:`log_likelihood`: as many particles as fit, then examples.
 
     The bytes per (particle, example) pair are measured as the difference between a
     probe with two particles and one with one, on two examples. On a CPU the chunk
     also stays under :data:`CPU_CHUNK_BYTES`.
     """
-    if vae.device.type == "cpu":
+    if sampler.x.device.type == "cpu":
         memory_budget = min(memory_budget, CPU_CHUNK_BYTES)
-    probe_x = x[:2].to(vae.device)
-    probe_y = None if y is None else y[:2].to(vae.device)
-    one, two = (bytes_allocated(lambda k=k: log_importance_weights(vae, probe_x, probe_y, k)) for k in (1, 2))
-    per_pair = max(1.0, (two - one) / len(probe_x))
+    probe = slice(0, 2)
+    with unchanged(sampler.x.device):  # the probes leave the estimate's random draws as they were
+        one, two = (bytes_allocated(lambda k=k: sampler.log_weights(probe, k)) for k in (1, 2))
+    per_pair = max(1.0, (two - one) / len(sampler.x[probe]))
     pairs = max(1, int(memory_budget // per_pair))
     chunks_per_example = -(-num_samples // pairs)
     particles = -(-num_samples // chunks_per_example)  # equal chunks: 5000 = 2 x 2500, not 4107 + 893
-    return particles, max(1, min(len(x), pairs // particles))
+    return particles, max(1, min(len(sampler), pairs // particles))
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -193,13 +218,13 @@ def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples
 
     The inputs were checked once by :func:`evaluation_report`, not again for every block and class.
     """
-    neg_elbo = _negative_elbo(vae, x, y, batch_size)
+    neg_elbo = _negative_elbo(vae_sampler(vae, x, y), batch_size)
     if num_samples:
         def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return _log_likelihood(vae, x, y, num_samples, memory_budget)
+            return _log_likelihood(vae_sampler(vae, x, y), num_samples, memory_budget)
     else:
         def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-            return -_negative_elbo(vae, x, y, batch_size)
+            return -_negative_elbo(vae_sampler(vae, x, y), batch_size)
     if vae.conditional:
         scores = class_scores(estimate, x, vae.num_classes)
     elif num_samples:
@@ -228,17 +253,14 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     """
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be at least 1 (None: the ELBO only), got {num_samples}")
-    if not memory_budget > 0:
-        raise ValueError(f"the memory budget must be a positive number of bytes, got {memory_budget}")
+    _check_estimator(1, memory_budget)
     vae.check_inputs(x, y)
-    batch_size = min(batch_size, chunk_shape(vae, x, y, 1, memory_budget)[1])
-    was_training = vae.training
-    vae.eval()
     starts = range(0, len(x), EVAL_BLOCK)
     mine = my_blocks(len(starts), processes)
     computed = []
     desc = f"log p(x), K={num_samples}" if num_samples else "-ELBO"
-    try:
+    with evaluating(vae):
+        batch_size = min(batch_size, chunk_shape(vae_sampler(vae, x, y), 1, memory_budget)[1])
         with tqdm(total=sum(len(x[starts[b]:starts[b] + EVAL_BLOCK]) for b in mine), disable=not progress,
                   unit="example", desc=desc, dynamic_ncols=True) as bar:
             for block in mine:
@@ -247,8 +269,6 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
                     computed.append((block, _block_scores(vae, x[part], None if y is None else y[part], num_samples,
                                                           batch_size, memory_budget)))
                 bar.update(len(x[part]))
-    finally:
-        vae.train(was_training)
     columns = torch.cat([scores for _, scores in sorted(itertools.chain(*gather_objects(computed, processes)),
                                                          key=lambda item: item[0])])
     report: dict[str, float] = {"num_examples": len(x)}

@@ -27,6 +27,11 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
+from pyrovae.importance import sum_over_plates
+
+VECTORIZED_PARTICLES = "num_particles_vectorized"
+"""The name of the plate over particles that Pyro's ELBOs add with ``vectorize_particles=True``."""
+
 
 def _sample_sites(trace: Trace):
     return ((name, site) for name, site in trace.nodes.items() if site["type"] == "sample")
@@ -124,23 +129,34 @@ class IWAEBound(RenyiELBO):
 
         sum_b [logsumexp_k log w_kb - log K],   log w_kb = log p(x_b, z_kb) - log q(z_kb | x_b),
 
-    with the K particles vectorized (a ``particles`` plate left of the data plate). The
+    with the K particles vectorized (a plate left of every plate of the model). The
     logsumexp runs over the particle dim of each example's own weights, never over the
-    batch sum. K = 1 is the ELBO. The bound takes the data plate's scale (the dataset size
-    over the batch size, when the VAE is told it). Returns the loss on the device, like the ELBOs above;
-    ``recon`` and ``kl`` are their particle averages (the ELBO's halves), for logging.
+    batch sum; the weights are summed over every plate inside ``data_plate`` (see
+    :mod:`pyrovae.importance`), so any model whose examples' sites lie in that plate works.
+    K = 1 is the ELBO. A ``poutine.scale`` inside the data plate (the KL weight) weighs its
+    sites' log densities inside the weights; the data plate's own scale (the dataset size
+    over the batch size, when the model is told it) multiplies the bound. Returns the loss on
+    the device, like the ELBOs above; ``recon`` and ``kl`` are their particle averages (the
+    ELBO's halves), for logging.
     """
 
-    def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, **kwargs):
+    def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, data_plate: str = "data",
+                 **kwargs):
         super().__init__(alpha=0.0, num_particles=num_particles, vectorize_particles=True, **kwargs)
+        self.data_plate = data_plate
 
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         _check_reparameterized(guide_trace)
-        log_weights = (_total(site["log_prob"] for _, site in _sample_sites(model_trace))
-                       - _total(site["log_prob"] for _, site in _sample_sites(guide_trace)))
-        log_weights = log_weights.reshape(self.num_particles, -1)  # (K, B); K = 1 has no particle dim
         data_scale = next(site["scale"] for _, site in _sample_sites(model_trace) if site["is_observed"])
+
+        def weighted(trace: Trace) -> torch.Tensor:
+            keep = (self.data_plate, VECTORIZED_PARTICLES)
+            return _total(sum_over_plates(scale_and_mask(site["unscaled_log_prob"], site["scale"] / data_scale,
+                                                         site["mask"]), site, keep)
+                          for _, site in _sample_sites(trace))
+
+        log_weights = (weighted(model_trace) - weighted(guide_trace)).reshape(self.num_particles, -1)  # (K, B)
         bound = data_scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
         log_likelihood, kl = _sampled_parts(model_trace, guide_trace)
         n = self.num_particles

@@ -10,6 +10,7 @@ restore, where the generators want them after a checkpoint was loaded onto a GPU
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,10 +45,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([gpu.cpu() for gpu in state["cuda"]])
 
 
+def unchanged(device: torch.device) -> contextlib.AbstractContextManager:
+    """Inside, torch's generators (CPU, and ``device``'s if a GPU) may draw; after, they are as they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 @contextmanager
 def seeded(device: torch.device, seed: int) -> Iterator[None]:
     """Torch's generators (CPU, and ``device``'s if a GPU) start from ``seed`` inside, and are restored after."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with unchanged(device):
         torch.manual_seed(seed)
         yield
 

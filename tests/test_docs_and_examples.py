@@ -32,6 +32,7 @@ EXAMPLES = {  # each example on digits for one tiny epoch, and what it must prin
     "conditional_digit.py": (["--digit", "4", "--out", "{tmp}/cvae"], "test accuracy",
                              ["cvae/4.png", "cvae/class_samples.png"]),
     "log_likelihood.py": (["--ks", "1", "10", "--limit", "20"], "K =    10: NLL", []),
+    "score_your_own_vae.py": (["--ks", "1", "10", "--limit", "20"], "K =   10: NLL", []),
 }
 
 
@@ -85,11 +86,12 @@ def test_cli_and_api_reference_are_up_to_date():
 
 
 def known_flags() -> set[str]:
-    """Options of every pyrovae command, example and benchmark script, pytest's --runslow and torchrun's."""
+    """Options of every pyrovae command, example and benchmark script, pytest's --runslow, pip's and torchrun's."""
     from pyrovae.cli import build_parser
 
-    flags = {"--runslow", "--help", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint",
+    flags = {"--runslow", "--help", "--index-url", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint",
              "--rdzv-backend", "--standalone"}
+    flags |= {option for action in build_parser()._actions for option in action.option_strings}
     for command in build_parser()._subparsers._group_actions[0].choices.values():
         flags |= {option for action in command._actions for option in action.option_strings}
     for script in [*(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),

@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from pyrovae import VAE, evaluate
-from pyrovae.evaluate import chunk_shape, log_importance_weights, log_likelihood, mean_and_stderr, negative_elbo
+from pyrovae.evaluate import (
+    chunk_shape,
+    log_importance_weights,
+    log_likelihood,
+    mean_and_stderr,
+    negative_elbo,
+    vae_sampler,
+)
 from pyrovae.likelihoods import GaussianLikelihood
 from pyrovae.nets import MLPEncoder, inverse_softplus
 from pyrovae.objectives import IWAEBound
@@ -75,7 +82,7 @@ def test_chunking_changes_nothing_but_the_memory():
     pyro.set_rng_seed(5)
     whole = log_likelihood(vae, x, num_samples=300)
     tiny_budget = 40_000  # bytes: a few dozen (particle, example) pairs per chunk
-    particles, examples = chunk_shape(vae, x, None, 300, tiny_budget)
+    particles, examples = chunk_shape(vae_sampler(vae, x), 300, tiny_budget)
     assert particles < 300 and examples == 1
     pyro.set_rng_seed(5)
     chunked = log_likelihood(vae, x, num_samples=300, memory_budget=tiny_budget)
@@ -170,8 +177,51 @@ def test_a_report_that_cannot_fit_the_budget_is_split_not_crashed(monkeypatch):
     x = sample_data(vae, 30)
     batch_sizes = []
     real = evaluate._negative_elbo
-    monkeypatch.setattr(evaluate, "_negative_elbo", lambda *args: batch_sizes.append(args[3]) or real(*args))
+    monkeypatch.setattr(evaluate, "_negative_elbo", lambda *args: batch_sizes.append(args[1]) or real(*args))
     report = evaluate.evaluation_report(vae, x, num_samples=50, batch_size=10_000, memory_budget=2_000)
-    fitting = chunk_shape(vae, x, None, 1, 2_000)[1]  # examples whose single-sample ELBO fits in 2 kB
+    fitting = chunk_shape(vae_sampler(vae, x), 1, 2_000)[1]  # examples whose single-sample ELBO fits in 2 kB
     assert batch_sizes == [fitting] and fitting < len(x)  # the ELBO's batches shrink to the budget too
     assert report["neg_elbo"] > report["nll"] and abs(-report["nll"] - exact_log_marginal(vae, x).mean().item()) < 0.3
+
+
+def test_iwae_loss_told_the_dataset_size_is_the_batch_bound_scaled_up():
+    """The data plate's scale N/B multiplies the bound; it must not sharpen the weights inside the logsumexp."""
+    vae = factor_analysis_vae()
+    x = sample_data(vae, 5)
+    bound = IWAEBound(num_particles=4, max_plate_nesting=1)
+    pyro.set_rng_seed(0)
+    batch = bound.differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(0)
+    dataset = bound.differentiable_loss(vae.model, vae.guide, x, data_size=50)
+    assert dataset.item() == pytest.approx(10 * batch.item(), rel=1e-5)
+
+
+def test_iwae_loss_sums_a_users_inner_plate_per_example():
+    """Pixels in a plate of their own inside the data plate give the bound of the same pixels as one event."""
+    normal = pyro.distributions.Normal
+
+    def pixel_plate_model(x):
+        with pyro.plate("data", len(x), dim=-2):
+            z = pyro.sample("z", normal(torch.zeros(len(x), 1), 1.0))
+            with pyro.plate("pixels", x.shape[1], dim=-1):
+                pyro.sample("x", normal(z, 1.0), obs=x)
+
+    def pixel_plate_guide(x):
+        with pyro.plate("data", len(x), dim=-2):
+            pyro.sample("z", normal(x.mean(1, keepdim=True), 0.7))
+
+    def event_model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", normal(torch.zeros(len(x)), 1.0))
+            pyro.sample("x", normal(z[..., None], 1.0).expand((*z.shape, x.shape[1])).to_event(1), obs=x)
+
+    def event_guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", normal(x.mean(1), 0.7))
+
+    x = torch.randn(6, 3)
+    losses = []
+    for model, guide, nesting in ((pixel_plate_model, pixel_plate_guide, 2), (event_model, event_guide, 1)):
+        pyro.set_rng_seed(2)  # the same draws of z in both
+        losses.append(IWAEBound(num_particles=5, max_plate_nesting=nesting).differentiable_loss(model, guide, x))
+    assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-6)
