@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from pyrovae.data import Dataset
 from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, data_parallel, gather_objects, join, shard
 from pyrovae.evaluate import negative_elbo
-from pyrovae.kl_weight import KLSchedule, check_kl_settings
+from pyrovae.kl_weight import KLSchedule
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.randomness import derived_seed, rng_state, set_rng_state
 from pyrovae.runs import CHECKPOINT, RunDir
@@ -81,8 +81,7 @@ class TrainConfig:
             raise SettingError("skip_nonfinite",
                                f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
         resolve_device(self.device)
-        check_kl_settings(self.kl_weight, self.kl_warmup, self.kl_balance,
-                          names=("kl_weight", "kl_warmup", "kl_balance"))
+        self.kl_schedule  # raises on KL settings that make no schedule
 
     @property
     def kl_schedule(self) -> KLSchedule:

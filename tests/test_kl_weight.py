@@ -46,13 +46,13 @@ def test_data_size_scales_the_minibatch_to_the_dataset(small_vae, binary_batch):
 
 
 def test_warmup_rises_linearly_to_beta():
-    schedule = KLSchedule(beta=0.5, warmup_epochs=2)
+    schedule = KLSchedule(kl_weight=0.5, kl_warmup=2)
     assert [schedule.scheduled_weight(t) for t in (0, 0.5, 1, 2, 7)] == [MIN_KL_WEIGHT, 0.125, 0.25, 0.5, 0.5]
-    assert KLSchedule(beta=2.0).scheduled_weight(0) == 2.0
+    assert KLSchedule(kl_weight=2.0).scheduled_weight(0) == 2.0
 
 
 def test_balance_is_seed_004s_update():
-    schedule = KLSchedule(balance_rate=0.1)
+    schedule = KLSchedule(kl_balance=0.1)
     w = schedule.initial_weight()
     assert w.item() == pytest.approx(MIN_KL_WEIGHT)
     w = schedule.balance(torch.tensor(0.5), recon=torch.tensor(80.0), kl=torch.tensor(20.0))
@@ -62,8 +62,9 @@ def test_balance_is_seed_004s_update():
 
 
 @pytest.mark.parametrize("settings,match", [
-    ({"beta": 0.0}, "positive"), ({"warmup_epochs": -1}, "non-negative"), ({"balance_rate": -1.0}, "positive"),
-    ({"balance_rate": 1e-3, "warmup_epochs": 2}, "sets the weight itself"),
+    ({"kl_weight": 0.0}, "kl_weight must be positive"), ({"kl_warmup": -1}, "kl_warmup must be a non-negative"),
+    ({"kl_balance": -1.0}, "kl_balance must be positive"),
+    ({"kl_balance": 1e-3, "kl_warmup": 2}, "sets the weight itself; use it without kl_warmup=2"),
 ])
 def test_bad_kl_settings_are_refused(settings, match):
     with pytest.raises(ValueError, match=match):
