@@ -1,13 +1,13 @@
 """Data-parallel scaling: training examples per second at one global batch, 1 process against N.
 
-On a CPU: 1 process of T threads against P processes of T / P threads each (DDP,
-launched by torchrun), the same cores either way, the processes averaging their gradients
-through shared memory (pyrovae's default on one machine) and, for reference, through gloo's
-all-reduce; target: 2 processes of 1 thread reach at least 0.8x the examples/second of
-1 process of 2 threads at a global batch of 1024, i.e. the gradient exchange costs little.
-On GPUs: 1, 2, ... N processes, one GPU each (NCCL). Model: the 784-400-50 MLP VAE with
-Bernoulli likelihood; data: Fashion-MNIST (or random binary images) resident on each
-device. Configurations alternate in rounds.
+On a CPU: 1 process of T threads against 2 DDP processes (launched by torchrun) of T / 2
+threads each, the same cores either way, the processes averaging their gradients with
+DDP's all-reduce over gloo; target: 2 processes of 1 thread reach at least 0.8x the
+examples/second of 1 process of 2 threads at a global batch of 1024, i.e. the gradient
+exchange costs little. On GPUs: 1, 2, ... N processes, one GPU each (NCCL). Model: the
+784-400-50 MLP VAE with Bernoulli likelihood; data: Fashion-MNIST (or random binary
+images) resident on each device. Configurations alternate in rounds; the figures are
+medians over the rounds.
 
     python benchmarks/scaling.py [--device cpu|cuda] [--batch-size 1024] [--rounds 5] [--json FILE]
 """
@@ -26,7 +26,6 @@ from pathlib import Path
 import pyro
 import torch
 
-import pyrovae.shared_gradients
 from pyrovae import DataConfig, ModelConfig, build_vae, load_dataset
 from pyrovae.data import DataNotFoundError
 from pyrovae.distributed import join, shard, wait_for_all
@@ -45,15 +44,12 @@ def training_images(device: torch.device) -> torch.Tensor:
 def worker(args: argparse.Namespace) -> None:
     """Time ``--steps`` data-parallel training steps in this process (one rank under torchrun)."""
     torch.set_num_threads(args.threads)
-    if args.exchange == "gloo":  # no shared folder: DDP keeps gloo's all-reduce
-        pyrovae.shared_gradients.SHARED_FOLDER = "/no/such/folder"
     processes, device = join(resolve_device(args.device))
     x = training_images(device)
     pyro.set_rng_seed(0)
     vae = build_vae(ModelConfig(image_shape=(1, 28, 28), z_dim=50, hidden=(400,))).to(device)
-    vae.data_size = len(x)
     step = SVIStep(vae, torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True), TraceELBO(max_plate_nesting=1),
-                   processes=processes)
+                   processes=processes, data_size=len(x))  # as in fit
     local = args.batch_size // processes.world_size
     order = shard(torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(device), processes)
     batches = [x[order[i * local:(i + 1) * local]] for i in range(len(order) // local)]
@@ -73,9 +69,9 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps({"examples_per_second": args.steps * args.batch_size / seconds}))
 
 
-def run_configuration(args: argparse.Namespace, processes: int, threads: int, exchange: str) -> float:
+def run_configuration(args: argparse.Namespace, processes: int, threads: int) -> float:
     """Examples/second of one launch with ``processes`` processes of ``threads`` threads."""
-    command = [__file__, "--worker", "--device", args.device, "--threads", str(threads), "--exchange", exchange,
+    command = [__file__, "--worker", "--device", args.device, "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
                 if processes > 1 else [sys.executable])
@@ -92,7 +88,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads in all (CPU only)")
-    parser.add_argument("--exchange", default="-", help=argparse.SUPPRESS)  # a worker's; "gloo" forces gloo
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -103,12 +98,11 @@ def main() -> None:
     if device.type == "cuda":
         configurations = [(n, 1, "nccl") for n in range(1, torch.cuda.device_count() + 1)]
     else:
-        configurations = [(1, args.threads, "-")] + [(p, args.threads // p, exchange) for p in (2,) if args.threads >= p
-                                                     for exchange in ("shared-memory", "gloo")]
+        configurations = [(1, args.threads, "-")] + ([(2, args.threads // 2, "gloo")] if args.threads >= 2 else [])
     rates: dict[tuple[int, int, str], list[float]] = {c: [] for c in configurations}
     for _ in range(args.rounds):
         for processes, threads, exchange in configurations:
-            rates[(processes, threads, exchange)].append(run_configuration(args, processes, threads, exchange))
+            rates[(processes, threads, exchange)].append(run_configuration(args, processes, threads))
     base = statistics.median(rates[configurations[0]])
     rows = [{"processes": p, "threads_per_process": t, "exchange": e, "examples_per_second": statistics.median(r),
              "ratio_to_one_process": statistics.median(r) / base} for (p, t, e), r in rates.items()]
