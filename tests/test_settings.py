@@ -3,6 +3,7 @@ config.json check; library messages name Python settings, which the CLI shows as
 
 import argparse
 import dataclasses
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -208,3 +209,12 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out == f"pyrovae {pyrovae.__version__}\n"
+
+
+def test_evaluate_flags_default_to_the_python_functions_defaults():
+    """evaluate's flags map to evaluation_report's arguments: the same defaults, written once each side."""
+    defaults = {name: parameter.default
+                for name, parameter in inspect.signature(pyrovae.evaluation_report).parameters.items()}
+    args = build_parser().parse_args(["evaluate", "RUN"])
+    assert args.num_samples == defaults["num_samples"] and args.batch_size == defaults["batch_size"]
+    assert args.seed == defaults["seed"] and args.memory_budget * 2**30 == defaults["memory_budget"]
