@@ -217,7 +217,9 @@ def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples
     """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c.
 
     The inputs were checked once by :func:`evaluation_report`, not again for every block and class.
+    They are moved to the VAE's device first, so the classes share that device's random draws.
     """
+    x, y = x.to(vae.device), None if y is None else y.to(vae.device)
     neg_elbo = _negative_elbo(vae_sampler(vae, x, y), batch_size)
     if num_samples:
         def estimate(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
