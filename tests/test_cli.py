@@ -24,6 +24,8 @@ def trained_run(tmp_path_factory):
     result = run_cli("train", "--epochs", "3", "--z-dim", "2", "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == ["1", "2", "3"]
+    assert "epoch 1/3" not in result.stderr + result.stdout  # --no-progress: the epoch lines without the bar
     return out
 
 
