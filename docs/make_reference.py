@@ -19,7 +19,7 @@ HELP_COLUMNS = "100"  # argparse wraps --help to the terminal width; fix it so t
 
 API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.data",
                "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives", "pyrovae.evaluate", "pyrovae.latents",
-               "pyrovae.plots", "pyrovae.runs", "pyrovae.settings", "pyrovae.stopping", "pyrovae.distributed",
+               "pyrovae.plots", "pyrovae.runs", "pyrovae.lock", "pyrovae.files", "pyrovae.settings", "pyrovae.stopping", "pyrovae.distributed",
                "pyrovae.memory", "pyrovae.randomness"]
 
 

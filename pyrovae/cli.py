@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import difflib
 import os
 import sys
@@ -20,7 +22,8 @@ from pyrovae.build import LABEL_PRIORS, ModelConfig, build_vae
 from pyrovae.data import DataConfig, Dataset, Split, load_dataset
 from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
-from pyrovae.runs import EVAL, RunDir, default_run_dir, load_run
+from pyrovae.files import NoSpaceError, cannot_write, write_atomically
+from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
 from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
 from pyrovae.train import DEVICES, TrainConfig, fit, resolve_device
@@ -98,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                     f"  -log p(x) ~ -(logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K),  z_k ~ q(z|x)\n"
                     f"(Burda et al. 2015, the number VAE papers report, with K = 5000), each with\n"
                     f"its standard error, and bits per dimension. Conditional models also get the\n"
-                    f"accuracy of classification by likelihood.")
+                    f"accuracy of classification by likelihood. A run still training is scored at its last\n"
+                    f"complete checkpoint.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     evaluate.add_argument("--split", choices=("test", "val"), default="test", help="the split to evaluate")
     evaluate.add_argument("--num-samples", type=int, default=5000, metavar="K",
@@ -112,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--out", metavar="FILE", help=f"where to write the results (default: RUN_DIR/{EVAL}), "
+                                                        f"e.g. when the run directory is read-only")
 
     sample = commands.add_parser(
         "sample", help="decode draws from the prior", formatter_class=_Formatter,
@@ -145,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="interpolation walks from the first test image of class A to one of class B")
     plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
     plot.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
+    plot.add_argument("--out", dest="out_dir", metavar="DIR",
+                      help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
+                           "or still training")
     flags = _flags(parser)
     for command in _commands(parser).values():
         for action in command._actions:
@@ -195,28 +204,37 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(from_main(args.run_dir or default_run_dir(), processes))
     run = RunDir(out)
     if processes.is_main:
-        run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
-    wait_for_all(processes)
+        run.check(args.resume, args.overwrite)
     if args.resume:
         model_config = run.settings(ModelConfig, "model")
         data_config = run.settings(DataConfig, "data")
         train_config = dataclasses.replace(run.settings(TrainConfig, "train"),
                                            **{name: getattr(args, name) for name in RESUMABLE})
-        print(f"resuming {out} with the settings in its config.json "
-              f"(only {', '.join(map(flag, RESUMABLE))} apply)")
     else:
         data_config, train_config = _data_config(args), from_args(TrainConfig, args)
     data = load_dataset(data_config)
     if not args.resume:
         model_config = _model_config(args, data)
-    pyro.set_rng_seed(train_config.seed)
-    vae = build_vae(model_config)
-    parallel = f" in {processes.world_size} processes" if processes.parallel else ""
-    print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
-          f"on {resolve_device(train_config.device)}{parallel}; run directory: {out}")
-    fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
-    if processes.is_main:
-        plots.save_run_pictures(vae, data.test, model_config.image_shape, out, metrics=run.read_metrics())
+    with run.writing() if processes.is_main else contextlib.nullcontext():  # every input checked: lock, then write
+        if processes.is_main:
+            run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
+        wait_for_all(processes)
+        if args.resume:
+            print(f"resuming {out} with the settings in its config.json "
+                  f"(only {', '.join(map(flag, RESUMABLE))} apply)")
+        pyro.set_rng_seed(train_config.seed)
+        vae = build_vae(model_config)
+        parallel = f" in {processes.world_size} processes" if processes.parallel else ""
+        print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
+              f"on {resolve_device(train_config.device)}{parallel}; run directory: {out}")
+        try:
+            fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
+            if processes.is_main:
+                plots.save_run_pictures(vae, data.test, model_config.image_shape, out, metrics=run.read_metrics())
+        except NoSpaceError as full:
+            then = (f"continue exactly with `pyrovae train --out {out} --resume`" if run.file(CHECKPOINT).exists()
+                    else "train again")
+            raise NoSpaceError(f"{full}; free some space, then {then}") from None
     print(f"done: {out}  (next: pyrovae evaluate {out})")
 
 
@@ -243,6 +261,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     processes, device = join(resolve_device(args.device))
     vae, _ = load_run(args.run_dir, device)
     data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
+    out = Path(args.out or Path(args.run_dir) / EVAL)
+    why = cannot_write(out.parent)
+    if why:
+        raise ValueError(f"cannot write {out} ({why}); write it elsewhere with --out FILE")
     split = getattr(data, args.split)
     if args.limit is not None:
         split = Split(split.x[:args.limit], split.y[:args.limit])
@@ -253,8 +275,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                                args.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
                                seed=args.seed, processes=processes)
     result = {"split": args.split, **report}
-    if processes.is_main:
-        RunDir(args.run_dir).write_json(EVAL, result)
+    if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
+        write_atomically(out, json.dumps(result, indent=2).encode())
     print(f"{args.split} split, {len(split)} images, nats per example (± standard error):")
     print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
     if "nll" in report:
@@ -264,7 +286,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"  NLL given the label    {report['nll_given_label']:10.3f} ± {report['nll_given_label_stderr']:.3f}")
     if "accuracy" in report:
         print(f"  accuracy, argmax_y log p(x|y) + log p(y): {report['accuracy']:.4f}")
-    print(f"written to {Path(args.run_dir) / EVAL}")
+    print(f"written to {out}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -306,12 +328,19 @@ def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int) -
 
 def _plot(args: argparse.Namespace) -> None:
     vae, config = load_run(args.run_dir, resolve_device(args.device))
-    data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
+    run = RunDir(args.run_dir)
+    data = load_dataset(run.settings(DataConfig, "data"))
     options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, interpolate=tuple(args.interpolate),
                                    seed=args.seed)
-    written = plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], args.run_dir,
-                                      metrics=RunDir(args.run_dir).read_metrics(), only=args.only, options=options)
-    print(f"wrote {', '.join(path.name for path in written)} to {args.run_dir}")
+    folder = Path(args.out_dir or args.run_dir)
+    why = cannot_write(folder)
+    if why:
+        raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
+    into_run = folder.resolve() == run.path.resolve()
+    with run.writing(setting="out_dir") if into_run else contextlib.nullcontext():
+        written = plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], folder,
+                                          metrics=run.read_metrics(), only=args.only, options=options)
+    print(f"wrote {', '.join(path.name for path in written)} to {folder}")
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "plot": _plot}
@@ -334,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_positive(args, "threads")
             torch.set_num_threads(args.threads)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError, NoSpaceError) as error:
         message = in_flags(str(error), _flags(parser), getattr(error, "setting", None))
         print(f"pyrovae {args.command}: error: {message}", file=sys.stderr)
         return 2

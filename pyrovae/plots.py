@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pyrovae.data import Split
+from pyrovae.files import write_atomically
 from pyrovae.latents import (
     ACTIVE_UNIT_THRESHOLD,
     active_units,
@@ -50,9 +51,14 @@ class NotebookFigure(Figure):
     """A Figure that Jupyter shows as a PNG whether or not pyplot's inline backend was set up."""
 
     def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=DPI)
-        return buffer.getvalue()
+        return png(self)
+
+
+def png(fig: Figure) -> bytes:
+    """``fig`` as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
@@ -345,8 +351,8 @@ def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG."""
-    fig.savefig(path, dpi=DPI)
+    """Write ``fig`` as a PNG, whole or not at all (:func:`~pyrovae.files.write_atomically`)."""
+    write_atomically(path, png(fig))
     return Path(path)
 
 

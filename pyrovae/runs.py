@@ -2,26 +2,33 @@
 
 Checkpoints hold only tensors and plain containers, are loaded with
 ``torch.load(weights_only=True)`` (so a crafted file cannot run code) and checked for
-the entries a pyrovae checkpoint has. They are written to a temporary file, flushed to
-disk and renamed over the previous one, so a crash at any moment leaves either the old
-checkpoint or the new one, never half of one. ``config.json`` is read through
-:func:`~pyrovae.settings.settings_from_json`: known keys and types only.
+the entries a pyrovae checkpoint has. Every file is written whole (:mod:`pyrovae.files`):
+a crash, a reader or a full disk sees the old checkpoint or the new one, never half of one.
+``config.json`` is read through :func:`~pyrovae.settings.settings_from_json`: known keys
+and types only.
+
+One process at a time writes a run: :meth:`RunDir.writing` holds the directory's lock
+(:mod:`pyrovae.lock`) while it does. Readers (``evaluate``, ``sample``) take no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from pyrovae.build import ModelConfig, build_vae
+from pyrovae.files import append_line, cannot_write, temporary_name, write_atomically
+from pyrovae.lock import RunLock
 from pyrovae.settings import SettingError, settings_from_json
 from pyrovae.vae import VAE
 
@@ -55,19 +62,9 @@ def default_run_dir(root: str | Path = "runs") -> Path:
     return path
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    """Write ``path`` through a flushed temporary file and a rename (then sync the folder's entry)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+_WRITING: set[Path] = set()
+"""Run directories this process holds the lock of (``pyrovae train`` holds it and calls :func:`fit`, which takes
+it too)."""
 
 
 class RunDir:
@@ -83,20 +80,21 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
-    def prepare(self, resume: bool = False, overwrite: bool = False, extra: Iterable[str] = ()) -> RunDir:
-        """Check, before any work, that training may write here; ``overwrite`` clears a previous run first.
+    def check(self, resume: bool = False, overwrite: bool = False) -> RunDir:
+        """Check, reading only, that training may write here: before any work, and again under the lock.
 
-        The folder must be writable (or creatable), and hold no earlier run unless it is
-        resumed (``resume``) or replaced (``overwrite``, which deletes the run's files and
-        the ``extra`` names, nothing else). Resuming moves ``eval.json`` aside to
-        ``eval.stale.json`` and says so, since training replaces the checkpoint it evaluated.
-        Messages name the settings of :func:`~pyrovae.train.fit`: ``run_dir``, ``resume``, ``overwrite``.
+        No other process may be writing the folder; it must be writable (or creatable), and
+        hold no earlier run unless it is resumed (``resume``) or replaced (``overwrite``).
+        Messages name the settings of
+        :func:`~pyrovae.train.fit`: ``run_dir``, ``resume``, ``overwrite``.
         """
         if resume and overwrite:
             raise ValueError("resume=True continues a run and overwrite=True replaces it; pass one of them")
         if self.path.exists() and not self.path.is_dir():
             raise SettingError("run_dir", f"run_dir {self.path} is a file, not a folder; choose a folder for the "
                                           f"run directory")
+        if self.path.resolve() not in _WRITING:
+            RunLock(self.path).check_free()  # a run another process writes is refused as such, whatever its state
         holds_run = self.file(CHECKPOINT).exists() or self.file(CONFIG).exists()
         if resume and not self.file(CHECKPOINT).exists():
             raise CheckpointError(f"resume=True found no {CHECKPOINT} in {self.path}; train there without "
@@ -108,23 +106,60 @@ class RunDir:
         if not existing.is_dir():
             raise SettingError("run_dir", f"run_dir {self.path} lies under {existing}, which is a file; choose a "
                                           f"folder path")
-        try:
-            with tempfile.TemporaryFile(dir=existing):  # the folder, or where it will be created
-                pass
-        except OSError as error:
-            raise SettingError("run_dir", f"cannot write to the run directory {self.path} ({error.strerror}); "
-                                          f"choose a writable run_dir folder") from None
+        why = cannot_write(existing)  # the folder, or where it will be created
+        if why:
+            raise SettingError("run_dir", f"cannot write to the run directory {self.path} ({why}); "
+                                          f"choose a writable run_dir folder")
+        return self
+
+    @contextlib.contextmanager
+    def writing(self, setting: str = "run_dir") -> Iterator[RunDir]:
+        """Be the one process writing this run while inside; a second one gets :class:`~pyrovae.lock.RunInUse`.
+
+        The lock file goes beside the folder (its parent folders are created for it). If
+        the folder did not exist when the lock was taken and no checkpoint is in it when an
+        error ends the block, the folder is removed: a run that fails before its first
+        checkpoint leaves nothing behind. Re-entering in the process that holds the lock
+        does nothing. ``setting`` names the setting that chooses another folder.
+        """
+        key = self.path.resolve()
+        if key in _WRITING:
+            yield self
+            return
+        self.path.absolute().parent.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.path, setting):
+            _WRITING.add(key)
+            existed = self.path.exists()
+            try:
+                yield self
+            except BaseException:
+                if not existed and not self.file(CHECKPOINT).exists():
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
+            finally:
+                _WRITING.discard(key)
+
+    def prepare(self, resume: bool = False, overwrite: bool = False, extra: Iterable[str] = ()) -> RunDir:
+        """Inside :meth:`writing`: :meth:`check` again, then ready the folder for training.
+
+        ``overwrite`` deletes the previous run's files and the ``extra`` names, nothing else.
+        Resuming moves ``eval.json`` aside to ``eval.stale.json`` and says so, since training
+        replaces the checkpoint it evaluated. Temporary files a killed writer left are deleted.
+        """
+        self.check(resume, overwrite)
         if overwrite:
             self.clear(extra)
         if resume and self.file(EVAL).exists():
             os.replace(self.file(EVAL), self.file(STALE_EVAL))
             print(f"moved {self.file(EVAL)} to {STALE_EVAL}: it evaluated the checkpoint that training now "
                   f"replaces; evaluate again when it is done", file=sys.stderr)
+        for name in (CONFIG, CHECKPOINT, METRICS):
+            for stale in self.path.glob(temporary_name(Path(name), pid="*").name):
+                stale.unlink()
         return self
 
     def write_config(self, config: dict[str, Any]) -> None:
-        text = json.dumps(config, indent=2, sort_keys=True).encode()
-        _write_atomically(self.file(CONFIG), lambda f: f.write(text))
+        write_atomically(self.file(CONFIG), json.dumps(config, indent=2, sort_keys=True).encode())
 
     def read_config(self) -> dict[str, Any]:
         path = self.file(CONFIG)
@@ -153,8 +188,8 @@ class RunDir:
             raise CheckpointError(f"{error}; fix the file or train again") from None
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.file(METRICS), "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """Add one epoch's row to ``metrics.jsonl``: a whole line or, on a full disk, nothing."""
+        append_line(self.file(METRICS), json.dumps(row))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.file(METRICS)
@@ -172,8 +207,7 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` by ``rows`` (on resume: the history saved in the checkpoint)."""
-        text = "".join(json.dumps(row) + "\n" for row in rows).encode()
-        _write_atomically(self.file(METRICS), lambda f: f.write(text))
+        write_atomically(self.file(METRICS), "".join(json.dumps(row) + "\n" for row in rows).encode())
 
     def clear(self, extra: Iterable[str] = ()) -> None:
         """Delete the files of a previous run here (and the ``extra`` names), keeping anything else."""
@@ -181,7 +215,9 @@ class RunDir:
             self.file(name).unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        _write_atomically(self.file(CHECKPOINT), lambda f: torch.save(state, f))
+        buffer = io.BytesIO()  # whole before the disk sees it: a full disk is told the bytes it needed
+        torch.save(state, buffer)
+        write_atomically(self.file(CHECKPOINT), buffer.getvalue())
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         path = self.file(CHECKPOINT)
@@ -207,9 +243,6 @@ class RunDir:
             raise CheckpointError(f"{self.file(CHECKPOINT)} does not match the model of {self.file(CONFIG)} "
                                   f"({type(error).__name__}); train again or restore a copy") from None
 
-    def write_json(self, name: str, data: dict[str, Any]) -> None:
-        text = json.dumps(data, indent=2).encode()
-        _write_atomically(self.file(name), lambda f: f.write(text))
 
 
 def _check_checkpoint(state: Any, path: Path) -> None:

@@ -17,6 +17,7 @@ allows that many bad batches to be skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -242,6 +243,9 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     ``FloatingPointError``. Pyro's global param store is cleared: the parameters live in
     ``vae`` and Adam updates them there. Launched by torchrun, every process calls
     ``fit`` alike; they train data-parallel and rank 0 alone writes the run directory.
+    While it does, it holds the directory's lock: another process writing the same
+    ``run_dir`` gets :class:`~pyrovae.lock.RunInUse`. A run that fails before its first
+    checkpoint removes the directory it created.
     """
     config = config or TrainConfig()
     processes, device = join(resolve_device(config.device))
@@ -251,14 +255,24 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         raise ValueError(f"the batch size {config.batch_size} is the global batch and must divide evenly among "
                          f"{processes.world_size} processes; choose a multiple of {processes.world_size}")
     run = RunDir(run_dir) if run_dir is not None else None
-    if run is not None and processes.is_main:
-        run.prepare(resume)  # writable, and holding no earlier run unless it is resumed
+    writer = run if processes.is_main else None  # rank 0 alone writes the run directory
+    if writer is not None:
+        writer.check(resume)  # writable, and holding no earlier run unless it is resumed
     vae.to(device)
     data = data.to(device)
     vae.check_data(data.observed_train_images(), "training images")
     vae.check_data(data.val.x, "validation images")
     for split, name in ((data.train, "training"), (data.val, "validation")):
         vae.check_labels(split.y, f"{name} labels")
+    with writer.writing() if writer is not None else contextlib.nullcontext():
+        if writer is not None:
+            writer.prepare(resume)
+        return _train(vae, data, config, run, resume, processes, device, progress, verbose)
+
+
+def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, resume: bool, processes: Processes,
+           device: torch.device, progress: bool, verbose: bool) -> list[dict[str, float]]:
+    """:func:`fit` once its input is checked (and, on rank 0, the run directory locked)."""
     if config.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if config.compile:

@@ -5,6 +5,7 @@ chosen training step or in the middle of writing a checkpoint (a real SIGKILL, a
 reproducible moment), then resume it and compare with a run that was never stopped.
 """
 
+import errno
 import json
 import os
 import pickle
@@ -30,25 +31,22 @@ TRAIN = ["train", "--epochs", "3", "--hidden", "32", "--z-dim", "2", "--threads"
 STEPS_PER_EPOCH = 11  # 1347 digits training images in batches of 128
 
 KILLING_RUN = """
-import io, os, signal, sys
-import torch
+import os, signal, sys
 from pyrovae import cli, train
 
 mode, at = sys.argv[1], int(sys.argv[2])
 count = [0]
-if mode == "save":  # die halfway through writing checkpoint number `at`
-    real_save = torch.save
-    def save(obj, f, *args, **kwargs):
-        count[0] += 1
-        if count[0] == at:
-            buffer = io.BytesIO()
-            real_save(obj, buffer)
-            f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
-            f.flush()
-            os.fsync(f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_save(obj, f, *args, **kwargs)
-    torch.save = save
+if mode == "save":  # die halfway through writing checkpoint number `at` to disk
+    real_write = os.write
+    def write(fd, data):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("checkpoint.pt."):
+            count[0] += 1
+            if count[0] == at:
+                real_write(fd, bytes(data[:len(data) // 2]))
+                os.fsync(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_write(fd, data)
+    os.write = write
 else:  # send signal `mode` to ourselves during training step number `at`
     real_step = train.SVIStep.__call__
     def step(self, *args, **kwargs):
@@ -97,16 +95,58 @@ def test_resume_after_a_fault_reproduces_the_uninterrupted_run(uninterrupted, tm
         assert partial["step"] == at - (epochs_kept * STEPS_PER_EPOCH)
     else:
         assert stopped.returncode == -signal.SIGKILL
+        assert out.with_name("run.lock").is_file()  # the killed holder's lock file stays; its lock went with it
     assert len(RunDir(out).read_metrics()) >= epochs_kept
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == epochs_kept
 
     resumed = subprocess.run([sys.executable, "-m", "pyrovae", *TRAIN, "--out", str(out), "--resume"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert metrics_without_timing(out) == metrics_without_timing(uninterrupted)
-    expected = weights(uninterrupted)
-    for name, value in weights(out).items():
+    assert_same_run(out, uninterrupted)
+
+
+def assert_same_run(run_dir, expected_dir):
+    """The run in ``run_dir`` has the metrics and weights of ``expected_dir``, and no leftovers of a writer."""
+    assert metrics_without_timing(run_dir) == metrics_without_timing(expected_dir)
+    expected = weights(expected_dir)
+    for name, value in weights(run_dir).items():
         assert torch.equal(value, expected[name]), name
+    assert not list(run_dir.glob("*.tmp")) and not run_dir.with_name(run_dir.name + ".lock").exists()
+
+
+FULL_DISK = {  # the file, and which write of it finds the disk full
+    "checkpoint.pt.": 2,  # epoch 2's checkpoint: epoch 1's stays
+    "metrics.jsonl": 2,   # epoch 2's row, after its checkpoint
+    "samples.png.": 1,    # the first picture, after training
+}
+
+
+@pytest.mark.parametrize("name", FULL_DISK)
+def test_a_full_disk_stops_training_in_one_line_and_resume_continues_exactly(uninterrupted, tmp_path, name,
+                                                                            monkeypatch, capsys):
+    out, writes, real_write = tmp_path / "run", [], os.write
+
+    def write(fd, data):  # the disk fills up halfway through that write
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(name):
+            writes.append(len(data))
+            if len(writes) == FULL_DISK[name]:
+                return real_write(fd, bytes(data[:len(data) // 2]))
+            if len(writes) > FULL_DISK[name]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    needed = writes[FULL_DISK[name] - 1]
+    assert re.fullmatch(rf"pyrovae train: error: no space left on the device of {out} for {name.strip('.')}: it "
+                        rf"needs {needed:,} bytes and [\d,]+ are free; .* free some space, then continue exactly "
+                        rf"with `pyrovae train --out {out} --resume`\n", err), err
+    assert not list(out.glob("*.tmp"))
+    RunDir(out).load_checkpoint()
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
+    assert_same_run(out, uninterrupted)
 
 
 def test_ctrl_c_in_python_raises_after_saving_and_resume_finishes_the_epoch(tmp_path, monkeypatch):
@@ -290,6 +330,13 @@ def test_a_nonfinite_step_stops_training_naming_epoch_and_step(tmp_path, where):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert [row["epoch"] for row in RunDir(tmp_path).read_metrics()] == [1]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_path):
+    with pytest.raises(FloatingPointError, match="nothing was saved"):
+        fit(poisoned_vae({3}, "loss"), load_dataset(DataConfig()), TrainConfig(epochs=2, device="cpu"),
+            run_dir=tmp_path / "run", progress=False)
+    assert not any(tmp_path.iterdir())  # neither the run directory nor its lock file
 
 
 def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(tmp_path):
