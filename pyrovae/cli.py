@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import difflib
+import json
 import os
 import sys
 from collections.abc import Sequence

@@ -85,8 +85,8 @@ class RunDir:
 
         No other process may be writing the folder; it must be writable (or creatable), and
         hold no earlier run unless it is resumed (``resume``) or replaced (``overwrite``).
-        Messages name the settings of
-        :func:`~pyrovae.train.fit`: ``run_dir``, ``resume``, ``overwrite``.
+        Messages name the settings of :func:`~pyrovae.train.fit`: ``run_dir``, ``resume``,
+        ``overwrite``.
         """
         if resume and overwrite:
             raise ValueError("resume=True continues a run and overwrite=True replaces it; pass one of them")
