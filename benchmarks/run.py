@@ -14,7 +14,8 @@ Runs, each in its own process (so one's memory does not weigh on the next):
   1 thread on a CPU, gradients averaged by gloo's all-reduce (target >= 0.8), 1..N
   processes on GPUs;
 
-then writes ``benchmarks/results/<machine>.json`` (every figure, and each part's peak
+and, in this process, the cost of the run directory's lock, taken once per run, against an
+epoch (target < 1%); then writes ``benchmarks/results/<machine>.json`` (every figure, and each part's peak
 memory) and ``benchmarks/results/<machine>.md`` (the table), and prints the table.
 About 4 minutes on a quiet 2-core CPU (``--quick``: about 2).
 
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,8 @@ from pathlib import Path
 
 import pyro
 import torch
+
+from pyrovae.lock import RunLock
 
 HERE = Path(__file__).parent
 EPOCH_TARGETS = {"canonical": 0.90, "plain": 1.35}  # pyrovae's epoch time over each reference's, at most
@@ -74,6 +78,18 @@ finally:
 """
 
 
+def lock_seconds(repeats: int = 200) -> float:
+    """Median seconds to take and release a run directory's lock, which ``fit`` does once per run."""
+    times = []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with RunLock(Path(folder) / "run"):
+                pass
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def table(results: dict) -> str:
     """The Markdown summary: every figure beside its target, then the step times."""
     def mark(ok: bool) -> str:
@@ -91,6 +107,10 @@ def table(results: dict) -> str:
         lines.append(f"| epoch, {epoch['dataset']} ({epoch['examples']} images), batch 128 (s) | "
                      f"{epoch['pyrovae_epoch_seconds']:.2f} | {epoch[f'{name}_epoch_seconds']:.2f} {reference} | "
                      f"{ratio:.3f} | <= {target:.2f} | {mark(ratio <= target)} |")
+    lock_fraction = results["lock_seconds"] / epoch["pyrovae_epoch_seconds"]
+    lines.append(f"| run lock, taken once per run (ms) | {results['lock_seconds'] * 1e3:.2f} | "
+                 f"{epoch['pyrovae_epoch_seconds']:.2f} s epoch | {lock_fraction:.5f} | < 0.01 | "
+                 f"{mark(lock_fraction < 0.01)} |")
     elbo = epoch["test_neg_elbo"]
     lines.append(f"| test -ELBO after {epoch['epochs']} epochs (nats) | {elbo['pyrovae']:.2f} | "
                  f"{elbo['canonical']:.2f} canonical, {elbo['plain']:.2f} plain | - | - | - |")
@@ -162,6 +182,7 @@ def main() -> None:
         for name, (script, script_args) in parts.items():
             print(f"\n== {script} ==", flush=True)
             results[name] = run_part(script, script_args, Path(scratch) / f"{name}.json")
+    results["lock_seconds"] = lock_seconds()
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / (results["machine"] + ("-quick" if args.quick else ""))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")

@@ -150,4 +150,5 @@ def test_the_benchmark_suite_runs_and_writes_its_results(tmp_path):
     assert [row["batch_size"] for row in figures["svi_step"]["steps"]] == [128, 128, 1024, 1024]
     assert {"ratio_to_canonical", "ratio_to_plain"} <= set(figures["svi_step"]["epoch"])
     assert "ratio_canonical_to_plain" in figures["log_likelihood"]
+    assert 0 < figures["lock_seconds"] < 0.01 * figures["svi_step"]["epoch"]["pyrovae_epoch_seconds"]
     assert figures["scaling"]["rows"][1]["processes"] == 2 and "| figure |" in next(tmp_path.glob("*.md")).read_text()
