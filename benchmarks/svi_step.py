@@ -37,8 +37,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from canonical_pyro import CanonicalVAE  # noqa: E402
 from plain_vae import PlainVAE  # noqa: E402
 
-from pyrovae import (DataConfig, DataNotFoundError, ModelConfig, TrainConfig, build_vae, fit,  # noqa: E402
-                     from_arrays, load_dataset, negative_elbo)
+from pyrovae import (  # noqa: E402
+    DataConfig,
+    DataNotFoundError,
+    ModelConfig,
+    TrainConfig,
+    build_vae,
+    fit,
+    from_arrays,
+    load_dataset,
+    negative_elbo,
+)
 from pyrovae.train import ELBOS, SVIStep, resolve_device  # noqa: E402
 
 

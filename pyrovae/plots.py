@@ -346,7 +346,8 @@ def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]
     """The pictures that do not apply to this run, each with the reason."""
     reasons = {"training_curves": (not metrics, "metrics.jsonl has no epochs yet"),
                "interpolation": (test.y is None, "the test split has no labels"),
-               "class_samples": (not vae.conditional, "the model is not conditional (prior='class-means', or decoder_conditioning=True)")}
+               "class_samples": (not vae.conditional,
+                                 "the model is not conditional (prior='class-means', or decoder_conditioning=True)")}
     return {name: reason for name, (missing, reason) in reasons.items() if missing}
 
 

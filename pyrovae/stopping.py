@@ -16,7 +16,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on a signal after saving a checkpoint; ``fit(..., resume=True)`` (``pyrovae train --resume``) continues from it."""
+    """Training stopped on a signal after saving a checkpoint; ``fit(..., resume=True)`` continues from it
+    (``pyrovae train --resume``)."""
 
 
 class StopRequest:

@@ -82,7 +82,7 @@ class TrainConfig:
             raise SettingError("skip_nonfinite",
                                f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
         resolve_device(self.device)
-        self.kl_schedule  # raises on KL settings that make no schedule
+        _ = self.kl_schedule  # raises on KL settings that make no schedule
 
     @property
     def kl_schedule(self) -> KLSchedule:
@@ -234,9 +234,9 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
 
     ``progress`` shows a progress bar over the steps, ``verbose`` prints one line per epoch.
     The model and guide get the KL weight of each step and the training set's size as
-    their ``kl_weight`` and ``data_size`` arguments. With ``run_dir``, writes ``config.json``, appends to ``metrics.jsonl`` and saves
-    ``checkpoint.pt`` after every epoch; ``resume=True`` continues from that checkpoint
-    (mid-epoch if it was interrupted) up to ``config.epochs`` in all. Without resuming,
+    their ``kl_weight`` and ``data_size`` arguments. With ``run_dir``, writes ``config.json``,
+    appends to ``metrics.jsonl`` and saves ``checkpoint.pt`` after every epoch; ``resume=True``
+    continues from that checkpoint (mid-epoch if it was interrupted) up to ``config.epochs`` in all. Without resuming,
     the seed is set first (set it before building the VAE too, for a reproducible
     initialization). SIGINT or SIGTERM saves a checkpoint and raises
     :class:`~pyrovae.stopping.TrainingInterrupted`; a non-finite loss or gradient raises
