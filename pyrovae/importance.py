@@ -102,12 +102,14 @@ def check_model_and_guide(model: Callable, guide: Callable, x: torch.Tensor, mod
     guide_latents, model_latents = _latent_sites(guide_trace), _latent_sites(model_trace)
     enumerated = {name for name, site in model_latents.items()
                   if name not in guide_latents and site["infer"].get("enumerate") == "parallel"}
-    for name in guide_latents.keys() - model_latents.keys():
-        raise ValueError(f"guide site {name!r} has no site of that name in the model; the guide must sample "
+    unmatched = sorted(guide_latents.keys() - model_latents.keys())
+    if unmatched:
+        raise ValueError(f"guide site {unmatched[0]!r} has no site of that name in the model; the guide must sample "
                          f"the model's latent sites and no others")
-    for name in model_latents.keys() - guide_latents.keys() - enumerated:
-        raise ValueError(f"model site {name!r} is latent but the guide does not sample it; add it to the guide, "
-                         f"or mark it infer={{'enumerate': 'parallel'}} to sum it out exactly")
+    unsampled = sorted(model_latents.keys() - guide_latents.keys() - enumerated)
+    if unsampled:
+        raise ValueError(f"model site {unsampled[0]!r} is latent but the guide does not sample it; add it to the "
+                         f"guide, or mark it infer={{'enumerate': 'parallel'}} to sum it out exactly")
     for name in enumerated:
         if _plate_names(model_latents[name]) != [data_plate]:
             raise ValueError(f"model site {name!r} is enumerated inside plates other than {data_plate!r}; "

@@ -244,7 +244,6 @@ class RunDir:
                                   f"({type(error).__name__}); train again or restore a copy") from None
 
 
-
 def _check_checkpoint(state: Any, path: Path) -> None:
     """Raise :class:`CheckpointError` unless ``state`` has the entries and types of :data:`CHECKPOINT_ENTRIES`."""
     if not isinstance(state, dict):
