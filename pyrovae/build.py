@@ -21,7 +21,7 @@ from pyrovae.likelihoods import (
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from pyrovae.nets import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyrovae.nets import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPClassifier, MLPDecoder, MLPEncoder
 from pyrovae.priors import PRIORS, ClassMeansPrior, MixturePrior, StandardNormalPrior, VampPrior
 from pyrovae.settings import SettingError, check_choices, setting
 from pyrovae.vae import VAE
@@ -33,6 +33,7 @@ Activation = Literal[tuple(ACTIVATIONS)]
 Prior = Literal[PRIORS]
 Likelihood = Literal[LIKELIHOODS]
 LearnScale = Literal[LEARN_SCALE]
+LabelGuide = Literal["none", "classifier"]
 LABEL_PRIORS = ("class-means",)
 """Built-in priors that read the labels, p(z|y)."""
 
@@ -65,6 +66,9 @@ class ModelConfig:
                                              "(then not a normalized log-likelihood)")
     num_classes: int | None = setting(None, "the number of labels, which a conditional model needs")
     decoder_conditioning: bool = setting(False, "also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
+    label_guide: LabelGuide = setting("none", "how the guide of an image without its label treats y: none leaves y "
+                                              "to the model, summed out exactly (p(y|z) is exact); classifier adds "
+                                              "q(y|x), enumerated, and q(z|x, y) (Kingma et al. 2014's M2)")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -89,6 +93,13 @@ class ModelConfig:
         if self.conditional and (self.num_classes is None or self.num_classes < 2):
             raise SettingError("num_classes", f"a conditional model needs num_classes >= 2 (the number of labels), "
                                               f"got {self.num_classes}")
+        if self.label_guide == "classifier" and not self.conditional:
+            raise SettingError("label_guide", "label_guide='classifier' guesses the labels of a conditional model; "
+                                              "this one reads none: use prior='class-means' or "
+                                              "decoder_conditioning=True")
+        if self.label_guide == "classifier" and self.prior == "vamp":
+            raise SettingError("label_guide", "label_guide='classifier' makes the encoder read y, and the vamp prior "
+                                              "runs the encoder on pseudo-inputs without labels; choose another prior")
 
     @property
     def x_dim(self) -> int:
@@ -125,13 +136,15 @@ def build_vae(config: ModelConfig) -> VAE:
     likelihood = build_likelihood(config)
     decoder_in = config.z_dim + (config.num_classes if config.decoder_conditioning else 0)
     nets = dict(hidden=config.hidden, activation=config.activation)
+    encoder_labels = config.num_classes if config.label_guide == "classifier" else 0  # q(z|x, y) beside q(y|x)
     if config.net == "mlp":
-        encoder = MLPEncoder(config.x_dim, config.z_dim, **nets)
+        encoder = MLPEncoder(config.x_dim, config.z_dim, **nets, num_classes=encoder_labels)
         decoder = MLPDecoder(decoder_in, likelihood.params_per_pixel * config.x_dim, **nets)
     else:
-        encoder = ConvEncoder(config.image_shape, config.z_dim, **nets)
+        encoder = ConvEncoder(config.image_shape, config.z_dim, **nets, num_classes=encoder_labels)
         out_channels = likelihood.params_per_pixel * config.image_shape[0]
         decoder = ConvDecoder(decoder_in, config.image_shape, out_channels, **nets)
+    classifier = MLPClassifier(config.x_dim, config.num_classes, **nets) if encoder_labels else None
     return VAE(encoder, decoder, config.z_dim, config.x_dim, prior=build_prior(config, encoder),
                likelihood=likelihood, num_classes=config.num_classes,
-               decoder_conditioning=config.decoder_conditioning, config=config)
+               decoder_conditioning=config.decoder_conditioning, classifier=classifier, config=config)

@@ -24,6 +24,7 @@ from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
 from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
+from pyrovae.semi_supervised import visible_labels
 from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
 from pyrovae.train import DEVICES, TrainConfig, fit, resolve_device
@@ -38,6 +39,8 @@ EPILOG_TRAIN = """examples:
   pyrovae train --dataset mnist --data-dir ~/mnist --net conv --device cuda
   pyrovae train --out runs/fashion --resume --epochs 40   # continue to 40 epochs in all
   pyrovae train --conditional --out runs/cvae             # p(z|y) = N(mu_y, I); then sample --class 3
+  pyrovae train --conditional --labeled 100 --dataset fashion-mnist   # 10 labels per class, the rest hidden
+  pyrovae train --conditional --labeled 0 --out runs/clusters          # clustering: no label at all
   pyrovae train --prior vamp --prior-components 50 --kl-warmup 10
   pyrovae train --dataset fashion-mnist --likelihood continuous-bernoulli   # grayscale pixels
   pyrovae train --likelihood gaussian --likelihood-scale 0.2 --learn-scale decoder
@@ -79,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "help": help_text(ModelConfig, "prior") + " (default: class-means with --conditional, "
                                                                    "else standard)"},
                   learn_scale={"nargs": "?", "const": "pixel",  # --learn-scale alone: one scale per pixel
-                               "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"})
+                               "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"},
+                  label_guide={"default": None,  # default: classifier with --labeled
+                               "help": help_text(ModelConfig, "label_guide") + " (default: classifier with "
+                                                                               "--labeled, else none)"})
     model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
                        help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
                             "(then --decoder-conditioning must carry the labels)")
@@ -240,6 +246,9 @@ def _train(args: argparse.Namespace) -> None:
 
 def _data_config(args: argparse.Namespace) -> DataConfig:
     """The data the train flags describe; ``--binarize`` defaults to what ``--likelihood`` can score."""
+    if args.labeled is not None and not (args.conditional or args.decoder_conditioning or args.prior in LABEL_PRIORS):
+        raise ValueError(f"--labeled {args.labeled} hides labels from a model that reads them; add --conditional "
+                         f"(a model without labels needs no --labeled)")
     return from_args(DataConfig, args, binarize=args.binarize or ("dynamic" if args.likelihood == "bernoulli"
                                                                   else "none"))
 
@@ -251,7 +260,8 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
-    return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape,
+    label_guide = args.label_guide or ("classifier" if args.labeled is not None else "none")
+    return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, label_guide=label_guide,
                      grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
                      num_classes=data.num_classes if conditional else None)
 
@@ -269,11 +279,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.limit is not None:
         split = Split(split.x[:args.limit], split.y[:args.limit])
     pyro.set_rng_seed(args.seed)
-    log_py = class_log_prior(data.train.y, vae.num_classes) if vae.conditional else None
+    log_py = class_log_prior(visible_labels(data.train), vae.num_classes) if vae.conditional else None
     num_samples = None if args.elbo_only else args.num_samples
     report = evaluation_report(vae, split.x, split.y, num_samples, log_py, args.batch_size,
                                args.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
-                               seed=args.seed, processes=processes)
+                               seed=args.seed, processes=processes, clusters=data.config.labeled == 0)
     result = {"split": args.split, **report}
     if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
         write_atomically(out, json.dumps(result, indent=2).encode())
@@ -284,8 +294,11 @@ def _evaluate(args: argparse.Namespace) -> None:
               f"({report['bits_per_dim']:.4f} bits/dim)")
     if "nll_given_label" in report:
         print(f"  NLL given the label    {report['nll_given_label']:10.3f} ± {report['nll_given_label_stderr']:.3f}")
+    matched = ", clusters matched to classes" if data.config.labeled == 0 else ""
     if "accuracy" in report:
-        print(f"  accuracy, argmax_y log p(x|y) + log p(y): {report['accuracy']:.4f}")
+        print(f"  accuracy, argmax_y log p(x|y) + log p(y){matched}: {report['accuracy']:.4f}")
+    if "accuracy_guide" in report:
+        print(f"  accuracy of the guide's classifier, argmax_y q(y|x){matched}: {report['accuracy_guide']:.4f}")
     print(f"written to {out}")
 
 

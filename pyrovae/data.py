@@ -45,6 +45,9 @@ BINARIZE_SEED = 1234
 """Seed of the one fixed Bernoulli draw of static training data and of every evaluation split."""
 SPLIT_SEED = 0
 """Seed of the fixed shuffle that holds out the validation split (and the digits test split)."""
+HIDDEN = -1
+"""The label of a training image whose label is hidden (``labeled=N``), as in scikit-learn's semi-supervised
+estimators."""
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -64,6 +67,10 @@ class DataConfig:
                                             "unnormalized)")
     val_fraction: float = setting(0.1, "fraction of the training images held out for validation")
     download: bool = setting(True, "download mnist or fashion-mnist when its files are not found")
+    labeled: int | None = setting(None, "keep N training labels, drawn balanced over the classes, and hide the "
+                                        "rest (0: none, to cluster); for the conditional model. Default: all",
+                                  metavar="N")
+    label_seed: int = setting(0, "seed of the draw of the labeled=N labels kept")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -74,6 +81,8 @@ class DataConfig:
         if not 0 < self.val_fraction < 1:
             raise SettingError("val_fraction",
                                f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+        if self.labeled is not None and self.labeled < 0:
+            raise SettingError("labeled", f"labeled counts the labels kept and cannot be negative, got {self.labeled}")
 
 
 @dataclasses.dataclass
@@ -189,13 +198,15 @@ def from_arrays(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.n
                 test_x: torch.Tensor | np.ndarray | None = None,
                 test_y: torch.Tensor | np.ndarray | None = None, *,
                 image_shape: Sequence[int] | None = None, binarize: str = "none",
-                val_fraction: float = 0.1, name: str = "arrays") -> Dataset:
+                val_fraction: float = 0.1, name: str = "arrays", labeled: int | None = None,
+                label_seed: int = 0) -> Dataset:
     """A :class:`Dataset` from in-memory images in [0, 1] (``(N, H, W)``, ``(N, C, H, W)`` or ``(N, D)``).
 
     The validation split is a fixed random ``val_fraction`` of the training images; without
-    ``test_x`` the test split is the validation split. Missing labels become zeros.
+    ``test_x`` the test split is the validation split. Missing labels become zeros. With
+    ``labeled``, all but that many training labels are hidden (see :func:`hide_labels`).
     """
-    DataConfig(binarize=binarize, val_fraction=val_fraction)  # validates both
+    DataConfig(binarize=binarize, val_fraction=val_fraction, labeled=labeled)  # validates them
     train_x = torch.as_tensor(train_x, dtype=torch.float32)
     image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(train_x.shape)))
     train, val = _hold_out(Split.from_arrays(train_x, train_y), val_fraction)
@@ -204,7 +215,10 @@ def from_arrays(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.n
         val, test = Split(binarize_once(val.x), val.y), Split(binarize_once(test.x), test.y)
     if binarize == "static":
         train = Split(binarize_once(train.x), train.y)
-    return Dataset(name, image_shape, train, val, test, dynamic_binarization=binarize == "dynamic")
+    data = Dataset(name, image_shape, train, val, test, dynamic_binarization=binarize == "dynamic")
+    if labeled is not None:
+        data.train = hide_labels(train, labeled, data.num_classes, label_seed)
+    return data
 
 
 def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
@@ -229,23 +243,36 @@ def _hold_out(train: Split, fraction: float) -> tuple[Split, Split]:
     return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
-    if config.dataset == "digits":
-        train_x, train_y, test_x, test_y = _load_digits()
-    else:
-        files = find_idx_files(config.dataset, config.data_dir, config.download)
-        train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
-        test_x, test_y = read_idx(files["test_images"]), read_idx(files["test_labels"])
-        for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-                raise ValueError(
-                    f"the {split} IDX files do not match: images {images.shape}, labels "
-                    f"{labels.shape}; expected (N, H, W) images and N labels")
-        train_x, test_x = train_x / 255.0, test_x / 255.0
-    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize,
-                       val_fraction=config.val_fraction, name=config.dataset)
-    return dataclasses.replace(data, config=config)
+def hide_labels(split: Split, labeled: int, num_classes: int, seed: int) -> Split:
+    """``split`` with all but ``labeled`` labels hidden: labeled / num_classes kept per class, drawn with ``seed``.
+
+    The hidden labels are written :data:`HIDDEN`.
+    """
+    if num_classes < 2:
+        raise SettingError("labeled", f"labeled={labeled} keeps some labels of a labelled dataset, and this one has "
+                                      f"no labels (all its images are of one class); leave labeled unset")
+    if labeled > len(split):
+        raise SettingError("labeled", f"labeled={labeled} is more labels than the {len(split)} training images; "
+                                      f"choose at most {len(split)}")
+    if labeled % num_classes:
+        below = labeled - labeled % num_classes
+        raise SettingError("labeled", f"labeled={labeled} cannot be drawn balanced over {num_classes} classes: "
+                                      f"choose a multiple of {num_classes}, e.g. {below or num_classes} or "
+                                      f"{below + num_classes}")
+    per_class = labeled // num_classes
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in range(num_classes):
+        members = torch.nonzero(split.y.cpu() == label)[:, 0]
+        if len(members) < per_class:
+            raise SettingError("labeled", f"labeled={labeled} needs {per_class} images of each class, but class "
+                                          f"{label} has only {len(members)} training images; choose at most "
+                                          f"labeled={len(members) * num_classes}")
+        keep.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    y = torch.full_like(split.y, HIDDEN)
+    kept = torch.cat(keep).to(split.y.device)
+    y[kept] = split.y[kept]
+    return Split(split.x, y)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -357,3 +384,23 @@ def _missing_files_message(dataset: str, searched: Sequence[Path], failure: str 
         f"{names} (each gzipped as .gz or not) into one folder and pass it as data_dir=DIR, "
         f"or put them into {cache_dir() / dataset}.{debian}"
     )
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
+    if config.dataset == "digits":
+        train_x, train_y, test_x, test_y = _load_digits()
+    else:
+        files = find_idx_files(config.dataset, config.data_dir, config.download)
+        train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
+        test_x, test_y = read_idx(files["test_images"]), read_idx(files["test_labels"])
+        for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise ValueError(
+                    f"the {split} IDX files do not match: images {images.shape}, labels "
+                    f"{labels.shape}; expected (N, H, W) images and N labels")
+        train_x, test_x = train_x / 255.0, test_x / 255.0
+    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize,
+                       val_fraction=config.val_fraction, name=config.dataset, labeled=config.labeled,
+                       label_seed=config.label_seed)
+    return dataclasses.replace(data, config=config)

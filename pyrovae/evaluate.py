@@ -200,7 +200,8 @@ def class_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x:
 
 
 def class_log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """log p(y) from the label frequencies (each class counted at least once, so none is impossible)."""
+    """log p(y) from the label frequencies (each class counted at least once, so none is impossible; uniform
+    without labels)."""
     counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1).double()
     return (counts / counts.sum()).log().float()
 
@@ -210,6 +211,24 @@ def classify(log_px_given_y: torch.Tensor, log_py: torch.Tensor | None = None) -
     if log_py is not None:
         log_px_given_y = log_px_given_y + log_py.to(log_px_given_y.device)
     return log_px_given_y.argmax(dim=1)
+
+
+def accuracy(predicted: torch.Tensor, labels: torch.Tensor, clusters: bool = False) -> float:
+    """The share of ``predicted`` classes equal to ``labels``.
+
+    With ``clusters`` the predictions are cluster numbers learned without labels, and the
+    accuracy is that of the best one-to-one matching of clusters to classes (the Hungarian
+    method, :func:`scipy.optimize.linear_sum_assignment` on the counts of each pair).
+    """
+    predicted, labels = predicted.cpu(), labels.cpu()
+    if not clusters:
+        return (predicted == labels).float().mean().item()
+    from scipy.optimize import linear_sum_assignment
+
+    size = int(max(predicted.max(), labels.max())) + 1
+    counts = torch.bincount(predicted * size + labels, minlength=size * size).reshape(size, size)
+    clusters_matched, classes_matched = linear_sum_assignment(counts.numpy(), maximize=True)
+    return counts[clusters_matched, classes_matched].sum().item() / len(labels)
 
 
 def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int | None, batch_size: int,
@@ -239,15 +258,18 @@ def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples
 def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = 5000,
                       log_py: torch.Tensor | None = None, batch_size: int = 1000,
                       memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False, seed: int = 0,
-                      processes: Processes = SINGLE) -> dict[str, float]:
+                      processes: Processes = SINGLE, clusters: bool = False) -> dict[str, float]:
     """The numbers of ``eval.json``, per example in nats, each with its standard error across examples.
 
     ``neg_elbo``; unless ``num_samples`` is ``None``, the importance-sampled ``nll`` = -log p(x)
     and ``bits_per_dim`` = nll / (D log 2). A conditional model scores every class c with
     the same estimator (log p(x|y=c); the ELBO when ``num_samples`` is ``None``) and adds
     ``accuracy`` of argmax_y log p(x|y) + log p(y) against ``y``; its ``nll`` is the
-    marginal -log p(x) = -logsumexp_y [log p(y) + log p(x|y)], and ``nll_given_label``
-    is -log p(x|y) for the true label. The ELBO's batches also stay within ``memory_budget``.
+    marginal -log p(x) = -logsumexp_y [log p(y) + log p(x|y)], exact over y, and
+    ``nll_given_label`` is -log p(x|y) for the true label. A VAE with a classifier q(y|x)
+    also gets ``accuracy_guide``, the accuracy of argmax_y q(y|x). With ``clusters`` (a model
+    trained without labels) both accuracies match clusters to classes first (see
+    :func:`accuracy`). The ELBO's batches also stay within ``memory_budget``.
 
     The examples are taken in blocks of :data:`EVAL_BLOCK`, each with random draws from its
     own seed derived from ``seed``; under torchrun (``processes``) the ranks share out the
@@ -278,7 +300,12 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     scores = columns[:, 1:]  # log p(x), or log p(x|y=c) for every class c
     if vae.conditional:
         log_py = log_py if log_py is not None else torch.full((vae.num_classes,), -math.log(vae.num_classes))
-        report["accuracy"] = (classify(scores, log_py) == y.cpu()).float().mean().item()
+        report["accuracy"] = accuracy(classify(scores, log_py), y, clusters)
+        if vae.classifier is not None:
+            with evaluating(vae):
+                guessed = torch.cat([vae.classify(x[i:i + batch_size].to(vae.device))
+                                     for i in range(0, len(x), batch_size)])
+            report["accuracy_guide"] = accuracy(guessed, y, clusters)
         if not num_samples:
             return report
         log_px = (scores + log_py).logsumexp(1)

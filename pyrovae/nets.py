@@ -1,10 +1,11 @@
 """Encoder and decoder networks: plain ``nn.Module``s that know nothing of Pyro.
 
 An encoder maps flattened images ``x`` of shape ``(..., D)`` to the parameters
-``(loc, scale)`` of the Gaussian posterior q(z|x); a decoder maps latents ``z`` of
-shape ``(..., Z)`` to ``(..., out_features)`` raw outputs (logits for a Bernoulli
-likelihood). Leading batch dimensions are kept, so the same nets serve a minibatch
-``(B, D)`` and a stack of importance samples ``(K, B, Z)``.
+``(loc, scale)`` of the Gaussian posterior q(z|x) (or q(z|x, y), built with
+``num_classes``); a decoder maps latents ``z`` of shape ``(..., Z)`` to
+``(..., out_features)`` raw outputs (logits for a Bernoulli likelihood); a classifier
+maps images to the logits of q(y|x). Leading batch dimensions are kept, so the same nets
+serve a minibatch ``(B, D)`` and a stack of importance samples ``(K, B, Z)``.
 """
 
 from __future__ import annotations
@@ -58,15 +59,49 @@ def inverse_softplus(value: float) -> float:
     return float(torch.log(torch.expm1(torch.tensor(value))))
 
 
-class MLPEncoder(nn.Module):
-    """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z``."""
+def label_table(num_classes: int, net: nn.Sequential) -> nn.Embedding | None:
+    """For ``net`` read on ``[h, one_hot(y)]``: the first layer's one-hot columns, one row per class (none if 0)."""
+    return nn.Embedding(num_classes, net[0].out_features) if num_classes else None
 
-    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu"):
+
+def with_labels(net: nn.Sequential, labels: nn.Embedding | None, h: torch.Tensor,
+                y: torch.Tensor | None) -> torch.Tensor:
+    """``net`` on ``[h, one_hot(y)]``, as W [h, one_hot(y)] = W_h h + W_y[y]; on ``h`` alone without a table.
+
+    ``h`` passes through the first layer once, however many labels it is paired with:
+    ``y`` of shape ``(C, 1)`` (every class, as enumeration gives them) and ``h`` of shape
+    ``(B, H)`` make ``(C, B, ...)``.
+    """
+    if (y is None) != (labels is None):
+        raise ValueError("this encoder reads labels (q(z|x, y)): pass y" if y is None
+                         else "this encoder reads no labels: call it without y")
+    if labels is None:
+        return net(h)
+    return net[1:](net[0](h) + labels(y))
+
+
+class MLPEncoder(nn.Module):
+    """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z``; q(z|x, y) with ``num_classes``."""
+
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu",
+                 num_classes: int = 0):
         super().__init__()
         self.net = mlp([x_dim, *hidden, 2 * z_dim], activation)
+        self.label_weights = label_table(num_classes, self.net)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_parameters(self.net(x))
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_parameters(with_labels(self.net, self.label_weights, x, y))
+
+
+class MLPClassifier(nn.Module):
+    """The logits of q(y|x) from an MLP: ``D -> hidden... -> C`` (Kingma et al. 2014, M2's classifier)."""
+
+    def __init__(self, x_dim: int, num_classes: int, hidden: Sequence[int] = (400,), activation: str = "relu"):
+        super().__init__()
+        self.net = mlp([x_dim, *hidden, num_classes], activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class MLPDecoder(nn.Module):
@@ -91,14 +126,14 @@ def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class ConvEncoder(nn.Module):
-    """q(z|x) parameters from two stride-2 convolutions and a dense head.
+    """q(z|x) (or q(z|x, y)) parameters from two stride-2 convolutions and a dense head.
 
     Works for any image whose height and width are divisible by 4: a 28x28 image
     becomes 64 feature maps of 7x7, an 8x8 image 64 maps of 2x2.
     """
 
     def __init__(self, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,),
-                 activation: str = "relu", channels: tuple[int, int] = (32, 64)):
+                 activation: str = "relu", channels: tuple[int, int] = (32, 64), num_classes: int = 0):
         super().__init__()
         c, h, w = _check_image_shape(image_shape)
         self.image_shape = (c, h, w)
@@ -110,11 +145,11 @@ class ConvEncoder(nn.Module):
             nn.Flatten(),
         )
         self.head = mlp([channels[1] * (h // 4) * (w // 4), *hidden, 2 * z_dim], activation)
+        self.label_weights = label_table(num_classes, self.head)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch_shape = x.shape[:-1]
-        h = self.head(self.features(x.reshape(-1, *self.image_shape)))
-        return gaussian_parameters(h.reshape(*batch_shape, -1))
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x.reshape(-1, *self.image_shape)).reshape(*x.shape[:-1], -1)
+        return gaussian_parameters(with_labels(self.head, self.label_weights, features, y))
 
 
 class ConvDecoder(nn.Module):

@@ -32,11 +32,19 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset
 from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, data_parallel, gather_objects, join, shard
-from pyrovae.evaluate import negative_elbo
+from pyrovae.evaluate import evaluating, negative_elbo
 from pyrovae.kl_weight import KLSchedule
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.randomness import derived_seed, rng_state, set_rng_state
 from pyrovae.runs import CHECKPOINT, RunDir
+from pyrovae.semi_supervised import (
+    KINGMA_AUX_WEIGHT,
+    LabelMix,
+    SemiSupervisedLoss,
+    SemiSupervisedParts,
+    learns_from_few_labels,
+    visible_labels,
+)
 from pyrovae.settings import SettingError, check_choice, check_choices, check_positive, setting
 from pyrovae.stopping import StopRequest, TrainingInterrupted
 from pyrovae.vae import VAE
@@ -69,6 +77,11 @@ class TrainConfig:
                                              "after every batch (e.g. 1e-5)", metavar="ALPHA")
     particles: int = setting(1, "vectorized samples of z per example and step (averaged for trace and meanfield)",
                              metavar="K")
+    labeled_fraction: float = setting(0.1, "with hidden labels (labeled=N): the least share of labelled images in "
+                                           "every batch, the labelled ones oversampled", metavar="F")
+    aux_weight: float | None = setting(None, "weight ALPHA of the classification term -ALPHA log q(y|x) of every "
+                                             "labelled image, with label_guide='classifier' (default: 0.1 x the "
+                                             "training images, as Kingma et al. 2014)", metavar="ALPHA")
     skip_nonfinite: int = setting(0, "skip up to N batches whose loss or gradient is NaN or infinite (with 0, the "
                                      "first one stops training and keeps the last good checkpoint)", metavar="N")
     compile: bool = setting(False, "torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)")
@@ -78,6 +91,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         check_positive(self, "epochs", "batch_size", "particles", "lr")
+        if not 0 < self.labeled_fraction < 1:
+            raise SettingError("labeled_fraction", f"labeled_fraction is a share of each batch and must lie strictly "
+                                                   f"between 0 and 1, got {self.labeled_fraction}")
+        if self.aux_weight is not None and not self.aux_weight >= 0:
+            raise SettingError("aux_weight", f"aux_weight cannot be negative, got {self.aux_weight}")
         if self.skip_nonfinite < 0:
             raise SettingError("skip_nonfinite",
                                f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
@@ -103,19 +121,28 @@ def resolve_device(name: str) -> torch.device:
 class ELBOLoss(nn.Module):
     """The VAE's minibatch objective as a module (like Pyro's ``ELBOModule``), so DDP can wrap it.
 
-    ``forward(x, y, kl_weight=w, data_size=N)`` returns the :class:`~pyrovae.objectives.ELBOParts`
-    of ``elbo`` on the VAE's model and guide, called with those arguments; DDP then
-    all-reduces the gradients of the VAE's parameters.
+    ``forward(x, y, kl_weight=w)`` runs ``elbo`` on the VAE's model and guide, called with
+    those arguments and ``data_size``, and returns the loss to minimize and its
+    :class:`~pyrovae.objectives.ELBOParts` summed over the minibatch (detached; the loss
+    without the data plate's dataset scaling). DDP then all-reduces the gradients.
     """
 
-    def __init__(self, vae: VAE, elbo: pyro.infer.ELBO):
+    def __init__(self, vae: VAE, elbo: pyro.infer.ELBO, data_size: int | None = None):
         super().__init__()
-        self.vae, self.elbo = vae, elbo
+        self.vae, self.elbo, self.data_size = vae, elbo, data_size
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, kl_weight: float | torch.Tensor = 1.0,
-                data_size: int | None = None) -> ELBOParts:
-        return self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y, kl_weight=kl_weight,
-                                        data_size=data_size)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
+                kl_weight: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, ELBOParts]:
+        parts = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x, y, kl_weight=kl_weight,
+                                         data_size=self.data_size)
+        plate_scale = 1.0 if self.data_size is None else self.data_size / len(x)
+        return parts.loss, parts._replace(loss=parts.loss.detach() / plate_scale)
+
+    def epoch_metrics(self, totals: torch.Tensor) -> dict[str, float]:
+        """Per-example means of the loss and its reconstruction and KL terms from an epoch's summed parts
+        and, last, the examples seen."""
+        loss, recon, kl = (totals[:3] / max(totals[3].item(), 1)).tolist()
+        return {"train_loss": loss, "recon": recon, "kl": kl}
 
 
 class SVIStep:
@@ -123,42 +150,42 @@ class SVIStep:
 
     ``data_size``, the number of training examples, is passed to the model and guide with
     every step (the data plate scales the minibatch to the dataset), the KL weight with
-    each call. Returns the detached loss parts, each summed over the minibatch (the loss
-    without the data plate's dataset scaling), and a 0-dim flag: were the loss and every gradient
-    finite? With ``skip_nonfinite`` the flag is read before the update (a device sync
-    per step) and a non-finite step changes neither parameters nor optimizer state;
-    otherwise the update always happens and the flag stays on the device. Under torchrun
-    (``processes``) the objective runs inside DDP, which all-reduces the gradients.
-    Pyro checks the model and guide (shapes, supports, plate structure) on the first
-    step; the structure is static, so later steps skip those checks.
+    each call: ``step(x, y, kl_weight=w)``. ``objective`` replaces that :class:`ELBOLoss`
+    by another objective module called with the minibatch (the semi-supervised one of
+    :mod:`pyrovae.semi_supervised` takes ``(x_labeled, y_labeled, x_unlabeled)``). Returns
+    the objective's detached parts, each summed over the minibatch, and a 0-dim flag: were
+    the loss and every gradient finite? With ``skip_nonfinite`` the flag is read before the
+    update (a device sync per step) and a non-finite step changes neither parameters nor
+    optimizer state; otherwise the update always happens and the flag stays on the device.
+    Under torchrun (``processes``) the objective runs inside DDP, which all-reduces the
+    gradients. Pyro checks the model and guide (shapes, supports, plate structure) on the
+    first step; the structure is static, so later steps skip those checks.
     """
 
     def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
-                 skip_nonfinite: bool = False, processes: Processes = SINGLE, data_size: int | None = None):
+                 skip_nonfinite: bool = False, processes: Processes = SINGLE, data_size: int | None = None,
+                 objective: nn.Module | None = None):
         self.vae, self.optimizer = vae, optimizer
         self.skip_nonfinite = skip_nonfinite
-        self.data_size = data_size
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        self.loss: nn.Module = ELBOLoss(vae, elbo)
-        if processes.parallel:
-            self.loss = data_parallel(self.loss)
+        self.objective = objective if objective is not None else ELBOLoss(vae, elbo, data_size)
+        self.loss = data_parallel(self.objective) if processes.parallel else self.objective
         self.checked = False
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None,
-                 kl_weight: float | torch.Tensor = 1.0) -> tuple[ELBOParts, torch.Tensor]:
+    def __call__(self, *batch: torch.Tensor | None,
+                 kl_weight: float | torch.Tensor = 1.0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         with pyro.validation_enabled(is_validation_enabled() and not self.checked):
-            parts = self.loss(x, y, kl_weight=kl_weight, data_size=self.data_size)
+            loss, parts = self.loss(*batch, kl_weight=kl_weight)
         self.checked = True
         self.optimizer.zero_grad(set_to_none=True)
-        parts.loss.backward()
+        loss.backward()
         # The sum of the loss and every gradient entry is finite exactly when they all are (short of
         # the sum overflowing past 3e38); cheaper than a norm.
-        sums = [parts.loss.detach(), *(p.grad.sum() for p in self.parameters if p.grad is not None)]
+        sums = [loss.detach(), *(p.grad.sum() for p in self.parameters if p.grad is not None)]
         finite = torch.isfinite(torch.stack(sums).sum())
         if not (self.skip_nonfinite and not finite):
             self.optimizer.step()
-        plate_scale = 1.0 if self.data_size is None else self.data_size / len(x)
-        return parts._replace(loss=parts.loss.detach() / plate_scale), finite
+        return parts, finite
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
@@ -173,8 +200,8 @@ def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
 class EpochState:
     """An epoch in progress: this process's shuffled order, the steps taken, and device-side running sums.
 
-    ``sums`` holds the loss, reconstruction and KL terms summed over the ``seen``
-    examples, ``weight_sum`` the KL weights of the steps taken, ``first_bad_step`` the
+    ``sums`` holds the objective's parts (the loss, reconstruction and KL terms) summed
+    over the ``seen`` examples, ``weight_sum`` the KL weights of the steps taken, ``first_bad_step`` the
     first step whose loss or gradient was not finite (-1: none). Saved in a checkpoint
     when training is interrupted, it lets the epoch finish exactly as it would have.
     """
@@ -189,13 +216,14 @@ class EpochState:
     seconds: float = 0.0
 
     @classmethod
-    def start(cls, order: torch.Tensor) -> EpochState:
+    def start(cls, order: torch.Tensor, num_parts: int) -> EpochState:
         device = order.device
-        return cls(order=order, sums=torch.zeros(3, device=device),
+        return cls(order=order, sums=torch.zeros(num_parts, device=device),
                    weight_sum=torch.zeros((), dtype=torch.float64, device=device),
                    first_bad_step=torch.full((), -1, device=device))
 
-    def add(self, parts: ELBOParts, finite: torch.Tensor, kl_weight: float | torch.Tensor, examples: int) -> None:
+    def add(self, parts: tuple[torch.Tensor, ...], finite: torch.Tensor, kl_weight: float | torch.Tensor,
+            examples: int) -> None:
         """Count a step taken: its loss parts, its KL weight, and (on the device) whether it was finite."""
         self.first_bad_step = torch.where((self.first_bad_step < 0) & ~finite, self.step, self.first_bad_step)
         self.weight_sum += kl_weight
@@ -210,14 +238,26 @@ class EpochState:
         return cls(**saved)
 
 
-def epoch_metrics(state: EpochState, processes: Processes = SINGLE) -> dict[str, float]:
-    """Per-example means of the loss and its reconstruction and KL terms over all processes, the
-    mean KL weight, and the skipped batches."""
+def epoch_metrics(state: EpochState, objective: ELBOLoss | SemiSupervisedLoss,
+                  processes: Processes = SINGLE) -> dict[str, float]:
+    """The objective's per-example means over all processes, the mean KL weight, and the skipped batches."""
     totals = all_reduce_sum(torch.cat([state.sums, state.sums.new_tensor([state.seen])]), processes)
-    loss, recon, kl = (totals[:3] / max(totals[3].item(), 1)).tolist()
     steps_taken = max(state.step - state.skipped, 1)
-    return {"train_loss": loss, "recon": recon, "kl": kl, "kl_weight": state.weight_sum.item() / steps_taken,
+    return {**objective.epoch_metrics(totals), "kl_weight": state.weight_sum.item() / steps_taken,
             "skipped_batches": state.skipped}
+
+
+def check_few_labels(config: TrainConfig, processes: Processes) -> None:
+    """Refuse the settings that training with hidden labels cannot honour, before any work."""
+    if config.elbo == "iwae":
+        raise SettingError("elbo", "the iwae bound does not sum out hidden labels; with labeled=N train with "
+                                   "elbo='trace' or elbo='meanfield'")
+    if config.kl_balance is not None:
+        raise SettingError("kl_balance", "kl_balance needs the reconstruction and KL terms of every batch, which "
+                                         "summing out hidden labels does not split; use kl_weight=BETA or "
+                                         "kl_warmup=EPOCHS")
+    if processes.parallel:
+        raise ValueError("training with hidden labels (labeled=N) runs in one process; start it without torchrun")
 
 
 def nonfinite_message(epoch: int, step: int, steps: int, config: TrainConfig, kept: str) -> str:
@@ -262,8 +302,10 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     data = data.to(device)
     vae.check_data(data.observed_train_images(), "training images")
     vae.check_data(data.val.x, "validation images")
-    for split, name in ((data.train, "training"), (data.val, "validation")):
-        vae.check_labels(split.y, f"{name} labels")
+    vae.check_labels(visible_labels(data.train), "training labels")  # the hidden ones are -1
+    vae.check_labels(data.val.y, "validation labels")
+    if learns_from_few_labels(vae, data):
+        check_few_labels(config, processes)
     with writer.writing() if writer is not None else contextlib.nullcontext():
         if writer is not None:
             writer.prepare(resume)
@@ -311,10 +353,19 @@ class Trainer:
         self.run = run if processes.is_main else None
         elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
                                   max_plate_nesting=1)  # the data plate; particles go left of it
-        self.svi_step = SVIStep(vae, optimizer, elbo, config.skip_nonfinite > 0, processes, data_size=len(data.train))
-        self.kl_weight: float | torch.Tensor = saved["kl_weight"]  # the balance goes on from it; schedules reset it
         self.batch_size = config.batch_size // processes.world_size
-        self.steps = math.ceil(math.ceil(len(data.train) / processes.world_size) / self.batch_size)
+        self.mix, objective = None, None
+        if learns_from_few_labels(vae, data):
+            self.mix = LabelMix.of(data.train, self.batch_size, config.labeled_fraction)
+            aux_weight = KINGMA_AUX_WEIGHT * len(data.train) if config.aux_weight is None else config.aux_weight
+            objective = SemiSupervisedLoss(vae, elbo, len(self.mix.labeled), len(self.mix.unlabeled), aux_weight,
+                                           config.particles)
+            self.steps = self.mix.steps
+        else:
+            self.steps = math.ceil(math.ceil(len(data.train) / processes.world_size) / self.batch_size)
+        self.svi_step = SVIStep(vae, optimizer, elbo, config.skip_nonfinite > 0, processes, data_size=len(data.train),
+                                objective=objective)
+        self.kl_weight: float | torch.Tensor = saved["kl_weight"]  # the balance goes on from it; schedules reset it
         self.epoch = saved["epoch"]
         self.history: list[dict[str, float]] = list(saved["metrics"])
         self.skipped = saved["skipped"]
@@ -356,7 +407,9 @@ class Trainer:
     def _start(self, epoch: int) -> EpochState:
         """A fresh epoch: the order comes from (seed, epoch), the same on every rank, then sharded."""
         generator = torch.Generator().manual_seed(derived_seed(self.config.seed, epoch))
-        return EpochState.start(shard(self.data.shuffled_order(generator), self.processes))
+        if self.mix is not None:
+            return EpochState.start(self.mix.epoch_order(generator), len(SemiSupervisedParts._fields))
+        return EpochState.start(shard(self.data.shuffled_order(generator), self.processes), len(ELBOParts._fields))
 
     def _stop_requested(self, state: EpochState) -> bool:
         """Whether to stop before the next step; all ranks agree, every :data:`PROGRESS_REFRESH_STEPS` steps."""
@@ -375,19 +428,24 @@ class Trainer:
         budget = self.config.skip_nonfinite - self.skipped
         if self._stop_requested(state):
             return
-        for x, y in self.data.batches(self.batch_size, order=state.order, first=state.step):
+        if self.mix is None:
+            batches = self.data.batches(self.batch_size, order=state.order, first=state.step)
+        else:  # (x_labeled, y_labeled, x_unlabeled)
+            batches = self.mix.batches(self.data, state.order, first=state.step)
+        for batch in batches:
             if not schedule.balanced:
                 self.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / self.steps)
             weight = self.kl_weight
-            parts, finite = svi_step(x, y, kl_weight=weight)
+            parts, finite = svi_step(*batch, kl_weight=weight)
             state.step += 1
             bar.update()
+            images = len(batch[0]) if self.mix is None else len(batch[0]) + len(batch[2])
             if svi_step.skip_nonfinite and not finite:
                 state.skipped += 1
             else:
-                state.add(parts, finite, weight, len(x))
+                state.add(parts, finite, weight, images)
                 if schedule.balanced:
-                    recon, kl, n = all_reduce_sum(torch.stack([parts.recon, parts.kl, parts.kl.new_full((), len(x))]),
+                    recon, kl, n = all_reduce_sum(torch.stack([parts.recon, parts.kl, parts.kl.new_full((), images)]),
                                                   self.processes)
                     self.kl_weight = schedule.balance(self.kl_weight, recon / n, kl / n)
             if not bar.disable and state.step % PROGRESS_REFRESH_STEPS == 0:
@@ -406,21 +464,33 @@ class Trainer:
             raise FloatingPointError(nonfinite_message(epoch, first_bad, self.steps, self.config, self.kept))
 
     def _validation_loss(self) -> float:
-        """The validation negative ELBO per image, each rank computing every world_size-th image."""
+        """The validation negative ELBO per image, each rank computing every world_size-th image.
+
+        With hidden training labels, the validation labels are hidden too: the ELBO of
+        log p(x), y summed out, as the unlabelled images are scored in training.
+        """
         val, processes = self.data.val, self.processes
+        if self.mix is not None:
+            with evaluating(self.vae):
+                return self.svi_step.objective.unlabeled_loss(val.x) / len(val)
         mine = slice(processes.rank, None, processes.world_size)
         total = negative_elbo(self.vae, val.x[mine], val.y[mine]).sum().reshape(1)
         return all_reduce_sum(total, processes).item() / len(val)
 
     def _finish_epoch(self, epoch: int, state: EpochState, bar: tqdm, verbose: bool) -> dict[str, float]:
-        train = epoch_metrics(state, self.processes)
+        train = epoch_metrics(state, self.svi_step.objective, self.processes)
         row = {"epoch": epoch, **train, "val_neg_elbo": self._validation_loss(), "epoch_seconds": state.seconds}
         self.epoch = epoch
         self.history.append(row)
         bar.set_postfix(loss=f"{train['train_loss']:.2f}", val=f"{row['val_neg_elbo']:.2f}")
         if verbose:
-            bar.write(f"epoch {epoch:>4}  train loss {train['train_loss']:9.3f} (recon {train['recon']:.2f}, "
-                      f"KL {train['kl']:.2f}, w {train['kl_weight']:.3g})  "
+            if self.mix is None:
+                parts = f"recon {train['recon']:.2f}, KL {train['kl']:.2f}"
+            else:
+                parts = ", ".join(f"{name} {train[key]:.2f}" for key, name in (
+                    ("loss_labeled", "labelled"), ("loss_unlabeled", "unlabelled"), ("loss_aux", "-log q(y|x)"))
+                    if key in train)
+            bar.write(f"epoch {epoch:>4}  train loss {train['train_loss']:9.3f} ({parts}, w {train['kl_weight']:.3g})  "
                       f"val -ELBO {row['val_neg_elbo']:9.3f}  ({state.seconds:.2f}s)")
         self._save(partial=None)
         if self.run is not None:

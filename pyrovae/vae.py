@@ -9,6 +9,12 @@ and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)). ``Trace_ELBO`` tur
 pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y))
 (Kingma & Welling 2014).
 
+A conditional model called without labels draws them too, y ~ Categorical(pi) with pi
+uniform, as a site enumerated in parallel: ``TraceEnum_ELBO`` sums it out exactly, so
+unlabelled images train the model of p(x) = sum_y pi_y p(x|y) (Kingma et al. 2014). Its
+guide either leaves y to the model (p(y|z) is then exact), or, with a ``classifier``, is
+M2's q(y|x) q(z|x, y), the classifier's y enumerated in the guide.
+
 Training knobs are arguments, as Pyro's deep Markov model example passes its
 ``annealing_factor``: ``kl_weight`` wraps the latent site in ``poutine.scale`` in model
 and guide alike, so it multiplies exactly the KL term (the beta of Canziani & LeCun's
@@ -54,6 +60,8 @@ class VAE(nn.Module):
         likelihood: maps decoder output to p(x|z); defaults to Bernoulli with logits.
         num_classes: C, the number of label values, for a conditional model.
         decoder_conditioning: also feed one-hot ``y`` to the decoder (the classic CVAE).
+        classifier: maps images to the logits of q(y|x); with one, the guide of an
+            unlabelled image is q(y|x) q(z|x, y), and the encoder must read ``y`` too.
         config: the :class:`~pyrovae.build.ModelConfig` this VAE was built from, if any.
 
     :meth:`model` and :meth:`guide` take the same arguments: ``kl_weight`` (a positive
@@ -67,7 +75,7 @@ class VAE(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
                  prior: nn.Module | None = None, likelihood: nn.Module | None = None,
                  num_classes: int | None = None, decoder_conditioning: bool = False,
-                 config: ModelConfig | None = None):
+                 classifier: nn.Module | None = None, config: ModelConfig | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -77,9 +85,13 @@ class VAE(nn.Module):
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
         self.num_classes = num_classes
         self.decoder_conditioning = decoder_conditioning
+        self.classifier = classifier
         self.config = config
         if self.conditional and not num_classes:
             raise ValueError("a conditional VAE (label-reading prior or decoder conditioning) needs num_classes")
+        if classifier is not None and not self.conditional:
+            raise ValueError("a classifier q(y|x) needs a conditional VAE: a prior that reads the labels, or "
+                             "decoder conditioning")
 
     @property
     def device(self) -> torch.device:
@@ -93,23 +105,41 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``."""
+        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``.
+
+        A conditional model without ``y`` draws it, y ~ Categorical(pi), enumerated; the KL
+        weight then weighs y's KL term with z's.
+        """
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
         with data_plate(x, data_size):
             with poutine.scale(scale=kl_weight):
+                if self.conditional and y is None:
+                    y = pyro.sample("y", self.class_prior(x), infer={"enumerate": "parallel"})
                 z = pyro.sample("z", self.prior(y))
             pyro.sample("x", self.likelihood(self.decoder(self._decoder_input(z, y))), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """q(z|x) = N(loc(x), diag(scale(x)^2))."""
+        """q(z|x) = N(loc(x), diag(scale(x)^2)); with a classifier, q(y|x) q(z|x, y), y enumerated if not given."""
         pyro.module("encoder", self.encoder)
-        with data_plate(x, data_size):
-            loc, scale = self.encoder(x)
-            with poutine.scale(scale=kl_weight):
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        if self.classifier is None:
+            with data_plate(x, data_size):
+                loc, scale = self.encoder(x)
+                with poutine.scale(scale=kl_weight):
+                    pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            return
+        pyro.module("classifier", self.classifier)
+        with data_plate(x, data_size), poutine.scale(scale=kl_weight):
+            if y is None:
+                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)), infer={"enumerate": "parallel"})
+            loc, scale = self.encoder(x, y)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def class_prior(self, x: torch.Tensor) -> dist.Categorical:
+        """pi = p(y), fixed uniform: a learned pi lets every image fall into one class when labels are few."""
+        return dist.Categorical(logits=x.new_zeros(self.num_classes))
 
     def _decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """``z``, or ``[z, one_hot(y)]`` with decoder conditioning (``y`` broadcast over leading dims)."""
@@ -123,9 +153,21 @@ class VAE(nn.Module):
     # The inference helpers return plain tensors (no autograd graph), ready for .numpy().
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior parameters ``(loc, scale)``, each ``(B, Z)``."""
-        return self.encoder(x)
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior parameters ``(loc, scale)``, each ``(B, Z)``.
+
+        An encoder of q(z|x, y) reads ``y`` if given, else the classifier's most likely class.
+        """
+        if self.classifier is None:
+            return self.encoder(x)
+        return self.encoder(x, self.classify(x) if y is None else y)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's most likely class, argmax_y q(y|x), ``(B,)`` (a VAE with a classifier)."""
+        if self.classifier is None:
+            raise ValueError("this VAE has no classifier q(y|x); build it with label_guide='classifier'")
+        return self.classifier(x).argmax(-1)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,7 +177,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean of each image: E[x | z = loc(x)]."""
-        return self.decode(self.encode(x)[0], y)
+        return self.decode(self.encode(x, y)[0], y)
 
     @torch.no_grad()
     def sample(self, n: int, y: int | torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,175 @@
+"""Learning from few labels: a labelled subset, minibatches that mix it in, and the semi-supervised objective.
+
+With labelled images (x, y) and unlabelled images x, the conditional VAE maximizes
+(Kingma, Rezende, Mohamed & Welling 2014, "Semi-supervised learning with deep generative
+models", eq. 9)
+
+    sum_(x,y) ELBO(x, y) + sum_x ELBO(x) - aux_weight * sum_(x,y) [-log q(y|x)],
+
+where ELBO(x, y) bounds log p(x|y) (the model reads the label; pi_y is a constant while pi
+stays uniform) and ELBO(x) bounds log p(x) = log sum_y pi_y p(x|y), the label enumerated and
+summed out exactly by ``TraceEnum_ELBO``. The last term trains the classifier q(y|x) of the
+M2 guide on the labels too; it weighs every labelled image by aux_weight, by default Kingma
+et al.'s 0.1 N, N the training images.
+
+The labelled subset is drawn by :func:`pyrovae.data.hide_labels`, which writes the hidden
+labels -1, as scikit-learn's semi-supervised estimators do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import pyro.distributions as dist
+import torch
+from pyro.infer import TraceEnum_ELBO
+from torch import nn
+
+from pyrovae.data import HIDDEN, Dataset, Split, binarize_afresh
+from pyrovae.settings import SettingError
+from pyrovae.vae import VAE
+
+KINGMA_AUX_WEIGHT = 0.1
+"""Kingma et al. (2014) weigh the classification term by 0.1 x the number of training images."""
+
+
+def visible_labels(split: Split) -> torch.Tensor:
+    """The labels of ``split`` that are not hidden."""
+    return split.y[split.y != HIDDEN]
+
+
+def learns_from_few_labels(vae: VAE, data: Dataset) -> bool:
+    """Whether ``vae`` reads labels and some of the training labels are hidden."""
+    return vae.conditional and bool((data.train.y == HIDDEN).any())
+
+
+@dataclasses.dataclass
+class LabelMix:
+    """How every minibatch mixes labelled and unlabelled training images.
+
+    Each step takes ``labeled_per_batch`` labelled images and ``unlabeled_per_batch``
+    unlabelled ones; an epoch is one pass over the unlabelled images, the labelled ones
+    cycled (oversampled while they are few). The labelled share of a batch is
+    ``labeled_fraction``, or the share of labelled images in the training set if larger.
+    """
+
+    labeled: torch.Tensor
+    unlabeled: torch.Tensor
+    labeled_per_batch: int
+    unlabeled_per_batch: int
+
+    @classmethod
+    def of(cls, train: Split, batch_size: int, labeled_fraction: float) -> LabelMix:
+        hidden = train.y == HIDDEN
+        labeled, unlabeled = torch.nonzero(~hidden)[:, 0], torch.nonzero(hidden)[:, 0]
+        share = max(labeled_fraction, len(labeled) / len(train)) if len(labeled) else 0.0
+        per_batch = min(batch_size - 1, max(1, round(share * batch_size))) if len(labeled) else 0
+        if batch_size - per_batch < 1:
+            raise SettingError("batch_size", f"batch_size={batch_size} leaves no room for unlabelled images "
+                                             f"beside the labelled ones; choose batch_size=2 or more")
+        return cls(labeled, unlabeled, per_batch, batch_size - per_batch)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.unlabeled) / self.unlabeled_per_batch)
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """One epoch's indices: the unlabelled images shuffled, then the labelled stream of every step."""
+        unlabeled = self.unlabeled[torch.randperm(len(self.unlabeled), generator=generator).to(self.unlabeled.device)]
+        needed = self.steps * self.labeled_per_batch
+        rounds = math.ceil(needed / len(self.labeled)) if len(self.labeled) else 0
+        stream = [self.labeled[torch.randperm(len(self.labeled), generator=generator).to(self.labeled.device)]
+                  for _ in range(rounds)]
+        return torch.cat([unlabeled, *stream])[:len(unlabeled) + needed]
+
+    def batches(self, data: Dataset, order: torch.Tensor,
+                first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(x_labeled, y_labeled, x_unlabeled)`` per step of the epoch ``order``, from step ``first``."""
+        unlabeled, stream = order[:len(self.unlabeled)], order[len(self.unlabeled):]
+        for step in range(first, self.steps):
+            u = unlabeled[step * self.unlabeled_per_batch:(step + 1) * self.unlabeled_per_batch]
+            labeled = stream[step * self.labeled_per_batch:(step + 1) * self.labeled_per_batch]
+            x_l, x_u = data.train.x[labeled], data.train.x[u]
+            if data.dynamic_binarization:
+                x_l, x_u = binarize_afresh(x_l), binarize_afresh(x_u)
+            yield x_l, data.train.y[labeled], x_u
+
+
+class SemiSupervisedParts(NamedTuple):
+    """A mixed minibatch's terms, each summed over its images (detached), and the images counted."""
+
+    labeled: torch.Tensor
+    """-ELBO(x, y) summed over the labelled images."""
+    unlabeled: torch.Tensor
+    """-ELBO(x), y summed out, over the unlabelled images."""
+    aux: torch.Tensor
+    """-log q(y|x) summed over the labelled images (0 without a classifier)."""
+    num_labeled: torch.Tensor
+    num_unlabeled: torch.Tensor
+
+
+class SemiSupervisedLoss(nn.Module):
+    """The semi-supervised objective of a minibatch as a module, scaled to the whole training set.
+
+    ``forward(x_labeled, y_labeled, x_unlabeled, kl_weight=w)`` returns the loss to minimize,
+    ``(N_l / B_l) sum [-ELBO(x, y) - aux_weight log q(y|x)] + (N_u / B_u) sum -ELBO(x)``,
+    and its :class:`SemiSupervisedParts`. ``elbo`` scores the labelled images (nothing
+    is enumerated there); ``TraceEnum_ELBO`` the unlabelled ones.
+    """
+
+    def __init__(self, vae: VAE, elbo, num_labeled: int, num_unlabeled: int, aux_weight: float,
+                 num_particles: int = 1):
+        super().__init__()
+        self.vae, self.elbo = vae, elbo
+        self.enumerated = TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                                         max_plate_nesting=1)
+        self.num_labeled, self.num_unlabeled = num_labeled, num_unlabeled
+        self.aux_weight = aux_weight if vae.classifier is not None else 0.0
+
+    def forward(self, x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: torch.Tensor, *,
+                kl_weight: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, SemiSupervisedParts]:
+        zero = x_unlabeled.new_zeros(())
+        loss_labeled = aux = zero
+        if len(x_labeled):
+            loss_labeled = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x_labeled, y_labeled,
+                                                    kl_weight=kl_weight, data_size=self.num_labeled).loss
+            if self.vae.classifier is not None:
+                logits = self.vae.classifier(x_labeled)
+                aux = -dist.Categorical(logits=logits).log_prob(y_labeled).sum()
+        loss_unlabeled = self.enumerated.differentiable_loss(self.vae.model, self.vae.guide, x_unlabeled,
+                                                             kl_weight=kl_weight, data_size=self.num_unlabeled)
+        labeled_scale = self.num_labeled / max(len(x_labeled), 1)
+        loss = loss_labeled + loss_unlabeled + self.aux_weight * labeled_scale * aux
+        unlabeled_scale = self.num_unlabeled / len(x_unlabeled)
+        parts = SemiSupervisedParts(loss_labeled.detach() / labeled_scale, loss_unlabeled.detach() / unlabeled_scale,
+                                    aux.detach(), zero + len(x_labeled), zero + len(x_unlabeled))
+        return loss, parts
+
+    @torch.no_grad()
+    def unlabeled_loss(self, x: torch.Tensor, batch_size: int = 500) -> float:
+        """-ELBO(x), y summed out, summed over the images ``x`` (taken ``batch_size`` at a time)."""
+        return sum(self.enumerated.loss(self.vae.model, self.vae.guide, x[i:i + batch_size])
+                   for i in range(0, len(x), batch_size))
+
+    def epoch_metrics(self, totals: torch.Tensor) -> dict[str, float]:
+        """Per-image means from the summed :class:`SemiSupervisedParts` of an epoch, and the objective per image.
+
+        ``loss_labeled`` is the mean -ELBO(x, y) of the labelled images, ``loss_unlabeled``
+        the mean -ELBO(x) of the unlabelled ones, ``loss_aux`` the classifier's mean
+        -log q(y|x) on the labelled images (the first and last are left out without labelled
+        images), and ``train_loss`` the objective per training image,
+        (N_l (loss_labeled + aux_weight loss_aux) + N_u loss_unlabeled) / N. ``totals`` ends with
+        the images seen, which the parts count themselves.
+        """
+        labeled, unlabeled, aux, seen_labeled, seen_unlabeled = totals[:5].tolist()
+        row = {"loss_unlabeled": unlabeled / seen_unlabeled}
+        if seen_labeled:  # none with labeled=0
+            row["loss_labeled"] = labeled / seen_labeled
+            if self.vae.classifier is not None:
+                row["loss_aux"] = aux / seen_labeled
+        total = (self.num_labeled * (row.get("loss_labeled", 0.0) + self.aux_weight * row.get("loss_aux", 0.0))
+                 + self.num_unlabeled * row["loss_unlabeled"])
+        return {"train_loss": total / (self.num_labeled + self.num_unlabeled), **row}
