@@ -12,7 +12,7 @@ from pyrovae.runs import CheckpointError, RunDir, load_run
 from pyrovae.train import TrainConfig, fit
 from pyrovae.vae import VAE
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "VAE",

@@ -288,7 +288,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
         write_atomically(out, json.dumps(result, indent=2).encode())
     print(f"{args.split} split, {len(split)} images, nats per example (± standard error):")
-    print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
+    if "neg_elbo" in report:
+        print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
     if "nll" in report:
         print(f"  NLL, K={args.num_samples:<6}         {report['nll']:10.3f} ± {report['nll_stderr']:.3f}   "
               f"({report['bits_per_dim']:.4f} bits/dim)")

@@ -269,7 +269,8 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     ``nll_given_label`` is -log p(x|y) for the true label. A VAE with a classifier q(y|x)
     also gets ``accuracy_guide``, the accuracy of argmax_y q(y|x). With ``clusters`` (a model
     trained without labels) both accuracies match clusters to classes first (see
-    :func:`accuracy`). The ELBO's batches also stay within ``memory_budget``.
+    :func:`accuracy`), and the numbers given the true label (``neg_elbo``, ``nll_given_label``)
+    are left out. The ELBO's batches also stay within ``memory_budget``.
 
     The examples are taken in blocks of :data:`EVAL_BLOCK`, each with random draws from its
     own seed derived from ``seed``; under torchrun (``processes``) the ranks share out the
@@ -296,7 +297,8 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     columns = torch.cat([scores for _, scores in sorted(itertools.chain(*gather_objects(computed, processes)),
                                                          key=lambda item: item[0])])
     report: dict[str, float] = {"num_examples": len(x)}
-    report["neg_elbo"], report["neg_elbo_stderr"] = mean_and_stderr(columns[:, 0])
+    if not clusters:  # the ELBO given the true label; a cluster model's labels are not its clusters
+        report["neg_elbo"], report["neg_elbo_stderr"] = mean_and_stderr(columns[:, 0])
     scores = columns[:, 1:]  # log p(x), or log p(x|y=c) for every class c
     if vae.conditional:
         log_py = log_py if log_py is not None else torch.full((vae.num_classes,), -math.log(vae.num_classes))
@@ -309,8 +311,9 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
         if not num_samples:
             return report
         log_px = (scores + log_py).logsumexp(1)
-        report["nll_given_label"], report["nll_given_label_stderr"] = mean_and_stderr(
-            -scores.gather(1, y.cpu()[:, None])[:, 0])
+        if not clusters:
+            report["nll_given_label"], report["nll_given_label_stderr"] = mean_and_stderr(
+                -scores.gather(1, y.cpu()[:, None])[:, 0])
     elif num_samples:
         log_px = scores[:, 0]
     else:

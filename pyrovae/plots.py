@@ -115,7 +115,8 @@ def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int]
                            y: torch.Tensor | None = None) -> Figure:
     """Originals (top row) above their reconstructions E[x | z = loc(x)] (bottom row).
 
-    A decoder conditioned on labels needs ``y``, the labels of ``x``.
+    A decoder conditioned on labels needs ``y``, the labels of ``x``, unless the VAE guesses
+    them with its classifier.
     """
     vae.eval()
     x = x[:n]
@@ -329,7 +330,8 @@ def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequ
     test = test.to(vae.device)
     figures: dict[str, Callable[[], Figure]] = {
         "samples": lambda: samples_figure(vae, image_shape, seed=o.seed),
-        "reconstructions": lambda: reconstructions_figure(vae, test.x, image_shape, y=test.y),
+        "reconstructions": lambda: reconstructions_figure(  # a classifier's own labels (clusters) for its VAE
+            vae, test.x, image_shape, y=None if vae.classifier is not None else test.y),
         "training_curves": lambda: training_curves_figure(metrics),
         "latent_scatter": lambda: latent_scatter_figure(vae, test, tsne=o.tsne, seed=o.seed),
         "manifold": lambda: manifold_figure(vae, image_shape, test.x, quantiles=o.quantiles),

@@ -176,7 +176,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean of each image: E[x | z = loc(x)]."""
+        """Decode the posterior mean of each image: E[x | z = loc(x)] (with a classifier and no ``y``, at its
+        most likely class)."""
+        if y is None and self.classifier is not None:
+            y = self.classify(x)
         return self.decode(self.encode(x, y)[0], y)
 
     @torch.no_grad()

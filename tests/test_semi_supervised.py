@@ -215,3 +215,30 @@ def test_sampling_a_class_of_the_semi_supervised_model(semi_supervised_run, tmp_
     assert main(["sample", str(semi_supervised_run), "--class", "3", "--n", "20", "--out", str(out)]) == 0
     assert np.load(out).shape == (20, 64)
     assert (semi_supervised_run / "class_samples.png").is_file()
+
+
+def test_clustering_without_labels_is_scored_by_matched_clusters(tmp_path):
+    out = tmp_path / "clusters"
+    assert main(["train", "--conditional", "--labeled", "0", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["labeled"] == 0 and config["model"]["label_guide"] == "classifier"
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "loss_unlabeled" in metrics and "loss_labeled" not in metrics
+    assert main(["evaluate", str(out), "--num-samples", "5", "--limit", "60", "--no-progress"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert {"accuracy", "accuracy_guide", "nll"} <= result.keys()
+    assert "neg_elbo" not in result and "nll_given_label" not in result  # they need the true label
+    assert 0 < result["accuracy"] <= 1 and 0 < result["accuracy_guide"] <= 1
+
+
+def test_the_classifier_guide_needs_a_model_that_reads_labels():
+    with pytest.raises(ValueError, match="label_guide='classifier' guesses the labels of a conditional model"):
+        ModelConfig(label_guide="classifier")
+    with pytest.raises(ValueError, match="vamp prior runs the encoder on pseudo-inputs without labels"):
+        ModelConfig(prior="vamp", decoder_conditioning=True, num_classes=3, label_guide="classifier")
+
+
+def test_reconstructions_of_a_model_with_a_classifier_use_its_own_labels(images):
+    vae = tiny_vae("classifier")
+    guessed = vae.classify(images)
+    assert torch.equal(vae.reconstruct(images), vae.reconstruct(images, guessed))
