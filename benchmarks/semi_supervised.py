@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("fashion-mnist", "mnist"), default="fashion-mnist")
     parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--labels", type=int, nargs="+", default=[100, 1000, 0], metavar="N")
+    parser.add_argument("--labels", type=int, nargs="+", default=[0, 1000, 100], metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--limit", type=int, help="evaluate only the first N test images (quicker)")
     parser.add_argument("--out", default="runs/semi-supervised")

@@ -36,6 +36,8 @@ LearnScale = Literal[LEARN_SCALE]
 LabelGuide = Literal["none", "classifier"]
 LABEL_PRIORS = ("class-means",)
 """Built-in priors that read the labels, p(z|y)."""
+LABELLED_MEANS_INIT, CLUSTERING_MEANS_INIT = 3.0, 0.3
+"""How far apart the class means start, with labels and without (see :class:`~pyrovae.priors.ClassMeansPrior`)."""
 
 
 @dataclasses.dataclass
@@ -66,6 +68,9 @@ class ModelConfig:
                                              "(then not a normalized log-likelihood)")
     num_classes: int | None = setting(None, "the number of labels, which a conditional model needs")
     decoder_conditioning: bool = setting(False, "also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
+    class_means_init: float = setting(LABELLED_MEANS_INIT, "standard deviation S of the draw of the initial class "
+                                                           "means of prior='class-means': apart (3) with labels, "
+                                                           "close (0.3) to cluster without them", metavar="S")
     label_guide: LabelGuide = setting("none", "how the guide of an image without its label treats y: none leaves y "
                                               "to the model, summed out exactly (p(y|z) is exact); classifier adds "
                                               "q(y|x), enumerated, and q(z|x, y) (Kingma et al. 2014's M2)")
@@ -82,6 +87,9 @@ class ModelConfig:
         if self.prior_components < 1:
             raise SettingError("prior_components", f"prior_components (K of the mixture and vamp priors) must be "
                                                    f"at least 1, got {self.prior_components}")
+        if not self.class_means_init >= 0:
+            raise SettingError("class_means_init", f"class_means_init is a standard deviation and cannot be negative, "
+                                                   f"got {self.class_means_init}")
         if not self.likelihood_scale > 0 or self.likelihood_scale == float("inf"):
             raise SettingError("likelihood_scale",
                                f"likelihood_scale must be a positive number, got {self.likelihood_scale}")
@@ -125,7 +133,7 @@ def build_prior(config: ModelConfig, encoder: nn.Module) -> nn.Module:
     if config.prior == "standard":
         return StandardNormalPrior(config.z_dim)
     if config.prior == "class-means":
-        return ClassMeansPrior(config.z_dim, config.num_classes)
+        return ClassMeansPrior(config.z_dim, config.num_classes, config.class_means_init)
     if config.prior == "mixture":
         return MixturePrior(config.z_dim, config.prior_components)
     return VampPrior(encoder, config.x_dim, config.prior_components)

@@ -18,7 +18,7 @@ import pyro
 import torch
 
 from pyrovae import __version__, plots
-from pyrovae.build import LABEL_PRIORS, ModelConfig, build_vae
+from pyrovae.build import CLUSTERING_MEANS_INIT, LABEL_PRIORS, LABELLED_MEANS_INIT, ModelConfig, build_vae
 from pyrovae.data import DataConfig, Dataset, Split, load_dataset
 from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
@@ -83,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "else standard)"},
                   learn_scale={"nargs": "?", "const": "pixel",  # --learn-scale alone: one scale per pixel
                                "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"},
-                  label_guide={"default": None,  # default: classifier with --labeled
+                  label_guide={"default": None,  # default: classifier with --labeled N > 0
                                "help": help_text(ModelConfig, "label_guide") + " (default: classifier with "
-                                                                               "--labeled, else none)"})
+                                                                               "--labeled N > 0, else none)"},
+                  class_means_init={"default": None,  # default: close with --labeled 0
+                                    "help": help_text(ModelConfig, "class_means_init") + " (default: "
+                                            f"{CLUSTERING_MEANS_INIT:g} with --labeled 0, else "
+                                            f"{LABELLED_MEANS_INIT:g})"})
     model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
                        help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
                             "(then --decoder-conditioning must carry the labels)")
@@ -260,8 +264,13 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
-    label_guide = args.label_guide or ("classifier" if args.labeled is not None else "none")
+    clustering = args.labeled == 0  # no labels: the guide leaves y to the model, the means start close
+    label_guide = args.label_guide or ("classifier" if args.labeled and not clustering else "none")
+    means_init = args.class_means_init
+    if means_init is None:
+        means_init = CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT
     return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, label_guide=label_guide,
+                     class_means_init=means_init,
                      grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
                      num_classes=data.num_classes if conditional else None)
 

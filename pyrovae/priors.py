@@ -43,9 +43,11 @@ class ClassMeansPrior(nn.Module):
 
     The KL of the posterior N(mu, sigma^2) to it is
     1/2 sum_i [(mu_i - mu_y,i)^2 + sigma_i^2 - log sigma_i^2 - 1]. Sampling class y
-    draws z around mu_y, so the decoder generates that class. The means start apart,
-    drawn from N(0, init_scale^2 I): started at zero, the classes separate only slowly
-    and samples of one class look like its neighbours.
+    draws z around mu_y, so the decoder generates that class. The means are drawn from
+    N(0, init_scale^2 I). With labels they start apart (3): started at zero, the classes
+    separate only slowly and samples of one class look like its neighbours. Without labels
+    (clustering) they start close (0.3): far apart, the mean nearest the encoder's first
+    outputs takes every image and the others are never used.
     """
 
     needs_labels = True

@@ -65,11 +65,11 @@ class LabelMix:
     def of(cls, train: Split, batch_size: int, labeled_fraction: float) -> LabelMix:
         hidden = train.y == HIDDEN
         labeled, unlabeled = torch.nonzero(~hidden)[:, 0], torch.nonzero(hidden)[:, 0]
-        share = max(labeled_fraction, len(labeled) / len(train)) if len(labeled) else 0.0
-        per_batch = min(batch_size - 1, max(1, round(share * batch_size))) if len(labeled) else 0
-        if batch_size - per_batch < 1:
+        if len(labeled) and batch_size < 2:
             raise SettingError("batch_size", f"batch_size={batch_size} leaves no room for unlabelled images "
                                              f"beside the labelled ones; choose batch_size=2 or more")
+        share = max(labeled_fraction, len(labeled) / len(train)) if len(labeled) else 0.0
+        per_batch = min(batch_size - 1, max(1, round(share * batch_size))) if len(labeled) else 0
         return cls(labeled, unlabeled, per_batch, batch_size - per_batch)
 
     @property

@@ -77,7 +77,7 @@ class TrainConfig:
                                              "after every batch (e.g. 1e-5)", metavar="ALPHA")
     particles: int = setting(1, "vectorized samples of z per example and step (averaged for trace and meanfield)",
                              metavar="K")
-    labeled_fraction: float = setting(0.1, "with hidden labels (labeled=N): the least share of labelled images in "
+    labeled_fraction: float = setting(0.5, "with hidden labels (labeled=N): the least share of labelled images in "
                                            "every batch, the labelled ones oversampled", metavar="F")
     aux_weight: float | None = setting(None, "weight ALPHA of the classification term -ALPHA log q(y|x) of every "
                                              "labelled image, with label_guide='classifier' (default: 0.1 x the "

@@ -221,14 +221,15 @@ def test_clustering_without_labels_is_scored_by_matched_clusters(tmp_path):
     out = tmp_path / "clusters"
     assert main(["train", "--conditional", "--labeled", "0", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["labeled"] == 0 and config["model"]["label_guide"] == "classifier"
+    assert config["data"]["labeled"] == 0  # clustering: y left to the model, the means started close
+    assert config["model"]["label_guide"] == "none" and config["model"]["class_means_init"] == 0.3
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "loss_unlabeled" in metrics and "loss_labeled" not in metrics
     assert main(["evaluate", str(out), "--num-samples", "5", "--limit", "60", "--no-progress"]) == 0
     result = json.loads((out / "eval.json").read_text())
-    assert {"accuracy", "accuracy_guide", "nll"} <= result.keys()
+    assert {"accuracy", "nll"} <= result.keys()
     assert "neg_elbo" not in result and "nll_given_label" not in result  # they need the true label
-    assert 0 < result["accuracy"] <= 1 and 0 < result["accuracy_guide"] <= 1
+    assert 0.1 <= result["accuracy"] <= 1  # the best matching beats the mean over all matchings, 1 / C
 
 
 def test_the_classifier_guide_needs_a_model_that_reads_labels():
