@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import pyro.distributions as dist
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
 from pyrovae.data import HIDDEN, Dataset, Split, binarize_afresh
@@ -116,11 +116,11 @@ class SemiSupervisedLoss(nn.Module):
 
     ``forward(x_labeled, y_labeled, x_unlabeled, kl_weight=w)`` returns the loss to minimize,
     ``(N_l / B_l) sum [-ELBO(x, y) - aux_weight log q(y|x)] + (N_u / B_u) sum -ELBO(x)``,
-    and its :class:`SemiSupervisedParts`. ``elbo`` scores the labelled images (nothing
-    is enumerated there); ``TraceEnum_ELBO`` the unlabelled ones.
+    and its :class:`SemiSupervisedParts`. ``elbo``, one of :mod:`pyrovae.objectives`, scores the
+    labelled images (nothing is enumerated there); ``TraceEnum_ELBO`` the unlabelled ones.
     """
 
-    def __init__(self, vae: VAE, elbo, num_labeled: int, num_unlabeled: int, aux_weight: float,
+    def __init__(self, vae: VAE, elbo: ELBO, num_labeled: int, num_unlabeled: int, aux_weight: float,
                  num_particles: int = 1):
         super().__init__()
         self.vae, self.elbo = vae, elbo
