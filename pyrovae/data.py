@@ -275,6 +275,26 @@ def hide_labels(split: Split, labeled: int, num_classes: int, seed: int) -> Spli
     return Split(split.x, y)
 
 
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
+    if config.dataset == "digits":
+        train_x, train_y, test_x, test_y = _load_digits()
+    else:
+        files = find_idx_files(config.dataset, config.data_dir, config.download)
+        train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
+        test_x, test_y = read_idx(files["test_images"]), read_idx(files["test_labels"])
+        for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise ValueError(
+                    f"the {split} IDX files do not match: images {images.shape}, labels "
+                    f"{labels.shape}; expected (N, H, W) images and N labels")
+        train_x, test_x = train_x / 255.0, test_x / 255.0
+    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize,
+                       val_fraction=config.val_fraction, name=config.dataset, labeled=config.labeled,
+                       label_seed=config.label_seed)
+    return dataclasses.replace(data, config=config)
+
+
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8x8 digits (values 0..16), split 1497 train / 300 test by a fixed shuffle."""
     from sklearn.datasets import load_digits
@@ -384,23 +404,3 @@ def _missing_files_message(dataset: str, searched: Sequence[Path], failure: str 
         f"{names} (each gzipped as .gz or not) into one folder and pass it as data_dir=DIR, "
         f"or put them into {cache_dir() / dataset}.{debian}"
     )
-
-
-def load_dataset(config: DataConfig) -> Dataset:
-    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
-    if config.dataset == "digits":
-        train_x, train_y, test_x, test_y = _load_digits()
-    else:
-        files = find_idx_files(config.dataset, config.data_dir, config.download)
-        train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
-        test_x, test_y = read_idx(files["test_images"]), read_idx(files["test_labels"])
-        for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-                raise ValueError(
-                    f"the {split} IDX files do not match: images {images.shape}, labels "
-                    f"{labels.shape}; expected (N, H, W) images and N labels")
-        train_x, test_x = train_x / 255.0, test_x / 255.0
-    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize,
-                       val_fraction=config.val_fraction, name=config.dataset, labeled=config.labeled,
-                       label_seed=config.label_seed)
-    return dataclasses.replace(data, config=config)
