@@ -124,17 +124,12 @@ class VAE(nn.Module):
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
         """q(z|x) = N(loc(x), diag(scale(x)^2)); with a classifier, q(y|x) q(z|x, y), y enumerated if not given."""
         pyro.module("encoder", self.encoder)
-        if self.classifier is None:
-            with data_plate(x, data_size):
-                loc, scale = self.encoder(x)
-                with poutine.scale(scale=kl_weight):
-                    pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-            return
-        pyro.module("classifier", self.classifier)
+        if self.classifier is not None:
+            pyro.module("classifier", self.classifier)
         with data_plate(x, data_size), poutine.scale(scale=kl_weight):
-            if y is None:
+            if self.classifier is not None and y is None:
                 y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)), infer={"enumerate": "parallel"})
-            loc, scale = self.encoder(x, y)
+            loc, scale = self.encoder(x) if self.classifier is None else self.encoder(x, y)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def class_prior(self, x: torch.Tensor) -> dist.Categorical:
