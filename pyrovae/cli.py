@@ -265,7 +265,7 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
     clustering = args.labeled == 0  # no labels: the guide leaves y to the model, the means start close
-    label_guide = args.label_guide or ("classifier" if args.labeled and not clustering else "none")
+    label_guide = args.label_guide or ("classifier" if args.labeled else "none")  # labels to guess, some kept
     means_init = args.class_means_init
     if means_init is None:
         means_init = CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT
