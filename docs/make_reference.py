@@ -21,7 +21,7 @@ API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likeli
                "pyrovae.semi_supervised", "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives",
                "pyrovae.evaluate", "pyrovae.importance", "pyrovae.latents", "pyrovae.plots", "pyrovae.runs",
                "pyrovae.lock", "pyrovae.files", "pyrovae.settings", "pyrovae.stopping", "pyrovae.distributed",
-               "pyrovae.memory", "pyrovae.randomness"]
+               "pyrovae.memory", "pyrovae.footprint", "pyrovae.randomness"]
 
 
 def cli_reference() -> str:

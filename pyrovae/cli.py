@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,11 +24,12 @@ from pyrovae.data import DataConfig, Dataset, Split, load_dataset
 from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
+from pyrovae.footprint import OutOfMemory, check_model_fits
 from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
 from pyrovae.semi_supervised import visible_labels
 from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
-from pyrovae.train import DEVICES, TrainConfig, fit, resolve_device
+from pyrovae.train import DEVICES, TrainConfig, check_step_fits, fit, resolve_device
 from pyrovae.vae import VAE
 
 RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
@@ -225,6 +227,11 @@ def _train(args: argparse.Namespace) -> None:
     data = load_dataset(data_config)
     if not args.resume:
         model_config = _model_config(args, data)
+    device = resolve_device(train_config.device)
+    check_model_fits(model_config, device)  # by formula, before the model is built
+    pyro.set_rng_seed(train_config.seed)
+    vae = build_vae(model_config)
+    check_step_fits(vae.to(device), data.to(device), train_config, processes)
     with run.writing() if processes.is_main else contextlib.nullcontext():  # every input checked: lock, then write
         if processes.is_main:
             run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
@@ -232,8 +239,6 @@ def _train(args: argparse.Namespace) -> None:
         if args.resume:
             print(f"resuming {out} with the settings in its config.json "
                   f"(only {', '.join(map(flag, RESUMABLE))} apply)")
-        pyro.set_rng_seed(train_config.seed)
-        vae = build_vae(model_config)
         parallel = f" in {processes.world_size} processes" if processes.parallel else ""
         print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
               f"on {resolve_device(train_config.device)}{parallel}; run directory: {out}")
@@ -381,16 +386,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         sys.stdout = open(os.devnull, "w")  # for the life of the process
+    notes = _NotesInFlags(args.command, _flags(parser))
+    logging.getLogger("pyrovae").addHandler(notes)
     try:
         if getattr(args, "threads", None) is not None:
             check_positive(args, "threads")
             torch.set_num_threads(args.threads)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FloatingPointError, NoSpaceError) as error:
-        message = in_flags(str(error), _flags(parser), getattr(error, "setting", None))
+    except (ValueError, FileNotFoundError, FloatingPointError, NoSpaceError, OutOfMemory) as error:
+        message = in_flags(str(error), _flags(parser), getattr(error, "settings", ()))
         print(f"pyrovae {args.command}: error: {message}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stopped:
         print(f"pyrovae {args.command}: {in_flags(str(stopped), _flags(parser))}", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        logging.getLogger("pyrovae").removeHandler(notes)
     return 0
+
+
+class _NotesInFlags(logging.StreamHandler):
+    """The library's notes (warnings logged under ``pyrovae``) on stderr, one line each, naming flags."""
+
+    def __init__(self, command: str, flags: dict[str, argparse.Action]):
+        super().__init__(sys.stderr)
+        self.command, self.flags = command, flags
+        self.setLevel(logging.WARNING)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"pyrovae {self.command}: note: {in_flags(record.getMessage(), self.flags)}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,15 +23,20 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.distributed import SINGLE, Processes, gather_objects, my_blocks
+from pyrovae.footprint import OutOfMemory, is_out_of_memory
 from pyrovae.importance import ImportanceSampler
 from pyrovae.memory import bytes_allocated
 from pyrovae.randomness import derived_seed, seeded, unchanged
 from pyrovae.vae import VAE
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 """Bytes one chunk of the log-likelihood may allocate (2 GiB: at ease in a laptop's RAM or on any GPU)."""
 EVAL_BLOCK = 500
 """Examples per block of :func:`evaluation_report`, each block drawing from its own seed."""
+NO_MEMORY_LEFT = ("out of memory with a sample or two of an image or two; free memory on the device, or evaluate "
+                  "on another device")
 CPU_CHUNK_BYTES = 64 * 2**20
 """On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower, not faster, as every
 chunk's fresh tensors are page-faulted in anew (measured in benchmarks/log_likelihood.py)."""
@@ -96,8 +102,35 @@ def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int 
 @torch.no_grad()
 def _negative_elbo(sampler: ImportanceSampler, batch_size: int, num_particles: int = 1) -> torch.Tensor:
     """:func:`negative_elbo` of a sampler whose settings were checked."""
-    return torch.cat([-sampler.log_weights(slice(i, i + batch_size), num_particles).mean(0)
-                      for i in range(0, len(sampler), batch_size)])
+    return _in_chunks(lambda part, _: -sampler.log_weights(part, num_particles).mean(0), len(sampler), batch_size)
+
+
+def _in_chunks(estimate: Callable[[slice, int], torch.Tensor], size: int, examples: int, particles: int = 1,
+               bar: tqdm | None = None) -> torch.Tensor:
+    """``estimate(part, particles)`` of consecutive parts of ``examples`` examples out of ``size``, concatenated.
+
+    Should memory run out all the same, the chunk is halved (examples first, then
+    particles) and the part in flight is estimated again, down to one sample of one image.
+    """
+    parts, start = [], 0
+    while start < size:
+        try:
+            part = estimate(slice(start, start + examples), particles)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if examples == particles == 1:
+                raise OutOfMemory(NO_MEMORY_LEFT) from None
+            smaller = (examples // 2, particles) if examples > 1 else (1, -(-particles // 2))
+            log.warning(f"out of memory with chunks of {examples} images x {particles} samples; trying "
+                        f"{smaller[0]} x {smaller[1]}")
+            examples, particles = smaller
+            continue
+        parts.append(part)
+        start += len(part)
+        if bar is not None:
+            bar.update(len(part))
+    return torch.cat(parts)
 
 
 @functools.singledispatch
@@ -118,7 +151,7 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *, num_sam
     """
     _check_estimator(num_samples, memory_budget)
     sampler = ImportanceSampler(model, guide, x, model_args, model_kwargs, data_plate)
-    return _log_likelihood(sampler, num_samples, memory_budget, progress)
+    return _log_likelihood(sampler, num_samples, memory_budget, progress, note_chunks=True)
 
 
 @log_likelihood.register
@@ -127,7 +160,7 @@ def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int
     _check_estimator(num_samples, memory_budget)
     vae.check_inputs(x, y)
     with evaluating(vae):
-        return _log_likelihood(vae_sampler(vae, x, y), num_samples, memory_budget, progress)
+        return _log_likelihood(vae_sampler(vae, x, y), num_samples, memory_budget, progress, note_chunks=True)
 
 
 def _check_estimator(num_samples: int, memory_budget: float) -> None:
@@ -139,21 +172,27 @@ def _check_estimator(num_samples: int, memory_budget: float) -> None:
 
 @torch.no_grad()
 def _log_likelihood(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
-                    progress: bool = False) -> torch.Tensor:
-    """:func:`log_likelihood` of a sampler whose settings were checked."""
+                    progress: bool = False, note_chunks: bool = False) -> torch.Tensor:
+    """:func:`log_likelihood` of a sampler whose settings were checked.
+
+    ``note_chunks`` logs a note when an example's samples take more than one chunk.
+    """
     particles, examples = chunk_shape(sampler, num_samples, memory_budget)
-    parts = []
+    if note_chunks:
+        _note_chunks(particles, num_samples, sampler.x.device, memory_budget)
     with tqdm(total=len(sampler), disable=not progress, unit="example", desc=f"log p(x), K={num_samples}",
               dynamic_ncols=True) as bar:
-        for start in range(0, len(sampler), examples):
-            part = slice(start, start + examples)
-            total = None
-            for done in range(0, num_samples, particles):
-                chunk = sampler.log_weights(part, min(particles, num_samples - done)).logsumexp(0)
-                total = chunk if total is None else torch.logaddexp(total, chunk)
-            parts.append(total - math.log(num_samples))
-            bar.update(len(total))
-    return torch.cat(parts)
+        return _in_chunks(lambda part, particles: _log_mean_weight(sampler, part, num_samples, particles),
+                          len(sampler), examples, particles, bar)
+
+
+def _log_mean_weight(sampler: ImportanceSampler, part: slice, num_samples: int, particles: int) -> torch.Tensor:
+    """logsumexp_k w_k - log K of the examples ``part``, with the K weights drawn ``particles`` at a time."""
+    total = None
+    for done in range(0, num_samples, particles):
+        chunk = sampler.log_weights(part, min(particles, num_samples - done)).logsumexp(0)
+        total = chunk if total is None else torch.logaddexp(total, chunk)
+    return total - math.log(num_samples)
 
 
 def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: float) -> tuple[int, int]:
@@ -166,13 +205,27 @@ def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: flo
     if sampler.x.device.type == "cpu":
         memory_budget = min(memory_budget, CPU_CHUNK_BYTES)
     probe = slice(0, 2)
-    with unchanged(sampler.x.device):  # the probes leave the estimate's random draws as they were
-        one, two = (bytes_allocated(lambda k=k: sampler.log_weights(probe, k)) for k in (1, 2))
+    try:
+        with unchanged(sampler.x.device):  # the probes leave the estimate's random draws as they were
+            one, two = (bytes_allocated(lambda k=k: sampler.log_weights(probe, k)) for k in (1, 2))
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        raise OutOfMemory(NO_MEMORY_LEFT) from None
     per_pair = max(1.0, (two - one) / len(sampler.x[probe]))
     pairs = max(1, int(memory_budget // per_pair))
     chunks_per_example = -(-num_samples // pairs)
     particles = -(-num_samples // chunks_per_example)  # equal chunks: 5000 = 2 x 2500, not 4107 + 893
     return particles, max(1, min(len(sampler), pairs // particles))
+
+
+def _note_chunks(particles: int, num_samples: int, device: torch.device, memory_budget: float) -> None:
+    """Say so when chunking splits each example's ``num_samples`` samples into chunks of ``particles``."""
+    if particles < num_samples:
+        budget = min(memory_budget, CPU_CHUNK_BYTES) if device.type == "cpu" else memory_budget
+        log.warning(f"num_samples={num_samples} samples of one image exceed one chunk of {budget / 2**20:.0f} MiB: "
+                    f"each image's are drawn in {-(-num_samples // particles)} chunks of {particles} and combined "
+                    f"exactly")
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -286,6 +339,9 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, 
     desc = f"log p(x), K={num_samples}" if num_samples else "-ELBO"
     with evaluating(vae):
         batch_size = min(batch_size, chunk_shape(vae_sampler(vae, x, y), 1, memory_budget)[1])
+        if num_samples:
+            _note_chunks(chunk_shape(vae_sampler(vae, x, y), num_samples, memory_budget)[0], num_samples, vae.device,
+                         memory_budget)
         with tqdm(total=sum(len(x[starts[b]:starts[b] + EVAL_BLOCK]) for b in mine), disable=not progress,
                   unit="example", desc=desc, dynamic_ncols=True) as bar:
             for block in mine:

@@ -10,6 +10,7 @@ serve a minibatch ``(B, D)`` and a stack of importance samples ``(K, B, Z)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,7 +57,7 @@ def gaussian_parameters(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def inverse_softplus(value: float) -> float:
     """The raw parameter whose softplus is ``value`` (to initialize a positive quantity)."""
-    return float(torch.log(torch.expm1(torch.tensor(value))))
+    return math.log(math.expm1(value))
 
 
 def label_table(num_classes: int, net: nn.Sequential) -> nn.Embedding | None:

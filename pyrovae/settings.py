@@ -42,11 +42,16 @@ Settings = TypeVar("Settings")
 
 
 class SettingError(ValueError):
-    """A setting has a bad value; ``setting`` is its Python name, which the message contains."""
+    """A setting has a bad value; ``setting`` is its Python name, which the message contains.
 
-    def __init__(self, setting: str, message: str):
+    ``settings`` holds it and the ``others`` the message also names as remedies (``lower
+    particles or batch_size``).
+    """
+
+    def __init__(self, setting: str, message: str, others: Collection[str] = ()):
         super().__init__(message)
         self.setting = setting
+        self.settings = (setting, *others)
 
 
 def setting(default: Any, help: str, metavar: str | None = None) -> Any:
@@ -163,11 +168,11 @@ SUGGESTION = re.compile(r"(?<![\w./-])(?P<name>[a-z]\w*)=(?P<value>'[^']*'|\"[^\
 """``name=value`` in a message; not inside a path (``runs/lr=0.1``)."""
 
 
-def in_flags(text: str, flags: Mapping[str, argparse.Action], setting: str | None = None) -> str:
+def in_flags(text: str, flags: Mapping[str, argparse.Action], settings: Collection[str] = ()) -> str:
     """``text`` with the settings it names written as the CLI's flags (see the module's convention).
 
-    ``flags`` maps a Python name to the flag's action (its ``dest``); ``setting`` is the one a
-    :class:`SettingError` names, replaced wherever it stands alone.
+    ``flags`` maps a Python name to the flag's action (its ``dest``); ``settings`` are those a
+    :class:`SettingError` names, replaced wherever they stand alone.
     """
     def option(name: str) -> str:
         return max(flags[name].option_strings, key=len)
@@ -182,8 +187,9 @@ def in_flags(text: str, flags: Mapping[str, argparse.Action], setting: str | Non
         return f"{option(match['name'])} {value}"
 
     text = SUGGESTION.sub(suggestion, text)
-    if setting in flags:
-        text = re.sub(rf"(?<![\w./'\"-]){re.escape(setting)}(?![\w/'\"=-]|\.\w)", option(setting), text)
+    for setting in settings:
+        if setting in flags:
+            text = re.sub(rf"(?<![\w./'\"-]){re.escape(setting)}(?![\w/'\"=-]|\.\w)", option(setting), text)
     return text
 
 

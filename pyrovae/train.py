@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -33,6 +35,19 @@ from tqdm.auto import tqdm
 from pyrovae.data import Dataset
 from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, data_parallel, gather_objects, join, shard
 from pyrovae.evaluate import evaluating, negative_elbo
+from pyrovae.footprint import (
+    SIZE_DEFAULTS,
+    OutOfMemory,
+    TooBig,
+    free_bytes,
+    in_bytes,
+    is_out_of_memory,
+    largest,
+    model_sizes,
+    parameter_bytes,
+    peak_at,
+    where,
+)
 from pyrovae.kl_weight import KLSchedule
 from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.randomness import derived_seed, rng_state, set_rng_state
@@ -49,10 +64,16 @@ from pyrovae.settings import SettingError, check_choice, check_choices, check_po
 from pyrovae.stopping import StopRequest, TrainingInterrupted
 from pyrovae.vae import VAE
 
+log = logging.getLogger(__name__)
+
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
 Elbo = Literal[tuple(ELBOS)]
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES = get_args(Device)
+ADAM_MOMENTS = 2
+"""Tensors of a parameter's size that Adam keeps: the running means of the gradient and of its square."""
+LOWER_WHEN_OUT_OF_MEMORY = ("batch_size", "particles", "z_dim", "hidden")
+"""The settings to lower when a step runs out of memory, the biggest lever first."""
 PROGRESS_REFRESH_STEPS = 50
 """Steps between updates of the progress bar's running loss (each one reads the loss from the device)."""
 
@@ -306,6 +327,10 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     vae.check_labels(data.val.y, "validation labels")
     if learns_from_few_labels(vae, data):
         check_few_labels(config, processes)
+    check_step_fits(vae, data, config, processes)
+    if config.batch_size > len(data.train) and processes.is_main:
+        log.warning(f"batch_size={config.batch_size} is larger than the training set ({len(data.train)} images): "
+                    f"every step trains on all of them, one step per epoch")
     with writer.writing() if writer is not None else contextlib.nullcontext():
         if writer is not None:
             writer.prepare(resume)
@@ -343,6 +368,80 @@ def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, res
     return Trainer(vae, data, config, run, optimizer, saved, processes).train_epochs(progress, verbose)
 
 
+def training_objective(vae: VAE, data: Dataset, config: TrainConfig,
+                       batch_size: int) -> tuple[ELBOLoss | SemiSupervisedLoss, LabelMix | None]:
+    """The minibatch objective that trains ``vae`` on ``data``, and how its batches mix labels (``None``: they
+    do not, every label is known).
+
+    With hidden labels it is the semi-supervised objective over batches of ``batch_size``
+    mixed images; otherwise the (KL-weighted) negative ELBO that ``config.elbo`` names.
+    """
+    elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
+                              max_plate_nesting=1)  # the data plate; particles go left of it
+    if not learns_from_few_labels(vae, data):
+        return ELBOLoss(vae, elbo, len(data.train)), None
+    mix = LabelMix.of(data.train, batch_size, config.labeled_fraction)
+    aux_weight = KINGMA_AUX_WEIGHT * len(data.train) if config.aux_weight is None else config.aux_weight
+    return SemiSupervisedLoss(vae, elbo, len(mix.labeled), len(mix.unlabeled), aux_weight, config.particles), mix
+
+
+def epoch_batches(data: Dataset, mix: LabelMix | None, batch_size: int, order: torch.Tensor,
+                  first: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The minibatches of the epoch ``order`` from step ``first``: ``(x, y)``, or ``(x_labeled, y_labeled,
+    x_unlabeled)`` when ``mix`` mixes labelled and unlabelled images."""
+    if mix is None:
+        return data.batches(batch_size, order=order, first=first)
+    return mix.batches(data, order, first=first)
+
+
+def step_bytes(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int) -> float:
+    """About the bytes one training step of ``batch_size`` examples allocates: gradients and activations.
+
+    Measured on probe steps at a few examples and at most two particles, then scaled to
+    ``batch_size`` examples times ``config.particles``. The probes run in eval mode (no
+    training step is taken), change no parameter and draw nothing from the caller's random
+    streams.
+    """
+    probe_particles = min(config.particles, 2)
+    probe_config = dataclasses.replace(config, particles=probe_particles)
+
+    def step(examples: int) -> None:
+        objective, mix = training_objective(vae, data, probe_config, examples)
+        order = torch.arange(len(data.train), device=data.train.x.device)
+        if mix is not None:
+            order = mix.epoch_order(torch.Generator().manual_seed(0))
+        objective(*next(epoch_batches(data, mix, examples, order)))[0].backward()
+
+    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []), evaluating(vae):
+        needed = peak_at(step, batch_size * config.particles / probe_particles)
+    vae.zero_grad(set_to_none=True)
+    return needed
+
+
+def check_step_fits(vae: VAE, data: Dataset, config: TrainConfig, processes: Processes = SINGLE) -> None:
+    """Refuse, before any work, training settings whose steps cannot fit in the device's free memory.
+
+    Training will still allocate Adam's two moments and, every step, the gradients and the
+    activations (:func:`step_bytes`). The refusal names the setting furthest above its default.
+    """
+    batch_size = min(config.batch_size // processes.world_size, len(data.train))
+    needed = ADAM_MOMENTS * parameter_bytes(vae) + step_bytes(vae, data, config, batch_size)
+    free = free_bytes(vae.device)
+    if needed <= free:
+        return
+    sizes = {"batch_size": config.batch_size, "particles": config.particles}
+    if vae.config is not None:
+        sizes |= model_sizes(vae.config)
+    culprit = largest(sizes, {"batch_size": TrainConfig.batch_size, "particles": TrainConfig.particles,
+                              **SIZE_DEFAULTS})
+    if culprit == "batch_size":
+        raise TooBig(culprit, f"batch_size={config.batch_size} needs about {in_bytes(needed)} per step; "
+                              f"{where(vae.device)} has {in_bytes(free)} free; lower batch_size")
+    raise TooBig(culprit, f"{culprit}={sizes[culprit]} needs about {in_bytes(needed)} per step at "
+                          f"batch_size={config.batch_size}; {where(vae.device)} has {in_bytes(free)} free; "
+                          f"lower {culprit} or batch_size", others=("batch_size",))
+
+
 class Trainer:
     """The epoch loop of :func:`fit`: train, check for non-finite steps, validate, log, checkpoint."""
 
@@ -351,19 +450,13 @@ class Trainer:
         self.vae, self.data, self.config, self.optimizer = vae, data, config, optimizer
         self.processes = processes
         self.run = run if processes.is_main else None
-        elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
-                                  max_plate_nesting=1)  # the data plate; particles go left of it
         self.batch_size = config.batch_size // processes.world_size
-        self.mix, objective = None, None
-        if learns_from_few_labels(vae, data):
-            self.mix = LabelMix.of(data.train, self.batch_size, config.labeled_fraction)
-            aux_weight = KINGMA_AUX_WEIGHT * len(data.train) if config.aux_weight is None else config.aux_weight
-            objective = SemiSupervisedLoss(vae, elbo, len(self.mix.labeled), len(self.mix.unlabeled), aux_weight,
-                                           config.particles)
+        objective, self.mix = training_objective(vae, data, config, self.batch_size)
+        if self.mix is not None:
             self.steps = self.mix.steps
         else:
             self.steps = math.ceil(math.ceil(len(data.train) / processes.world_size) / self.batch_size)
-        self.svi_step = SVIStep(vae, optimizer, elbo, config.skip_nonfinite > 0, processes, data_size=len(data.train),
+        self.svi_step = SVIStep(vae, optimizer, objective.elbo, config.skip_nonfinite > 0, processes,
                                 objective=objective)
         self.kl_weight: float | torch.Tensor = saved["kl_weight"]  # the balance goes on from it; schedules reset it
         self.epoch = saved["epoch"]
@@ -428,15 +521,16 @@ class Trainer:
         budget = self.config.skip_nonfinite - self.skipped
         if self._stop_requested(state):
             return
-        if self.mix is None:
-            batches = self.data.batches(self.batch_size, order=state.order, first=state.step)
-        else:  # (x_labeled, y_labeled, x_unlabeled)
-            batches = self.mix.batches(self.data, state.order, first=state.step)
-        for batch in batches:
+        for batch in epoch_batches(self.data, self.mix, self.batch_size, state.order, first=state.step):
             if not schedule.balanced:
                 self.kl_weight = schedule.scheduled_weight(epoch - 1 + state.step / self.steps)
             weight = self.kl_weight
-            parts, finite = svi_step(*batch, kl_weight=weight)
+            try:
+                parts, finite = svi_step(*batch, kl_weight=weight)
+            except (RuntimeError, MemoryError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                raise OutOfMemory(self._out_of_memory(epoch, state.step + 1), LOWER_WHEN_OUT_OF_MEMORY) from None
             state.step += 1
             bar.update()
             images = len(batch[0]) if self.mix is None else len(batch[0]) + len(batch[2])
@@ -516,6 +610,14 @@ class Trainer:
     def _kept_checkpoint(self, partial: EpochState | None) -> None:
         where = f"epoch {self.epoch}" if partial is None else f"step {partial.step} of epoch {self.epoch + 1}"
         self.kept = f"{self.run.file(CHECKPOINT)} still holds the state after {where}"
+
+    def _out_of_memory(self, epoch: int, step: int) -> str:
+        """Where memory ran out, what was kept, and which settings to lower."""
+        config = self.config
+        resume = f"; continue with resume=True and run_dir='{self.run.path}'" if self.run is not None else ""
+        return (f"out of memory at epoch {epoch}, step {step} of {self.steps} (batch_size={config.batch_size}, "
+                f"particles={config.particles}); {self.kept}. Lower {', '.join(LOWER_WHEN_OUT_OF_MEMORY[:-1])} or "
+                f"{LOWER_WHEN_OUT_OF_MEMORY[-1]}{resume}")
 
     def _interrupted(self, signal_name: str, where: str, saved: bool = True) -> str:
         if self.run is None:

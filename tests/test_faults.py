@@ -1,4 +1,4 @@
-"""Faults lose at most one epoch: SIGKILL, Ctrl-C, corrupt or malicious files, NaN and infinity.
+"""Faults lose at most one epoch: SIGKILL, Ctrl-C, corrupt or malicious files, NaN and infinity, no memory left.
 
 The kill tests run ``pyrovae train`` in a subprocess that sends itself the signal at a
 chosen training step or in the middle of writing a checkpoint (a real SIGKILL, at a
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, train
 from pyrovae.cli import main
 from pyrovae.data import load_dataset
 from pyrovae.runs import CheckpointError, RunDir, load_run
@@ -349,3 +349,39 @@ def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(tmp_path):
                                                  r"skip_nonfinite=1"):
         fit(poisoned_vae({3, STEPS_PER_EPOCH + 2}, "loss"), data, TrainConfig(epochs=2, device="cpu", skip_nonfinite=1),
             run_dir=tmp_path / "stops", progress=False)
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: you tried to "
+                 "allocate 3200000000000 bytes."),
+], ids=["torch-out-of-memory", "cpu-allocator"])
+def test_out_of_memory_stops_training_in_one_line_and_resume_continues_exactly(uninterrupted, tmp_path, error,
+                                                                               monkeypatch, capsys):
+    out, steps, real_step = tmp_path / "run", [], train.SVIStep.__call__
+
+    def step(self, *args, **kwargs):  # memory runs out once, at step 5 of epoch 2
+        steps.append(1)
+        if len(steps) == STEPS_PER_EPOCH + 5:
+            raise error
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.SVIStep, "__call__", step)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"pyrovae train: error: out of memory at epoch 2, step 5 of {STEPS_PER_EPOCH} "
+                        rf"\(--batch-size 128, --particles 1\); {out}/checkpoint.pt still holds the state after "
+                        rf"epoch 1\. Lower --batch-size, --particles, --z-dim or --hidden; continue with --resume "
+                        rf"and --out {out}\n", err), err
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
+    assert_same_run(out, uninterrupted)
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_taken_for_one(tmp_path, monkeypatch):
+    def step(self, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)")
+
+    monkeypatch.setattr(train.SVIStep, "__call__", step)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main([*TRAIN, "--out", str(tmp_path / "run")])

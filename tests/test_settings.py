@@ -173,7 +173,7 @@ def test_cli_messages_name_the_flags(tmp_path, monkeypatch, capsys, argv, messag
     assert not re.search(r"\w_\w|\w=", err), f"Python names in a CLI message: {err}"
 
 
-@pytest.mark.parametrize("text,setting,expected", [
+@pytest.mark.parametrize("text,settings,expected", [
     ("add resume=True or overwrite=True", None, "add --resume or --overwrite"),
     ("use binarize='static', data_dir=DIR or z_dim=2.", None, "use --binarize static, --data-dir DIR or --z-dim 2."),
     ("pass download=False", None, "pass --no-download"),
@@ -183,9 +183,12 @@ def test_cli_messages_name_the_flags(tmp_path, monkeypatch, capsys, argv, messag
      "--out /a/run_dir/b is a file; choose another --out."),
     ("runs/lr=0.1 holds num_classes=3 with resume=False", None, "runs/lr=0.1 holds num_classes=3 with resume=False"),
     ("'z_dim' must be int; z_dim must be at least 1", None, "'z_dim' must be int; z_dim must be at least 1"),
+    ("particles=9 is too many; lower particles or batch_size", ("particles", "batch_size"),
+     "--particles 9 is too many; lower --particles or --batch-size"),
 ])
-def test_in_flags_rewrites_python_names_and_nothing_else(text, setting, expected):
-    assert in_flags(text, FLAGS, setting) == expected
+def test_in_flags_rewrites_python_names_and_nothing_else(text, settings, expected):
+    settings = (settings,) if isinstance(settings, str) else settings or ()
+    assert in_flags(text, FLAGS, settings) == expected
 
 
 # --- usage errors and --version -----------------------------------------------------------------------
