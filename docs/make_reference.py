@@ -18,10 +18,11 @@ DOCS = Path(__file__).resolve().parent
 HELP_COLUMNS = "100"  # argparse wraps --help to the terminal width; fix it so the file is stable
 
 API_MODULES = ["pyrovae.vae", "pyrovae.build", "pyrovae.priors", "pyrovae.likelihoods", "pyrovae.data",
+               "pyrovae.sources",
                "pyrovae.semi_supervised", "pyrovae.train", "pyrovae.kl_weight", "pyrovae.objectives",
                "pyrovae.evaluate", "pyrovae.importance", "pyrovae.latents", "pyrovae.plots", "pyrovae.runs",
                "pyrovae.lock", "pyrovae.files", "pyrovae.settings", "pyrovae.stopping", "pyrovae.distributed",
-               "pyrovae.memory", "pyrovae.footprint", "pyrovae.randomness"]
+               "pyrovae.memory", "pyrovae.footprint", "pyrovae.randomness", "pyrovae.tensorboard"]
 
 
 def cli_reference() -> str:

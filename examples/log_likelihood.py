@@ -8,7 +8,10 @@ model first, or reads one trained by `pyrovae train` with --run.
     python examples/log_likelihood.py --run runs/mnist --limit 1000
 """
 
+import pyro
+
 import pyrovae
+from pyrovae.train import resolve_device
 
 from common import example_parser, load
 
@@ -19,10 +22,9 @@ parser.add_argument("--limit", type=int, default=500, help="test images to evalu
 args = parser.parse_args()
 
 if args.run:
-    vae, config = pyrovae.load_run(args.run)
-    args.dataset, args.data_dir = config["data"]["dataset"], config["data"]["data_dir"]
-    data = load(args, config["data"]["binarize"])
-    vae.to(data.test.x.device)
+    run = pyrovae.load_run(args.run, resolve_device(args.device))  # the model and its data, as trained
+    vae, data = run.vae, run.data
+    pyro.set_rng_seed(args.seed)
 else:
     data = load(args)
     vae = pyrovae.build_vae(pyrovae.ModelConfig(image_shape=data.image_shape, z_dim=20))

@@ -8,7 +8,7 @@ optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`, and
 from pyrovae.build import ModelConfig, build_vae
 from pyrovae.data import DataConfig, DataNotFoundError, Dataset, from_arrays, load_dataset
 from pyrovae.evaluate import evaluation_report, log_importance_weights, log_likelihood, negative_elbo
-from pyrovae.runs import CheckpointError, RunDir, load_run
+from pyrovae.runs import CheckpointError, LoadedRun, RunDir, load_run
 from pyrovae.train import TrainConfig, fit
 from pyrovae.vae import VAE
 
@@ -19,5 +19,5 @@ __all__ = [
     "evaluation_report",
     "log_likelihood", "ModelConfig", "build_vae", "DataConfig", "Dataset", "DataNotFoundError", "from_arrays",
     "load_dataset", "TrainConfig", "fit", "negative_elbo", "log_importance_weights", "RunDir",
-    "load_run", "CheckpointError",
+    "load_run", "LoadedRun", "CheckpointError",
 ]

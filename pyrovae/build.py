@@ -1,7 +1,8 @@
 """Building a :class:`VAE` from a :class:`ModelConfig`, the settings a run saves in ``config.json``.
 
-Each choice is a name (``net``, ``prior``, ``likelihood``) looked up here; the decoder's
-output width follows from the likelihood and its input width from the conditioning.
+Each choice is a name (``net``, ``prior``, ``likelihood``, ``guide``) looked up here; the decoder's
+output width follows from the likelihood and its input width from the conditioning and the
+number of stochastic layers.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from pyrovae.flows import GUIDES, DiagonalPosterior, FlowPosterior, context_size
+from pyrovae.hierarchy import TwoLayerVAE
 from pyrovae.likelihoods import (
     LEARN_SCALE,
     LIKELIHOODS,
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
+    DiscretizedLogisticLikelihood,
     GaussianLikelihood,
     LaplaceLikelihood,
 )
@@ -34,6 +38,7 @@ Prior = Literal[PRIORS]
 Likelihood = Literal[LIKELIHOODS]
 LearnScale = Literal[LEARN_SCALE]
 LabelGuide = Literal["none", "classifier"]
+Guide = Literal[GUIDES]
 LABEL_PRIORS = ("class-means",)
 """Built-in priors that read the labels, p(z|y)."""
 LABELLED_MEANS_INIT, CLUSTERING_MEANS_INIT = 3.0, 0.3
@@ -50,7 +55,7 @@ class ModelConfig:
 
     image_shape: Sequence[int] = setting((1, 28, 28), "(channels, height, width) of the images")
     z_dim: int = setting(10, "latent size (1 and 2 give pictures of the whole latent space)")
-    net: Net = setting("mlp", "mlp, or conv for images with height and width divisible by 4")
+    net: Net = setting("mlp", "mlp, or conv: two stride-2 convolutions, for images of any size and channels")
     hidden: Sequence[int] = setting((400,), "hidden layer sizes of the encoder (the decoder mirrors them)",
                                     metavar="N")
     activation: Activation = setting("relu", "the nonlinearity after every hidden layer")
@@ -59,11 +64,14 @@ class ModelConfig:
     prior_components: int = setting(10, "K, the components of prior='mixture' or pseudo-inputs of prior='vamp'",
                                     metavar="K")
     likelihood: Likelihood = setting("bernoulli", "p(x|z): bernoulli for binary pixels, continuous-bernoulli for "
-                                                  "grayscale pixels in [0, 1], gaussian or laplace for any real values")
+                                                  "grayscale pixels in [0, 1], discretized-logistic for 8-bit "
+                                                  "pixels (exact bits per dimension), gaussian or laplace for any "
+                                                  "real values")
     likelihood_scale: float = setting(0.1, "scale S of the gaussian (variance S^2) or laplace likelihood; its "
                                            "initial value when the scale is learned", metavar="S")
     learn_scale: LearnScale | None = setting(None, "learn the gaussian/laplace scale: one per pixel, or predicted "
-                                                   "by the decoder for every image")
+                                                   "by the decoder for every image (discretized-logistic: always "
+                                                   "learned, by default by the decoder)")
     grayscale_targets: bool = setting(False, "let the Bernoulli likelihood score grayscale pixels in [0, 1] "
                                              "(then not a normalized log-likelihood)")
     num_classes: int | None = setting(None, "the number of labels, which a conditional model needs")
@@ -74,6 +82,15 @@ class ModelConfig:
     label_guide: LabelGuide = setting("none", "how the guide of an image without its label treats y: none leaves y "
                                               "to the model, summed out exactly (p(y|z) is exact); classifier adds "
                                               "q(y|x), enumerated, and q(z|x, y) (Kingma et al. 2014's M2)")
+    guide: Guide = setting("diagonal", "the posterior family q(z|x): diagonal, the encoder's Gaussian; iaf, that "
+                                       "Gaussian pushed through inverse autoregressive flows (Kingma et al. 2016); "
+                                       "spline, through autoregressive rational-quadratic splines (Durkan et al. "
+                                       "2019); the flows read a context vector from the encoder")
+    flow_layers: int = setting(2, "L, the flow transforms of guide='iaf' or guide='spline'", metavar="L")
+    latent_layers: int = setting(1, "stochastic layers: 1, or 2 for p(z2) p(z1|z2) p(x|z1) and q(z1|x) q(z2|z1) "
+                                    "(Burda et al. 2015); z_dim is then the top layer z2")
+    z1_dim: int | None = setting(None, "with latent_layers=2, the size of the lower layer z1 (default 2 x z_dim: "
+                                       "Burda et al.'s 100 for z_dim=50)", metavar="N")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -95,9 +112,11 @@ class ModelConfig:
                                f"likelihood_scale must be a positive number, got {self.likelihood_scale}")
         if any(h < 1 for h in self.hidden):
             raise SettingError("hidden", f"hidden must hold positive layer sizes, got {list(self.hidden)}")
-        if self.learn_scale is not None and self.likelihood not in ("gaussian", "laplace"):
-            raise ValueError(f"learn_scale={self.learn_scale!r} needs the gaussian or laplace likelihood, not "
-                             f"{self.likelihood}; add likelihood='gaussian' or likelihood='laplace'")
+        if self.likelihood == "discretized-logistic" and self.learn_scale is None:
+            self.learn_scale = "decoder"  # its scale is always learned
+        if self.learn_scale is not None and self.likelihood not in ("gaussian", "laplace", "discretized-logistic"):
+            raise ValueError(f"learn_scale={self.learn_scale!r} needs the gaussian, laplace or discretized-logistic "
+                             f"likelihood, not {self.likelihood}; add likelihood='gaussian' or likelihood='laplace'")
         if self.conditional and (self.num_classes is None or self.num_classes < 2):
             raise SettingError("num_classes", f"a conditional model needs num_classes >= 2 (the number of labels), "
                                               f"got {self.num_classes}")
@@ -105,6 +124,20 @@ class ModelConfig:
             raise SettingError("label_guide", "label_guide='classifier' guesses the labels of a conditional model; "
                                               "this one reads none: use prior='class-means' or "
                                               "decoder_conditioning=True")
+        if self.flow_layers < 1:
+            raise SettingError("flow_layers", f"flow_layers counts the transforms of a flow guide and must be at "
+                                              f"least 1, got {self.flow_layers}")
+        if self.latent_layers not in (1, 2):
+            raise SettingError("latent_layers", f"latent_layers must be 1 or 2, got {self.latent_layers}")
+        if self.z1_dim is not None and self.z1_dim < 1:
+            raise SettingError("z1_dim", f"z1_dim must be at least 1, got {self.z1_dim}")
+        if self.prior == "vamp" and (self.guide != "diagonal" or self.latent_layers == 2):
+            name = "guide" if self.guide != "diagonal" else "latent_layers"
+            raise SettingError(name, f"the vamp prior mixes the encoder's Gaussians of one stochastic layer; with "
+                                     f"{name}={getattr(self, name)!r} choose another prior")
+        if self.label_guide == "classifier" and self.latent_layers == 2:
+            raise SettingError("label_guide", "label_guide='classifier' reads y in the encoder of one stochastic "
+                                              "layer; with latent_layers=2 use label_guide='none'")
         if self.label_guide == "classifier" and self.prior == "vamp":
             raise SettingError("label_guide", "label_guide='classifier' makes the encoder read y, and the vamp prior "
                                               "runs the encoder on pseudo-inputs without labels; choose another prior")
@@ -117,6 +150,13 @@ class ModelConfig:
     def conditional(self) -> bool:
         return self.prior in LABEL_PRIORS or self.decoder_conditioning
 
+    @property
+    def lower_dim(self) -> int:
+        """The size of the layer the decoder reads: z1 with two stochastic layers, else z."""
+        if self.latent_layers == 1:
+            return self.z_dim
+        return self.z1_dim if self.z1_dim is not None else 2 * self.z_dim
+
 
 def build_likelihood(config: ModelConfig) -> nn.Module:
     """The likelihood module ``config.likelihood`` names."""
@@ -124,6 +164,8 @@ def build_likelihood(config: ModelConfig) -> nn.Module:
         return BernoulliLikelihood(grayscale_targets=config.grayscale_targets)
     if config.likelihood == "continuous-bernoulli":
         return ContinuousBernoulliLikelihood()
+    if config.likelihood == "discretized-logistic":
+        return DiscretizedLogisticLikelihood(config.learn_scale, config.x_dim)
     family = GaussianLikelihood if config.likelihood == "gaussian" else LaplaceLikelihood
     return family(config.likelihood_scale, config.learn_scale, config.x_dim)
 
@@ -139,20 +181,36 @@ def build_prior(config: ModelConfig, encoder: nn.Module) -> nn.Module:
     return VampPrior(encoder, config.x_dim, config.prior_components)
 
 
+def build_posterior(config: ModelConfig, z_dim: int) -> nn.Module:
+    """The posterior family ``config.guide`` names, over ``z_dim`` latents."""
+    if config.guide == "diagonal":
+        return DiagonalPosterior()
+    return FlowPosterior(config.guide, z_dim, context_size(config.guide, z_dim), config.flow_layers)
+
+
 def build_vae(config: ModelConfig) -> VAE:
-    """A fresh :class:`VAE` with the nets, prior and likelihood that ``config`` names."""
+    """A fresh :class:`VAE` (a :class:`~pyrovae.hierarchy.TwoLayerVAE` for ``latent_layers=2``) with the nets,
+    prior, likelihood and posterior family that ``config`` names."""
     likelihood = build_likelihood(config)
-    decoder_in = config.z_dim + (config.num_classes if config.decoder_conditioning else 0)
+    z_dim = config.lower_dim  # the layer that the encoder and the decoder face
+    decoder_in = z_dim + (config.num_classes if config.decoder_conditioning else 0)
     nets = dict(hidden=config.hidden, activation=config.activation)
     encoder_labels = config.num_classes if config.label_guide == "classifier" else 0  # q(z|x, y) beside q(y|x)
+    context_dim = context_size(config.guide, z_dim)
     if config.net == "mlp":
-        encoder = MLPEncoder(config.x_dim, config.z_dim, **nets, num_classes=encoder_labels)
+        encoder = MLPEncoder(config.x_dim, z_dim, **nets, num_classes=encoder_labels, context_dim=context_dim)
         decoder = MLPDecoder(decoder_in, likelihood.params_per_pixel * config.x_dim, **nets)
     else:
-        encoder = ConvEncoder(config.image_shape, config.z_dim, **nets, num_classes=encoder_labels)
+        encoder = ConvEncoder(config.image_shape, z_dim, **nets, num_classes=encoder_labels, context_dim=context_dim)
         out_channels = likelihood.params_per_pixel * config.image_shape[0]
         decoder = ConvDecoder(decoder_in, config.image_shape, out_channels, **nets)
     classifier = MLPClassifier(config.x_dim, config.num_classes, **nets) if encoder_labels else None
-    return VAE(encoder, decoder, config.z_dim, config.x_dim, prior=build_prior(config, encoder),
-               likelihood=likelihood, num_classes=config.num_classes,
-               decoder_conditioning=config.decoder_conditioning, classifier=classifier, config=config)
+    parts = dict(prior=build_prior(config, encoder), likelihood=likelihood, num_classes=config.num_classes,
+                 decoder_conditioning=config.decoder_conditioning, classifier=classifier, config=config,
+                 posterior=build_posterior(config, z_dim))
+    if config.latent_layers == 1:
+        return VAE(encoder, decoder, config.z_dim, config.x_dim, **parts)
+    upper_encoder = MLPEncoder(z_dim, config.z_dim, **nets, context_dim=context_size(config.guide, config.z_dim))
+    upper_decoder = MLPEncoder(config.z_dim, z_dim, tuple(reversed(config.hidden)), config.activation)  # p(z1|z2)
+    return TwoLayerVAE(encoder, decoder, config.z_dim, config.x_dim, z1_dim=z_dim, upper_encoder=upper_encoder,
+                       upper_decoder=upper_decoder, upper_posterior=build_posterior(config, config.z_dim), **parts)

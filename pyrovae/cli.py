@@ -29,7 +29,8 @@ from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
 from pyrovae.semi_supervised import visible_labels
 from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
-from pyrovae.train import DEVICES, TrainConfig, check_step_fits, fit, resolve_device
+from pyrovae.tensorboard import check_installed, write_run_events
+from pyrovae.train import DEVICES, TrainConfig, check_training, fit, resolve_device
 from pyrovae.vae import VAE
 
 RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
@@ -52,7 +53,7 @@ EPILOG_TRAIN = """examples:
 
 FROM_DATA = ("image_shape", "num_classes", "grayscale_targets")
 """ModelConfig fields that ``pyrovae train`` takes from the data (and the likelihood), not from a flag."""
-RESUMABLE = ("epochs", "device", "skip_nonfinite", "compile", "tf32")
+RESUMABLE = ("epochs", "device", "skip_nonfinite", "compile", "tf32", "tensorboard", "tensorboard_every")
 """TrainConfig fields whose flags apply when resuming; the rest come from the run's config.json."""
 
 
@@ -159,10 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                            f"(first {plots.TSNE_MAX_POINTS} test images; slower)")
     plot.add_argument("--quantiles", action="store_true",
                       help="manifold over normal quantiles (0.05 ... 0.95) instead of an even grid over [-2, 2]")
-    plot.add_argument("--interpolate", type=int, nargs=2, default=(3, 8), metavar=("A", "B"),
-                      help="interpolation walks from the first test image of class A to one of class B")
+    plot.add_argument("--interpolate", type=int, nargs=2, metavar=("A", "B"),
+                      help="interpolation walks from the first test image of class A to one of class B (default: 3 "
+                           "and 8 where the test split has them, else its first and last class)")
     plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
     plot.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
+    plot.add_argument("--tensorboard", action="store_true",
+                      help="also write the run's TensorBoard events into DIR/tensorboard, replacing those there: "
+                           "every epoch's metrics, and the pictures, posterior-mean histograms and Embedding "
+                           "Projector of the final model (needs `pip install pyrovae[tensorboard]`)")
     plot.add_argument("--out", dest="out_dir", metavar="DIR",
                       help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
                            "or still training")
@@ -217,21 +223,20 @@ def _train(args: argparse.Namespace) -> None:
     run = RunDir(out)
     if processes.is_main:
         run.check(args.resume, args.overwrite)
-    if args.resume:
+    if args.resume:  # the saved settings, and the data they were trained on (refused if they changed)
         model_config = run.settings(ModelConfig, "model")
-        data_config = run.settings(DataConfig, "data")
         train_config = dataclasses.replace(run.settings(TrainConfig, "train"),
                                            **{name: getattr(args, name) for name in RESUMABLE})
+        data = run.load_data()
     else:
-        data_config, train_config = _data_config(args), from_args(TrainConfig, args)
-    data = load_dataset(data_config)
-    if not args.resume:
+        train_config = from_args(TrainConfig, args)
+        data = load_dataset(_data_config(args))
         model_config = _model_config(args, data)
     device = resolve_device(train_config.device)
     check_model_fits(model_config, device)  # by formula, before the model is built
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
-    check_step_fits(vae.to(device), data.to(device), train_config, processes)
+    check_training(vae.to(device), data.to(device), train_config, processes)
     with run.writing() if processes.is_main else contextlib.nullcontext():  # every input checked: lock, then write
         if processes.is_main:
             run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
@@ -283,8 +288,8 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
 def _evaluate(args: argparse.Namespace) -> None:
     check_positive(args, "num_samples", "memory_budget", "limit", "batch_size")
     processes, device = join(resolve_device(args.device))
-    vae, _ = load_run(args.run_dir, device)
-    data = load_dataset(RunDir(args.run_dir).settings(DataConfig, "data"))
+    vae = load_run(args.run_dir, device, data=False).vae
+    data = RunDir(args.run_dir).load_data()
     out = Path(args.out or Path(args.run_dir) / EVAL)
     why = cannot_write(out.parent)
     if why:
@@ -327,8 +332,8 @@ def _sample(args: argparse.Namespace) -> None:
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
-    vae, config = load_run(args.run_dir)
-    image_shape = config["model"]["image_shape"]
+    run = load_run(args.run_dir, data=False)
+    vae, image_shape = run.vae, run.config["model"]["image_shape"]
     if args.label is not None and not vae.conditional:
         raise ValueError(f"--class needs a conditional model, and {args.run_dir} was trained without labels; "
                          f"train one with `pyrovae train --conditional`")
@@ -355,20 +360,25 @@ def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int) -
 
 
 def _plot(args: argparse.Namespace) -> None:
-    vae, config = load_run(args.run_dir, resolve_device(args.device))
+    if args.tensorboard:
+        check_installed()
+    loaded = load_run(args.run_dir, resolve_device(args.device))
+    vae, data, image_shape = loaded.vae, loaded.data, loaded.config["model"]["image_shape"]
     run = RunDir(args.run_dir)
-    data = load_dataset(run.settings(DataConfig, "data"))
-    options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, interpolate=tuple(args.interpolate),
-                                   seed=args.seed)
+    options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, seed=args.seed,
+                                   interpolate=args.interpolate and tuple(args.interpolate))
     folder = Path(args.out_dir or args.run_dir)
     why = cannot_write(folder)
     if why:
         raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
     into_run = folder.resolve() == run.path.resolve()
     with run.writing(setting="out_dir") if into_run else contextlib.nullcontext():
-        written = plots.save_run_pictures(vae, data.test, config["model"]["image_shape"], folder,
-                                          metrics=run.read_metrics(), only=args.only, options=options)
-    print(f"wrote {', '.join(path.name for path in written)} to {folder}")
+        written = plots.save_run_pictures(vae, data.test, image_shape, folder, metrics=loaded.metrics,
+                                          only=args.only, options=options)
+        print(f"wrote {', '.join(path.name for path in written)} to {folder}")
+        if args.tensorboard:
+            events = write_run_events(folder, vae, data.val, loaded.metrics, image_shape)
+            print(f"wrote TensorBoard events to {events}; view them with `tensorboard --logdir {events}`")
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "plot": _plot}

@@ -1,8 +1,9 @@
 """Datasets as device-resident tensors: loading, IDX files, binarization and batching.
 
-Every split is a pair of tensors ``x`` (N, D) of pixels in [0, 1] and ``y`` (N,) of
-integer labels, kept on the training device; a batch is a slice of a shuffled index,
-so training makes no host-to-device copy per step.
+Every split is a pair of tensors ``x`` (N, D) of pixels in [0, 1] (or any finite values, for
+tables) and ``y`` (N,) of integer labels, kept on the training device; a batch is a slice of
+a shuffled index, so training makes no host-to-device copy per step. Users' own files and
+torchvision's dataset classes are read by :mod:`pyrovae.sources`.
 
 IDX files are parsed by torchvision's MNIST reader. Hand-written around it, where torchvision
 has no call for it: finding the four files in a flat folder (``--data-dir``, the Debian folder
@@ -14,6 +15,7 @@ has no call for it: finding the four files in a flat folder (``--data-dir``, the
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
 import os
 import shutil
@@ -22,15 +24,16 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
 from pyrovae.settings import SettingError, check_choices, setting
+from pyrovae.sources import TORCHVISION_PREFIX, arrays_of, read_source, resized
 
-DatasetName = Literal["digits", "mnist", "fashion-mnist"]
-DATASETS = get_args(DatasetName)
+DATASETS = ("digits", "mnist", "fashion-mnist")
+"""The bundled datasets' names; ``dataset`` also takes a path or ``torchvision:NAME``."""
 Binarize = Literal["none", "static", "dynamic"]
 BINARIZE = get_args(Binarize)
 IDX_FILES = {
@@ -58,10 +61,16 @@ class DataNotFoundError(FileNotFoundError):
 class DataConfig:
     """Which data to load and how to present it (saved in ``config.json``)."""
 
-    dataset: DatasetName = setting("digits", "digits is bundled with scikit-learn (no download); mnist and "
-                                             "fashion-mnist are read from IDX files or downloaded")
-    data_dir: str | None = setting(None, "folder holding the four IDX files (train-images-idx3-ubyte, ...; "
-                                         ".gz or not)", metavar="DIR")
+    dataset: str = setting("digits", "digits is bundled with scikit-learn (no download); mnist and fashion-mnist "
+                                     "are read from IDX files or downloaded; or your own data: a .npy/.npz file of "
+                                     "(N, D), (N, H, W) or (N, C, H, W) arrays (uint8 pixels or floats, labels "
+                                     "under 'y'), a folder of images in class subfolders, or torchvision:NAME (any "
+                                     "torchvision dataset class, e.g. torchvision:CIFAR10)", metavar="NAME|PATH")
+    data_dir: str | None = setting(None, "folder holding the four IDX files of mnist or fashion-mnist "
+                                         "(train-images-idx3-ubyte, ...; .gz or not), or the root of a "
+                                         "torchvision:NAME dataset", metavar="DIR")
+    image_size: int | None = setting(None, "resize (the shorter side) and centre-crop every image to S x S pixels",
+                                     metavar="S")
     binarize: Binarize = setting("dynamic", "dynamic: a fresh Bernoulli draw of every training batch; static: one "
                                             "fixed draw; none: keep grayscale (the Bernoulli likelihood is then "
                                             "unnormalized)")
@@ -74,10 +83,19 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.dataset == "digits" and self.data_dir is not None:
-            raise SettingError("data_dir", "the digits dataset is bundled with scikit-learn and reads no files; "
-                                           "drop data_dir=DIR, or use it with dataset='mnist' or "
-                                           "dataset='fashion-mnist'")
+        is_path = self.dataset not in DATASETS and not self.dataset.startswith(TORCHVISION_PREFIX)
+        if is_path and not ("/" in self.dataset or Path(self.dataset).suffix or Path(self.dataset).exists()):
+            close = difflib.get_close_matches(self.dataset, DATASETS, n=1)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            raise SettingError("dataset", f"unknown dataset {self.dataset!r}: choose {', '.join(DATASETS)}, a .npy or "
+                                          f".npz file, a folder of images, or torchvision:NAME{guess}")
+        if (self.dataset == "digits" or is_path) and self.data_dir is not None:
+            what = ("the digits dataset is bundled with scikit-learn and reads no files" if self.dataset == "digits"
+                    else f"dataset={self.dataset!r} names its own files")
+            raise SettingError("data_dir", f"{what}; drop data_dir=DIR, or use it with dataset='mnist', "
+                                           f"dataset='fashion-mnist' or torchvision:NAME")
+        if self.image_size is not None and self.image_size < 1:
+            raise SettingError("image_size", f"image_size must be at least 1 pixel, got {self.image_size}")
         if not 0 < self.val_fraction < 1:
             raise SettingError("val_fraction",
                                f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
@@ -128,6 +146,8 @@ class Dataset:
     test: Split
     dynamic_binarization: bool = False
     config: DataConfig | None = None
+    provenance: dict[str, Any] | None = None
+    """What was read, as :func:`pyrovae.sources.read_source` describes it (a run saves it in ``config.json``)."""
 
     @property
     def num_classes(self) -> int:
@@ -168,12 +188,16 @@ class Dataset:
 
 
 def check_pixels(x: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` unless ``x`` is a finite (N, D) float tensor with values in [0, 1]."""
+    """Raise ``ValueError`` unless ``x`` is a finite (N, D) float tensor (the likelihood checks its own support)."""
     if not x.is_floating_point() or x.ndim != 2:
         raise ValueError(f"{name} must be a float tensor of flattened images (N, D), "
                          f"got {x.dtype} of shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contain NaN or infinite values; clean or drop those examples")
+
+
+def check_unit_interval(x: torch.Tensor, name: str = "images") -> None:
+    """Raise ``ValueError`` unless the values of ``x`` lie in [0, 1] (as binarizing needs)."""
     if len(x) and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"{name} have values in [{x.min().item():g}, {x.max().item():g}]; "
                          f"pixels must lie in [0, 1] (divide uint8 images by 255)")
@@ -194,24 +218,34 @@ def binarize_once(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
     return torch.bernoulli(x.cpu(), generator=generator).to(x.device)
 
 
-def from_arrays(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.ndarray | None = None,
-                test_x: torch.Tensor | np.ndarray | None = None,
+def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
+                train_y: torch.Tensor | np.ndarray | None = None,
+                test_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset | None = None,
                 test_y: torch.Tensor | np.ndarray | None = None, *,
                 image_shape: Sequence[int] | None = None, binarize: str = "none",
                 val_fraction: float = 0.1, name: str = "arrays", labeled: int | None = None,
                 label_seed: int = 0) -> Dataset:
-    """A :class:`Dataset` from in-memory images in [0, 1] (``(N, H, W)``, ``(N, C, H, W)`` or ``(N, D)``).
+    """A :class:`Dataset` from in-memory images (``(N, H, W)``, ``(N, C, H, W)`` or a table ``(N, D)``).
 
+    ``train_x`` and ``test_x`` may also be torch datasets of ``(image, label)`` pairs
+    (torchvision's, say), whose labels then come with them. Pixels are uint8 (scaled by
+    1/255 here) or floats: in [0, 1] for the Bernoulli-type
+    likelihoods and for ``binarize``, any finite values for the Gaussian and Laplace ones.
     The validation split is a fixed random ``val_fraction`` of the training images; without
     ``test_x`` the test split is the validation split. Missing labels become zeros. With
     ``labeled``, all but that many training labels are hidden (see :func:`hide_labels`).
     """
     DataConfig(binarize=binarize, val_fraction=val_fraction, labeled=labeled)  # validates them
-    train_x = torch.as_tensor(train_x, dtype=torch.float32)
+    if isinstance(train_x, torch.utils.data.Dataset):
+        train_x, train_y = arrays_of(train_x)
+    if isinstance(test_x, torch.utils.data.Dataset):
+        test_x, test_y = arrays_of(test_x)
+    train_x, test_x = _as_floats(train_x), None if test_x is None else _as_floats(test_x)
     image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(train_x.shape)))
     train, val = _hold_out(Split.from_arrays(train_x, train_y), val_fraction)
     test = val if test_x is None else Split.from_arrays(test_x, test_y)
     if binarize != "none":
+        check_unit_interval(train_x, f"images to binarize (binarize={binarize!r})")
         val, test = Split(binarize_once(val.x), val.y), Split(binarize_once(test.x), test.y)
     if binarize == "static":
         train = Split(binarize_once(train.x), train.y)
@@ -219,6 +253,12 @@ def from_arrays(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | np.n
     if labeled is not None:
         data.train = hide_labels(train, labeled, data.num_classes, label_seed)
     return data
+
+
+def _as_floats(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Images as float32: uint8 pixels scaled to [0, 1], floats as they are."""
+    x = torch.as_tensor(x)
+    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
@@ -277,8 +317,13 @@ def hide_labels(split: Split, labeled: int, num_classes: int, seed: int) -> Spli
 
 def load_dataset(config: DataConfig) -> Dataset:
     """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
+    provenance = None
     if config.dataset == "digits":
         train_x, train_y, test_x, test_y = _load_digits()
+    elif config.dataset not in DATASETS:
+        source = read_source(config.dataset, config.data_dir, config.image_size, config.download)
+        train_x, train_y, test_x, test_y = source.train_x, source.train_y, source.test_x, source.test_y
+        provenance = source.provenance
     else:
         files = find_idx_files(config.dataset, config.data_dir, config.download)
         train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
@@ -288,11 +333,13 @@ def load_dataset(config: DataConfig) -> Dataset:
                 raise ValueError(
                     f"the {split} IDX files do not match: images {images.shape}, labels "
                     f"{labels.shape}; expected (N, H, W) images and N labels")
-        train_x, test_x = train_x / 255.0, test_x / 255.0
-    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize,
+    if config.image_size is not None and config.dataset in DATASETS:
+        train_x, test_x = resized(train_x, config.image_size), resized(test_x, config.image_size)
+    table = (1, 1, train_x.shape[1]) if train_x.ndim == 2 else None  # rows of numbers, not images
+    data = from_arrays(train_x, train_y, test_x, test_y, image_shape=table, binarize=config.binarize,
                        val_fraction=config.val_fraction, name=config.dataset, labeled=config.labeled,
                        label_seed=config.label_seed)
-    return dataclasses.replace(data, config=config)
+    return dataclasses.replace(data, config=config, provenance=provenance)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import psutil
 import torch
 from torch import nn
 
-from pyrovae.build import ModelConfig, build_vae
+from pyrovae.build import ModelConfig, build_posterior, build_vae
 from pyrovae.memory import allocations
 from pyrovae.settings import SettingError
 
@@ -76,10 +76,11 @@ def where(device: torch.device) -> str:
 
 
 def in_bytes(count: float) -> str:
-    """``count`` bytes in decimal units, two or three significant digits: ``310 GB``."""
+    """``count`` bytes in decimal units, two or three significant digits: ``310 GB``, ``12,800 TB``."""
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if count >= size:
-            return f"{count / size:.3g} {unit}"
+            value = count / size
+            return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
     return f"{count / 1e3:.3g} kB"
 
 
@@ -93,6 +94,22 @@ def model_bytes(config: ModelConfig) -> int:
     with torch.device("meta"):  # shapes only: no storage is allocated
         vae = build_vae(config)
     return TRAINING_COPIES * parameter_bytes(vae)
+
+
+def flow_bytes(config: ModelConfig) -> int:
+    """The bytes training holds for the parameters of a flow guide's networks, without building them at full size.
+
+    Pyro's autoregressive networks cannot be built on the ``meta`` device, and their layers
+    are all as wide as a multiple of the latent size, so their parameter count is a quadratic
+    in it: counted exactly on small flows of 2, 3 and 4 latents, and extrapolated (Newton's
+    form, from the count's first and second differences).
+    """
+    if config.guide == "diagonal":
+        return 0
+    latent_sizes = [config.z_dim] if config.latent_layers == 1 else [config.z_dim, config.lower_dim]
+    at_2, at_3, at_4 = (parameter_bytes(build_posterior(config, size)) for size in (2, 3, 4))
+    first, second = at_3 - at_2, at_4 - 2 * at_3 + at_2
+    return TRAINING_COPIES * sum(at_2 + first * (z - 2) + second * (z - 2) * (z - 3) // 2 for z in latent_sizes)
 
 
 def peak_at(step: Callable[[int], Any], size: float) -> float:
@@ -135,11 +152,17 @@ def largest(sizes: Mapping[str, int], defaults: Mapping[str, int]) -> str:
 
 
 def check_model_fits(config: ModelConfig, device: torch.device) -> None:
-    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it."""
-    needed, free = model_bytes(config), free_bytes(device)
+    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it.
+
+    A flow guide's networks are counted first (:func:`flow_bytes`), since counting the whole
+    model builds them for real (on the CPU).
+    """
+    sizes, free = model_sizes(config), free_bytes(device)
+    culprit = largest(sizes, SIZE_DEFAULTS)
+    needed = flow_bytes(config)  # first: counting the whole model builds the flows for real
+    if needed <= free:
+        needed = model_bytes(config)
     if needed > free:
-        sizes = model_sizes(config)
-        culprit = largest(sizes, SIZE_DEFAULTS)
         raise TooBig(culprit, f"{culprit}={sizes[culprit]} needs about {in_bytes(needed)} for the weights, their "
                               f"gradients and Adam's moments; {where(device)} has {in_bytes(free)} free; "
                               f"lower {culprit}")

@@ -2,7 +2,8 @@
 
 An encoder maps flattened images ``x`` of shape ``(..., D)`` to the parameters
 ``(loc, scale)`` of the Gaussian posterior q(z|x) (or q(z|x, y), built with
-``num_classes``); a decoder maps latents ``z`` of shape ``(..., Z)`` to
+``num_classes``; built with ``context_dim``, also the context h(x) of a flow posterior,
+see :mod:`pyrovae.flows`); a decoder maps latents ``z`` of shape ``(..., Z)`` to
 ``(..., out_features)`` raw outputs (logits for a Bernoulli likelihood); a classifier
 maps images to the logits of q(y|x). Leading batch dimensions are kept, so the same nets
 serve a minibatch ``(B, D)`` and a stack of importance samples ``(K, B, Z)``.
@@ -49,10 +50,13 @@ def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def gaussian_parameters(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``(..., 2Z)`` into ``loc`` and a positive ``scale = softplus(.) + MIN_SCALE``."""
-    loc, raw_scale = h.chunk(2, dim=-1)
-    return loc, F.softplus(raw_scale) + MIN_SCALE
+def gaussian_parameters(h: torch.Tensor, context_dim: int = 0) -> tuple[torch.Tensor, ...]:
+    """Split ``(..., 2Z + C)`` into ``loc``, a positive ``scale = softplus(.) + MIN_SCALE`` and, for ``context_dim``
+    C > 0, the last C values: the context of a flow posterior."""
+    z_dim = (h.shape[-1] - context_dim) // 2
+    loc, raw_scale, context = h.split([z_dim, z_dim, context_dim], dim=-1)
+    parameters = loc, F.softplus(raw_scale) + MIN_SCALE
+    return (*parameters, context) if context_dim else parameters
 
 
 def inverse_softplus(value: float) -> float:
@@ -82,16 +86,21 @@ def with_labels(net: nn.Sequential, labels: nn.Embedding | None, h: torch.Tensor
 
 
 class MLPEncoder(nn.Module):
-    """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z``; q(z|x, y) with ``num_classes``."""
+    """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z (+ C)``; q(z|x, y) with ``num_classes``.
+
+    Returns ``(loc, scale)``, and the context of a flow posterior after them when built with
+    ``context_dim`` C > 0.
+    """
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu",
-                 num_classes: int = 0):
+                 num_classes: int = 0, context_dim: int = 0):
         super().__init__()
-        self.net = mlp([x_dim, *hidden, 2 * z_dim], activation)
+        self.net = mlp([x_dim, *hidden, 2 * z_dim + context_dim], activation)
         self.label_weights = label_table(num_classes, self.net)
+        self.context_dim = context_dim
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_parameters(with_labels(self.net, self.label_weights, x, y))
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return gaussian_parameters(with_labels(self.net, self.label_weights, x, y), self.context_dim)
 
 
 class MLPClassifier(nn.Module):
@@ -117,24 +126,29 @@ class MLPDecoder(nn.Module):
 
 
 def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
-    if len(image_shape) != 3 or image_shape[1] % 4 or image_shape[2] % 4:
-        raise ValueError(
-            f"the conv nets need images of shape (channels, height, width) with height and "
-            f"width divisible by 4 (e.g. 8x8 or 28x28), got {tuple(image_shape)}; use net='mlp'"
-        )
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"the conv nets need images of shape (channels, height, width), got {tuple(image_shape)}; "
+                         f"use net='mlp' for other data")
     c, h, w = image_shape
     return c, h, w
+
+
+def _quarter(side: int) -> int:
+    """A side after two stride-2 convolutions, the image padded to a multiple of 4 first."""
+    return -(-side // 4)
 
 
 class ConvEncoder(nn.Module):
     """q(z|x) (or q(z|x, y)) parameters from two stride-2 convolutions and a dense head.
 
-    Works for any image whose height and width are divisible by 4: a 28x28 image
-    becomes 64 feature maps of 7x7, an 8x8 image 64 maps of 2x2.
+    Works for images of any size and channels: a 28x28 image becomes 64 feature maps of
+    7x7, an 8x8 image 64 maps of 2x2; sides that 4 does not divide are padded with zeros
+    on the bottom and right first (a 30x30 image gives maps of 8x8).
     """
 
     def __init__(self, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,),
-                 activation: str = "relu", channels: tuple[int, int] = (32, 64), num_classes: int = 0):
+                 activation: str = "relu", channels: tuple[int, int] = (32, 64), num_classes: int = 0,
+                 context_dim: int = 0):
         super().__init__()
         c, h, w = _check_image_shape(image_shape)
         self.image_shape = (c, h, w)
@@ -145,19 +159,21 @@ class ConvEncoder(nn.Module):
             activation_layer(activation),
             nn.Flatten(),
         )
-        self.head = mlp([channels[1] * (h // 4) * (w // 4), *hidden, 2 * z_dim], activation)
+        self.padding = (0, 4 * _quarter(w) - w, 0, 4 * _quarter(h) - h)  # left, right, top, bottom
+        self.head = mlp([channels[1] * _quarter(h) * _quarter(w), *hidden, 2 * z_dim + context_dim], activation)
         self.label_weights = label_table(num_classes, self.head)
+        self.context_dim = context_dim
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features(x.reshape(-1, *self.image_shape)).reshape(*x.shape[:-1], -1)
-        return gaussian_parameters(with_labels(self.head, self.label_weights, features, y))
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        features = self.features(F.pad(x.reshape(-1, *self.image_shape), self.padding)).reshape(*x.shape[:-1], -1)
+        return gaussian_parameters(with_labels(self.head, self.label_weights, features, y), self.context_dim)
 
 
 class ConvDecoder(nn.Module):
     """The mirror of :class:`ConvEncoder`: dense layers, then two stride-2 transposed convolutions.
 
-    Emits ``out_channels`` maps of the image size, flattened channel-major to
-    ``(..., out_channels * height * width)``.
+    Emits ``out_channels`` maps of the image size (cropped from the padded size, for sides
+    4 does not divide), flattened channel-major to ``(..., out_channels * height * width)``.
     """
 
     def __init__(self, z_dim: int, image_shape: Sequence[int], out_channels: int,
@@ -165,18 +181,18 @@ class ConvDecoder(nn.Module):
                  channels: tuple[int, int] = (32, 64)):
         super().__init__()
         _, h, w = _check_image_shape(image_shape)
-        self.feature_shape = (channels[1], h // 4, w // 4)
-        self.dense = mlp([z_dim, *reversed(hidden), channels[1] * (h // 4) * (w // 4)], activation)
+        self.height, self.width = h, w
+        self.feature_shape = (channels[1], _quarter(h), _quarter(w))
+        self.dense = mlp([z_dim, *reversed(hidden), channels[1] * _quarter(h) * _quarter(w)], activation)
         self.deconv = nn.Sequential(
             activation_layer(activation),
             nn.Unflatten(1, self.feature_shape),
             nn.ConvTranspose2d(channels[1], channels[0], 4, stride=2, padding=1),
             activation_layer(activation),
             nn.ConvTranspose2d(channels[0], out_channels, 4, stride=2, padding=1),
-            nn.Flatten(),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch_shape = z.shape[:-1]
-        out = self.deconv(self.dense(z.reshape(-1, z.shape[-1])))
+        out = self.deconv(self.dense(z.reshape(-1, z.shape[-1])))[..., :self.height, :self.width]
         return out.reshape(*batch_shape, -1)

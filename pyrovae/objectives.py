@@ -11,6 +11,10 @@ vectorization) and the same estimator. ``fit`` checks the loss for NaN once per 
 KL term, unweighted, for logging and for the KL balance of Verduzco (2023). The loss itself
 takes Pyro's scaled log densities, so a ``poutine.scale`` on the latent site (the KL
 weight) weighs exactly the KL term.
+
+The IWAE bound has three gradient estimators (``estimator``): the reparameterized gradient
+of Burda et al. (2015), the path derivative of Roeder et al. (2017) ("sticking the landing")
+and the doubly reparameterized gradient of Tucker et al. (2019); see :class:`IWAEBound`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import operator
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import pyro.distributions as dist
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -28,7 +33,10 @@ from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
 from pyrovae.importance import sum_over_plates
+from pyrovae.settings import SettingError
 
+ESTIMATORS = ("standard", "stl", "dreg")
+"""The gradient estimators of :class:`IWAEBound`."""
 VECTORIZED_PARTICLES = "num_particles_vectorized"
 """The name of the plate over particles that Pyro's ELBOs add with ``vectorize_particles=True``."""
 
@@ -124,6 +132,70 @@ class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
         return elbo, log_likelihood, kl
 
 
+def _base_gaussian(site: dict) -> tuple[dist.Normal, list]:
+    """A guide site's distribution as a Gaussian and the transforms that push it to z (none for a Gaussian site)."""
+    fn, transforms = site["fn"], []
+    if isinstance(fn, dist.TransformedDistribution):
+        fn, transforms = fn.base_dist, fn.transforms
+    while isinstance(fn, dist.Independent):
+        fn = fn.base_dist
+    if not isinstance(fn, dist.Normal):
+        raise ValueError(f"the stl and dreg estimators take the path derivative through Gaussian draws; guide site "
+                         f"{site['name']!r} is {type(site['fn']).__name__}: use estimator='standard'")
+    return fn, transforms
+
+
+def _base_draw(site: dict) -> torch.Tensor:
+    """The Gaussian draw u that a guide site pushed through its transforms to its value (the value itself without).
+
+    Read back through the transforms' inverses, which Pyro's transforms answer from the
+    cache of the draw's own forward pass: no autoregressive inversion is computed.
+    """
+    return functools.reduce(lambda z, transform: transform.inv(z), reversed(_base_gaussian(site)[1]), site["value"])
+
+
+def _path_log_prob(site: dict) -> torch.Tensor:
+    """log q(z) of a guide site's draw, through which only the path derivative reaches the Gaussian's parameters.
+
+    log N(u; loc, scale) with loc and scale detached (the draw u keeps its gradient), minus
+    the log-determinants of the transforms, which keep theirs: a flow's own parameters get
+    the ordinary gradient, so the estimators stay unbiased without inverting the flow.
+    """
+    gaussian, transforms = _base_gaussian(site)
+    detached = dist.Normal(gaussian.loc.detach(), gaussian.scale.detach()).to_event(len(site["fn"].event_shape))
+    return dist.TransformedDistribution(detached, transforms).log_prob(site["value"])
+
+
+def _reads_other_latents(site: dict, others: list[dict]) -> bool:
+    """Whether a guide site's Gaussian depends on the values of ``others`` (q(z2|z1) reads z1), in autograd's graph."""
+    gaussian, _ = _base_gaussian(site)
+    targets = {other["value"].grad_fn for other in others} - {None}
+    stack = [tensor.grad_fn for tensor in (gaussian.loc, gaussian.scale) if tensor.grad_fn is not None]
+    seen = set()
+    while stack and targets:
+        node = stack.pop()
+        if node in targets:
+            return True
+        if node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
+    return False
+
+
+def _scale_path_gradient(site: dict, normalized: torch.Tensor, kl_weight: float | torch.Tensor) -> None:
+    """Multiply the gradient that will reach a guide site's Gaussian draw by 1 - s + s w~_k (w~_k with s = 1).
+
+    The gradient through the draw u_k is w~_k d log w_k / d u_k; DReG's is
+    (w~_k - s w~_k (1 - w~_k)) d log w_k / d u_k, the score term s d log q / d phi of a site
+    weighed by s rewritten by reparameterization (Tucker et al. 2019).
+    """
+    draw = _base_draw(site)
+    if draw.requires_grad:
+        event_dims = len(site["fn"].event_shape)
+        factor = (1 - kl_weight + kl_weight * normalized).reshape(draw.shape[:-event_dims] + (1,) * event_dims)
+        draw.register_hook(lambda grad: grad * factor)
+
+
 class IWAEBound(RenyiELBO):
     """The importance-weighted bound (Burda et al. 2015), Renyi's alpha = 0, per example:
 
@@ -138,25 +210,61 @@ class IWAEBound(RenyiELBO):
     over the batch size, when the model is told it) multiplies the bound. Returns the loss on
     the device, like the ELBOs above; ``recon`` and ``kl`` are their particle averages (the
     ELBO's halves), for logging.
+
+    Its gradient is sum_k w~_k grad log w_k, with w~_k = w_k / sum_j w_j the normalized
+    weights. ``estimator`` chooses how it is estimated; the bound's value is the same:
+
+    - ``standard``: autograd through the reparameterized draws (Burda et al. 2015). The
+      encoder's part carries the score term -w~_k d log q(z_k) / d phi, whose noise grows
+      with K, so its signal-to-noise ratio falls like 1/sqrt(K) (Rainforth et al. 2018).
+    - ``stl``: log q evaluated with the guide's Gaussian parameters detached, which drops the
+      score term (Roeder et al. 2017). Unbiased for K = 1 (the ELBO); for K > 1 the dropped
+      term no longer has mean zero and the encoder's gradient is biased (Tucker et al. 2019).
+    - ``dreg``: the score term rewritten by reparameterization, which turns the encoder's
+      weights w~_k into w~_k^2 (Tucker et al. 2019): the encoder gets
+      sum_k w~_k^2 d log w_k / d z_k dz_k / d phi, with log q's parameters detached; the
+      model's parameters the standard gradient. Unbiased for every K, and its signal grows
+      with K. Implemented as ``stl`` with the gradient reaching each draw scaled by w~_k
+      (by 1 - s + s w~_k under a KL weight s, which also scales the score term).
+
+    The path derivative is taken at each guide site's Gaussian draw u, the encoder's
+    loc + scale * eps. A flow guide pushes u through transforms; their log-determinants and
+    parameters keep the standard gradient (as if the flow were part of the model over u), so
+    no transform is inverted. A guide site whose Gaussian reads another latent (q(z2|z1) of
+    two stochastic layers) is likewise left to the standard gradient: scaling its draw's
+    gradient too would scale what flows on to z1 twice. Estimators other than ``standard``
+    need Gaussian guide sites.
     """
 
     def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, data_plate: str = "data",
-                 **kwargs):
+                 estimator: str = "standard", **kwargs):
         super().__init__(alpha=0.0, num_particles=num_particles, vectorize_particles=True, **kwargs)
+        if estimator not in ESTIMATORS:
+            raise SettingError("estimator", f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         self.data_plate = data_plate
+        self.estimator = estimator
 
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
         _check_reparameterized(guide_trace)
         data_scale = next(site["scale"] for _, site in _sample_sites(model_trace) if site["is_observed"])
 
-        def weighted(trace: Trace) -> torch.Tensor:
+        def weighted(site: dict, log_prob: torch.Tensor) -> torch.Tensor:
             keep = (self.data_plate, VECTORIZED_PARTICLES)
-            return _total(sum_over_plates(scale_and_mask(site["unscaled_log_prob"], site["scale"] / data_scale,
-                                                         site["mask"]), site, keep)
-                          for _, site in _sample_sites(trace))
+            return sum_over_plates(scale_and_mask(log_prob, site["scale"] / data_scale, site["mask"]), site, keep)
 
-        log_weights = (weighted(model_trace) - weighted(guide_trace)).reshape(self.num_particles, -1)  # (K, B)
+        latents = dict(_sample_sites(guide_trace))
+        paths = set() if self.estimator == "standard" else {
+            name for name, site in latents.items()
+            if not _reads_other_latents(site, [other for key, other in latents.items() if key != name])}
+        log_q = _total(weighted(site, _path_log_prob(site) if name in paths else site["unscaled_log_prob"])
+                       for name, site in latents.items())
+        log_p = _total(weighted(site, site["unscaled_log_prob"]) for _, site in _sample_sites(model_trace))
+        log_weights = (log_p - log_q).reshape(self.num_particles, -1)  # (K, B)
+        if self.estimator == "dreg":
+            normalized = log_weights.detach().softmax(0)
+            for name in paths:
+                _scale_path_gradient(latents[name], normalized, latents[name]["scale"] / data_scale)
         bound = data_scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
         log_likelihood, kl = _sampled_parts(model_trace, guide_trace)
         n = self.num_particles

@@ -3,6 +3,9 @@
 Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for notebooks);
 :func:`save_run_pictures` writes them into a run directory under the names in
 :data:`PICTURES`. Random draws use a fixed seed, so a run's pictures are reproducible.
+The image grids are also :class:`Tiles` of their own (:func:`sample_tiles`,
+:func:`reconstruction_tiles`, :func:`manifold_tiles`), for pictures of your own and for
+:mod:`pyrovae.tensorboard`, which logs them as images.
 
 The figures are built directly, without pyplot: no global figure state to close, and no
 backend chosen for the program that imports this module. Image grids are torchvision's
@@ -13,6 +16,7 @@ which matplotlib draws only for figures made through pyplot's inline backend.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,10 +39,15 @@ from pyrovae.latents import (
 from pyrovae.randomness import seeded
 from pyrovae.vae import VAE
 
+log = logging.getLogger(__name__)
+
 PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "manifold", "interpolation",
             "kl_per_dim", "class_samples")
 """The pictures of a run directory, each written as ``<name>.png``."""
 
+IMAGE_PICTURES = ("samples", "reconstructions", "manifold", "interpolation", "class_samples")
+"""The pictures that draw decoded images, which rows of a table are not."""
+TABLE = "the data are rows of a table, not images"
 TSNE_MAX_POINTS = 2000
 """t-SNE is quadratic-ish in the points: the scatter embeds at most this many test images."""
 MAX_GRID_IMAGES = 1024
@@ -63,20 +72,40 @@ def png(fig: Figure) -> bytes:
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
     """Tile ``(N, D)`` flattened images, ``ncols`` to a row, into one ``(H', W')`` gray or ``(H', W', C)``
-    colour array, with ``pad`` blank pixels between and around the tiles."""
+    colour array, with ``pad`` blank pixels between and around the tiles.
+
+    RGB and RGBA images (3 and 4 channels) are shown in colour; any other number of channels
+    as the gray mean of the channels.
+    """
     from torchvision.utils import make_grid  # a second to import: only pictures need it
 
-    grid = make_grid(images.detach().cpu().reshape(-1, *image_shape), nrow=ncols, padding=pad)
-    return grid[0] if image_shape[0] == 1 else grid.permute(1, 2, 0)  # make_grid repeats one channel thrice
+    images = images.detach().cpu().reshape(-1, *image_shape)
+    if image_shape[0] not in (1, 3, 4):
+        images = images.mean(1, keepdim=True)
+    grid = make_grid(images, nrow=ncols, padding=pad)
+    return grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # make_grid repeats one channel thrice
 
 
-def _grid_figure(images: torch.Tensor, image_shape: Sequence[int], ncols: int, title: str) -> Figure:
-    grid = image_grid(images, image_shape, ncols)
-    width = min(ncols, len(images)) * 0.6 + 0.4
+@dataclass
+class Tiles:
+    """Flattened images ``(N, D)`` to show ``ncols`` to a row, under a title."""
+
+    images: torch.Tensor
+    ncols: int
+    title: str
+
+    def grid(self, image_shape: Sequence[int]) -> torch.Tensor:
+        """The tiled picture as an array (see :func:`image_grid`)."""
+        return image_grid(self.images, image_shape, self.ncols)
+
+
+def _grid_figure(tiles: Tiles, image_shape: Sequence[int]) -> Figure:
+    grid = tiles.grid(image_shape)
+    width = min(tiles.ncols, len(tiles.images)) * 0.6 + 0.4
     fig = NotebookFigure(figsize=(width, grid.shape[0] / grid.shape[1] * (width - 0.4) + 0.6), layout="tight")
     ax = fig.subplots()
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title)
+    ax.set_title(tiles.title)
     ax.axis("off")
     return fig
 
@@ -91,9 +120,8 @@ def sample_labels(vae: VAE, n: int, label: int | None = None) -> torch.Tensor | 
 
 
 @torch.no_grad()
-def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0,
-                   label: int | None = None) -> Figure:
-    """A grid of E[x|z] for ``n`` draws z ~ p(z), the same draws for the same seed.
+def sample_tiles(vae: VAE, n: int = 64, seed: int = 0, label: int | None = None) -> Tiles:
+    """E[x|z] for ``n`` draws z ~ p(z), the same draws for the same seed; torch's random state is left as it was.
 
     A conditional model draws from p(z|y): class ``label``, or one class per column.
     """
@@ -106,14 +134,19 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
         images = vae.sample(n, y)
     if y is None or label is not None:
         title = "decoded prior samples" if y is None else f"decoded samples of class {label}"
-        return _grid_figure(images, image_shape, ncols=max(8, math.ceil(math.sqrt(n))), title=title)
-    return _grid_figure(images, image_shape, ncols=vae.num_classes, title="decoded samples, one class per column")
+        return Tiles(images, ncols=max(8, math.ceil(math.sqrt(n))), title=title)
+    return Tiles(images, ncols=vae.num_classes, title="decoded samples, one class per column")
+
+
+def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int = 0,
+                   label: int | None = None) -> Figure:
+    """A grid of E[x|z] for ``n`` draws z ~ p(z) (see :func:`sample_tiles`)."""
+    return _grid_figure(sample_tiles(vae, n, seed, label), image_shape)
 
 
 @torch.no_grad()
-def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int], n: int = 8,
-                           y: torch.Tensor | None = None) -> Figure:
-    """Originals (top row) above their reconstructions E[x | z = loc(x)] (bottom row).
+def reconstruction_tiles(vae: VAE, x: torch.Tensor, n: int = 8, y: torch.Tensor | None = None) -> Tiles:
+    """The first ``n`` images of ``x`` (top row) above their reconstructions E[x | z = loc(x)] (bottom row).
 
     A decoder conditioned on labels needs ``y``, the labels of ``x``, unless the VAE guesses
     them with its classifier.
@@ -121,7 +154,13 @@ def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int]
     vae.eval()
     x = x[:n]
     images = torch.cat([x, vae.reconstruct(x, None if y is None else y[:n])])
-    return _grid_figure(images, image_shape, ncols=len(x), title="originals (top), reconstructions (bottom)")
+    return Tiles(images, ncols=len(x), title="originals (top), reconstructions (bottom)")
+
+
+def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int], n: int = 8,
+                           y: torch.Tensor | None = None) -> Figure:
+    """Originals (top row) above their reconstructions (see :func:`reconstruction_tiles`)."""
+    return _grid_figure(reconstruction_tiles(vae, x, n, y), image_shape)
 
 
 @torch.no_grad()
@@ -136,7 +175,8 @@ def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 
     y = torch.arange(vae.num_classes, device=vae.device).repeat_interleave(per_class)
     with seeded(vae.device, seed):
         images = vae.sample(len(y), y)
-    return _grid_figure(images, image_shape, ncols=per_class, title="decoded samples, one class per row (0 on top)")
+    return _grid_figure(Tiles(images, ncols=per_class, title="decoded samples, one class per row (0 on top)"),
+                        image_shape)
 
 
 def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
@@ -249,47 +289,57 @@ def manifold_latents(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span:
 
 
 @torch.no_grad()
-def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None = None, n: int = 20,
-                    span: float = 2.0, quantiles: bool = False, label: int = 0) -> Figure:
-    """Decode a grid of latents: the whole latent space of a 1D or 2D model (as in Sergio Verduzco,
-    "The variational autoencoder from scratch: an exercise in balance" (2023)).
-
-    See :func:`manifold_latents` for the grid; a decoder conditioned on labels draws class ``label``.
-    """
+def manifold_tiles(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span: float = 2.0, quantiles: bool = False,
+                   label: int = 0) -> Tiles:
+    """The decoded grid of :func:`manifold_latents`, ``n`` to a row; a decoder conditioned on labels draws class
+    ``label``."""
     vae.eval()
     z = manifold_latents(vae, x, n, span, quantiles)
     y = torch.full((len(z),), label, dtype=torch.long, device=vae.device) if vae.decoder_conditioning else None
     what = {1: "z from left to right", 2: "z1 left to right, z2 bottom to top"}.get(
         vae.z_dim, "the two principal directions of the encoder means (in std)")
     scale = "normal quantiles" if quantiles else f"[-{span:g}, {span:g}]"
-    return _grid_figure(vae.decode(z, y), image_shape, ncols=n, title=f"decoded {scale}: {what}")
+    return Tiles(vae.decode(z, y), ncols=n, title=f"decoded {scale}: {what}")
+
+
+def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None = None, n: int = 20,
+                    span: float = 2.0, quantiles: bool = False, label: int = 0) -> Figure:
+    """Decode a grid of latents: the whole latent space of a 1D or 2D model (as in Sergio Verduzco,
+    "The variational autoencoder from scratch: an exercise in balance" (2023)).
+
+    See :func:`manifold_latents` for the grid and :func:`manifold_tiles` for the images.
+    """
+    return _grid_figure(manifold_tiles(vae, x, n, span, quantiles, label), image_shape)
 
 
 @torch.no_grad()
-def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], classes: tuple[int, int] = (3, 8),
+def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], classes: tuple[int, int] | None = None,
                          steps: int = 10) -> Figure:
     """Decode the latent line between the first test images of two classes.
 
     The ends are the encoder means; a decoder conditioned on labels keeps the first class. NYU Deep
     Learning, Canziani & LeCun, "Generative Models - Variational Autoencoders", morphs a 3 into an 8 this way.
+    Without ``classes``: 3 and 8 where the split has them, else its first and last class (two
+    images of the one class of unlabelled data).
     """
-    if test.y is None:
-        raise ValueError("interpolation picks its two images by class, and this split has no labels")
+    present = sorted(set(test.y.tolist()))
+    if classes is None:
+        classes = (3, 8) if {3, 8} <= set(present) else (present[0], present[-1])
     ends = []
     for label in classes:
-        where = (test.y == label).nonzero()
-        if not len(where):
-            present = sorted(set(test.y.tolist()))
+        where = (test.y == label).nonzero()[:, 0]
+        nth = len(ends) if classes[0] == classes[1] else 0  # from one class: its first two images
+        if len(where) <= nth:
             raise ValueError(f"no test image of class {label} to interpolate from; choose among {present}")
-        ends.append(test.x[where[0, 0]])
+        ends.append(test.x[where[nth]])
     vae.eval()
     loc = vae.encode(torch.stack(ends).to(vae.device))[0]
     t = torch.linspace(0, 1, steps, device=vae.device)[:, None]
     z = (1 - t) * loc[0] + t * loc[1]
     y = torch.full((steps,), classes[0], dtype=torch.long, device=vae.device) if vae.decoder_conditioning else None
     images = torch.cat([ends[0][None].to(vae.device), vae.decode(z, y), ends[1][None].to(vae.device)])
-    return _grid_figure(images, image_shape, ncols=steps + 2,
-                        title=f"class {classes[0]} to class {classes[1]}: original, {steps} decoded steps, original")
+    return _grid_figure(Tiles(images, ncols=steps + 2, title=f"class {classes[0]} to class {classes[1]}: original, "
+                                                           f"{steps} decoded steps, original"), image_shape)
 
 
 @torch.no_grad()
@@ -317,8 +367,8 @@ class PictureOptions:
     """latent_scatter by t-SNE instead of PCA for latents of more than two dimensions."""
     quantiles: bool = False
     """manifold over normal quantiles instead of an even grid over [-2, 2]."""
-    interpolate: tuple[int, int] = (3, 8)
-    """the classes at the two ends of interpolation."""
+    interpolate: tuple[int, int] | None = None
+    """the classes at the two ends of interpolation (default: see :func:`interpolation_figure`)."""
     seed: int = 0
     """seed of every random draw in the pictures."""
 
@@ -339,18 +389,27 @@ def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequ
         "kl_per_dim": lambda: kl_per_dim_figure(vae, test, seed=o.seed),
         "class_samples": lambda: class_samples_figure(vae, image_shape, seed=o.seed),
     }
-    for name in unavailable_pictures(vae, test, metrics):
+    for name in unavailable_pictures(vae, test, metrics, image_shape):
         del figures[name]
     return figures
 
 
-def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]]) -> dict[str, str]:
+def is_table(image_shape: Sequence[int]) -> bool:
+    """Whether the data are rows of a table, shape (1, 1, D), rather than images."""
+    return tuple(image_shape[:2]) == (1, 1)
+
+
+def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]],
+                         image_shape: Sequence[int] = (1, 28, 28)) -> dict[str, str]:
     """The pictures that do not apply to this run, each with the reason."""
     reasons = {"training_curves": (not metrics, "metrics.jsonl has no epochs yet"),
                "interpolation": (test.y is None, "the test split has no labels"),
                "class_samples": (not vae.conditional,
                                  "the model is not conditional (prior='class-means', or decoder_conditioning=True)")}
-    return {name: reason for name, (missing, reason) in reasons.items() if missing}
+    unavailable = {name: reason for name, (missing, reason) in reasons.items() if missing}
+    if is_table(image_shape):
+        unavailable |= {name: TABLE for name in IMAGE_PICTURES if name not in unavailable}
+    return unavailable
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -363,12 +422,15 @@ def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder:
                       metrics: Sequence[dict[str, Any]] = (), only: Sequence[str] | None = None,
                       options: PictureOptions | None = None) -> list[Path]:
     """Write the run's pictures (all that apply, or those named in ``only``) as ``<name>.png`` in ``folder``."""
-    unavailable = unavailable_pictures(vae, test, metrics)
+    unavailable = unavailable_pictures(vae, test, metrics, image_shape)
     for name in only or ():
         if name not in PICTURES:
             raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
         if name in unavailable:
             raise ValueError(f"{name} does not apply to this run ({unavailable[name]})")
+    for name in PICTURES:
+        if unavailable.get(name) == TABLE and (only is None or name in only):
+            log.warning(f"{name}.png skipped: {TABLE}")
     figures = run_figures(vae, test, image_shape, metrics, options)
     names = [name for name in figures if only is None or name in only]
     return [save(figures[name](), Path(folder) / f"{name}.png") for name in names]

@@ -1,19 +1,21 @@
-"""Run directories: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl`` and pictures.
+"""Run directories: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl``, pictures and TensorBoard events.
 
 Checkpoints hold only tensors and plain containers, are loaded with
 ``torch.load(weights_only=True)`` (so a crafted file cannot run code) and checked for
 the entries a pyrovae checkpoint has. Every file is written whole (:mod:`pyrovae.files`):
 a crash, a reader or a full disk sees the old checkpoint or the new one, never half of one.
 ``config.json`` is read through :func:`~pyrovae.settings.settings_from_json`: known keys
-and types only.
+and types only. The one exception to whole files: TensorBoard's event files in
+``tensorboard/``, which grow while training runs (:mod:`pyrovae.tensorboard`).
 
 One process at a time writes a run: :meth:`RunDir.writing` holds the directory's lock
-(:mod:`pyrovae.lock`) while it does. Readers (``evaluate``, ``sample``) take no lock.
+(:mod:`pyrovae.lock`) while it does. Readers (``evaluate``, ``sample``, :func:`load_run`) take no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -27,9 +29,11 @@ from typing import Any, TypeVar
 import torch
 
 from pyrovae.build import ModelConfig, build_vae
+from pyrovae.data import DataConfig, Dataset, load_dataset
 from pyrovae.files import append_line, cannot_write, temporary_name, write_atomically
 from pyrovae.lock import RunLock
 from pyrovae.settings import SettingError, settings_from_json
+from pyrovae.sources import check_unchanged
 from pyrovae.vae import VAE
 
 Settings = TypeVar("Settings")
@@ -40,7 +44,9 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 STALE_EVAL = "eval.stale.json"
 """Where resuming moves ``eval.json``: its numbers belong to the checkpoint that training replaces."""
-CONFIG_SECTIONS = ("model", "data", "train")
+TENSORBOARD = "tensorboard"
+"""The folder of a run's TensorBoard event files (``tensorboard=True``)."""
+CONFIG_SECTIONS = ("model", "data", "train", "source")
 CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "rng": dict, "kl_weight": torch.Tensor,
                       "metrics": list, "skipped": int, "partial": (dict, type(None))}
 """What :func:`~pyrovae.train.fit` saves: the trained state, the metrics history up to ``epoch``,
@@ -187,6 +193,18 @@ class RunDir:
         except ValueError as error:
             raise CheckpointError(f"{error}; fix the file or train again") from None
 
+    def load_data(self) -> Dataset:
+        """The dataset the run was trained on, as ``config.json`` describes it, on the CPU.
+
+        Refused with :class:`~pyrovae.sources.SourceChanged` when the data read now differ from
+        what the run recorded (shape, dtype or content hash; see :mod:`pyrovae.sources`).
+        """
+        data = load_dataset(self.settings(DataConfig, "data"))
+        recorded = self.read_config().get("source")
+        if recorded is not None and data.provenance is not None:
+            check_unchanged(recorded, data.provenance)
+        return data
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Add one epoch's row to ``metrics.jsonl``: a whole line or, on a full disk, nothing."""
         append_line(self.file(METRICS), json.dumps(row))
@@ -213,6 +231,7 @@ class RunDir:
         """Delete the files of a previous run here (and the ``extra`` names), keeping anything else."""
         for name in (CONFIG, CHECKPOINT, METRICS, EVAL, STALE_EVAL, *extra):
             self.file(name).unlink(missing_ok=True)
+        shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         buffer = io.BytesIO()  # whole before the disk sees it: a full disk is told the bytes it needed
@@ -258,10 +277,38 @@ def _check_checkpoint(state: Any, path: Path) -> None:
         raise CheckpointError(f"{path} has model weights that are not tensors; train again or restore a copy")
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """The trained VAE of a run directory (in eval mode, on ``device``) and its config dict."""
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained run, read back by :func:`load_run`."""
+
+    vae: VAE
+    """The trained model, in eval mode, on the device asked for."""
+    data: Dataset | None
+    """The dataset as the run configured it (splits, binarization, hidden labels), on the same device; ``None``
+    when loaded with ``data=False``."""
+    metrics: list[dict[str, Any]]
+    """The rows of ``metrics.jsonl``, one per epoch."""
+    config: dict[str, Any]
+    """``config.json`` as a dict, section by section: ``model``, ``data``, ``train``..."""
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = True) -> LoadedRun:
+    """Read a run directory back: its VAE, dataset, metrics and config, as a notebook cell wants them.
+
+    ``data=False`` skips the dataset (``pyrovae sample`` needs none, and mnist may not be on
+    this machine). A folder that is not a run, a damaged file, or a run trained in Python on
+    arrays (no data settings) with ``data=True`` raise :class:`CheckpointError` naming the file;
+    data files that cannot be found raise :class:`~pyrovae.data.DataNotFoundError`.
+    """
     run = RunDir(path)
     config = run.read_config()
-    vae = build_vae(run.settings(ModelConfig, "model"))
-    run.restore(run.load_checkpoint(map_location=device), vae)
-    return vae.to(device).eval(), config
+    model_config = run.settings(ModelConfig, "model")
+    if data and config.get("data") is None:
+        raise CheckpointError(f"{run.file(CONFIG)} has no data settings (the run was trained in Python on arrays); "
+                              f"load it with data=False and bring the arrays yourself")
+    state = run.load_checkpoint(map_location=device)
+    metrics = run.read_metrics()
+    vae = build_vae(model_config)
+    run.restore(state, vae)
+    dataset = run.load_data().to(device) if data else None
+    return LoadedRun(vae=vae.to(device).eval(), data=dataset, metrics=metrics, config=config)

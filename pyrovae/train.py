@@ -49,7 +49,7 @@ from pyrovae.footprint import (
     where,
 )
 from pyrovae.kl_weight import KLSchedule
-from pyrovae.objectives import ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
+from pyrovae.objectives import ESTIMATORS, ELBOParts, IWAEBound, MeanFieldELBO, TraceELBO
 from pyrovae.randomness import derived_seed, rng_state, set_rng_state
 from pyrovae.runs import CHECKPOINT, RunDir
 from pyrovae.semi_supervised import (
@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
 Elbo = Literal[tuple(ELBOS)]
+Estimator = Literal[ESTIMATORS]
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES = get_args(Device)
 ADAM_MOMENTS = 2
@@ -98,6 +99,10 @@ class TrainConfig:
                                              "after every batch (e.g. 1e-5)", metavar="ALPHA")
     particles: int = setting(1, "vectorized samples of z per example and step (averaged for trace and meanfield)",
                              metavar="K")
+    estimator: Estimator = setting("standard", "the gradient estimator of elbo='iwae': standard (Burda et al. 2015), "
+                                               "stl (sticking the landing, Roeder et al. 2017) or dreg (doubly "
+                                               "reparameterized, Tucker et al. 2019), whose encoder gradient keeps "
+                                               "its signal as K grows")
     labeled_fraction: float = setting(0.5, "with hidden labels (labeled=N): the least share of labelled images in "
                                            "every batch, the labelled ones oversampled", metavar="F")
     aux_weight: float | None = setting(None, "weight ALPHA of the classification term -ALPHA log q(y|x) of every "
@@ -108,10 +113,15 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)")
     tf32: bool = setting(False, "let CUDA matmuls and convolutions use TensorFloat-32 (faster on Ampere and later "
                                 "GPUs, ~3 digits)")
+    tensorboard: bool = setting(False, "write TensorBoard events into RUN/tensorboard: the metrics every epoch, "
+                                       "pictures and histograms of the posterior means, the Embedding Projector at "
+                                       "the end (needs `pip install pyrovae[tensorboard]`)")
+    tensorboard_every: int = setting(10, "with tensorboard=True, the pictures and histograms every N epochs (and "
+                                         "at the first and the last)", metavar="N")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_positive(self, "epochs", "batch_size", "particles", "lr")
+        check_positive(self, "epochs", "batch_size", "particles", "lr", "tensorboard_every")
         if not 0 < self.labeled_fraction < 1:
             raise SettingError("labeled_fraction", f"labeled_fraction is a share of each batch and must lie strictly "
                                                    f"between 0 and 1, got {self.labeled_fraction}")
@@ -120,8 +130,15 @@ class TrainConfig:
         if self.skip_nonfinite < 0:
             raise SettingError("skip_nonfinite",
                                f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
+        if self.estimator != "standard" and self.elbo != "iwae":
+            raise SettingError("estimator", f"estimator={self.estimator!r} estimates the gradient of the iwae bound; "
+                                            f"add elbo='iwae' (with particles=1 it is the ELBO)")
         resolve_device(self.device)
         _ = self.kl_schedule  # raises on KL settings that make no schedule
+        if self.tensorboard:
+            from pyrovae.tensorboard import check_installed  # imported when asked for: it brings matplotlib
+
+            check_installed()
 
     @property
     def kl_schedule(self) -> KLSchedule:
@@ -210,11 +227,13 @@ class SVIStep:
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
-    """The ``config.json`` of a run: model, data and training settings (``None`` where unknown)."""
+    """The ``config.json`` of a run: model, data and training settings (``None`` where unknown), and what
+    data were read (see :mod:`pyrovae.sources`)."""
     def as_dict(settings: Any) -> dict[str, Any] | None:
         return None if settings is None else dataclasses.asdict(settings)
 
-    return {"model": as_dict(vae.config), "data": as_dict(data.config), "train": as_dict(config)}
+    return {"model": as_dict(vae.config), "data": as_dict(data.config), "train": as_dict(config),
+            "source": data.provenance}
 
 
 @dataclasses.dataclass
@@ -281,6 +300,19 @@ def check_few_labels(config: TrainConfig, processes: Processes) -> None:
         raise ValueError("training with hidden labels (labeled=N) runs in one process; start it without torchrun")
 
 
+def check_training(vae: VAE, data: Dataset, config: TrainConfig, processes: Processes = SINGLE) -> None:
+    """Refuse, before any work, what training ``vae`` on ``data`` (both on the training device) cannot do:
+    images outside the likelihood's support, bad labels, settings that hidden labels cannot honour, and
+    sizes that do not fit in memory (:func:`check_step_fits`)."""
+    vae.check_data(data.observed_train_images(), "training images")
+    vae.check_data(data.val.x, "validation images")
+    vae.check_labels(visible_labels(data.train), "training labels")  # the hidden ones are -1
+    vae.check_labels(data.val.y, "validation labels")
+    if learns_from_few_labels(vae, data):
+        check_few_labels(config, processes)
+    check_step_fits(vae, data, config, processes)
+
+
 def nonfinite_message(epoch: int, step: int, steps: int, config: TrainConfig, kept: str) -> str:
     """Why training stopped on a NaN or infinity, what was kept, and the usual fixes."""
     return (f"training stopped: the loss or a gradient was NaN or infinite at epoch {epoch}, step {step} of {steps}; "
@@ -321,13 +353,10 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
         writer.check(resume)  # writable, and holding no earlier run unless it is resumed
     vae.to(device)
     data = data.to(device)
-    vae.check_data(data.observed_train_images(), "training images")
-    vae.check_data(data.val.x, "validation images")
-    vae.check_labels(visible_labels(data.train), "training labels")  # the hidden ones are -1
-    vae.check_labels(data.val.y, "validation labels")
-    if learns_from_few_labels(vae, data):
-        check_few_labels(config, processes)
-    check_step_fits(vae, data, config, processes)
+    check_training(vae, data, config, processes)
+    if config.elbo == "meanfield" and not vae.closed_form_kl and processes.is_main:
+        log.warning("elbo='meanfield' has no closed-form KL for a flow guide or two stochastic layers: training with "
+                    "the sampled KL, as elbo='trace'")
     if config.batch_size > len(data.train) and processes.is_main:
         log.warning(f"batch_size={config.batch_size} is larger than the training set ({len(data.train)} images): "
                     f"every step trains on all of them, one step per epoch")
@@ -376,8 +405,10 @@ def training_objective(vae: VAE, data: Dataset, config: TrainConfig,
     With hidden labels it is the semi-supervised objective over batches of ``batch_size``
     mixed images; otherwise the (KL-weighted) negative ELBO that ``config.elbo`` names.
     """
-    elbo = ELBOS[config.elbo](num_particles=config.particles, vectorize_particles=config.particles > 1,
-                              max_plate_nesting=1)  # the data plate; particles go left of it
+    name = "trace" if config.elbo == "meanfield" and not vae.closed_form_kl else config.elbo  # see fit's note
+    options = {"estimator": config.estimator} if name == "iwae" else {}
+    elbo = ELBOS[name](num_particles=config.particles, vectorize_particles=config.particles > 1,
+                       max_plate_nesting=1, **options)  # the data plate; particles go left of it
     if not learns_from_few_labels(vae, data):
         return ELBOLoss(vae, elbo, len(data.train)), None
     mix = LabelMix.of(data.train, batch_size, config.labeled_fraction)
@@ -467,13 +498,21 @@ class Trainer:
         self.kept = "nothing was saved"
         if self.run is not None and self.run.file(CHECKPOINT).exists():
             self._kept_checkpoint(self.partial)
+        if config.tensorboard and run is None:
+            raise ValueError("tensorboard=True writes its events into the run directory; pass run_dir=DIR")
+        self.events = None  # TensorBoard's event files, written by the process that writes the run
+        if config.tensorboard and self.run is not None:
+            from pyrovae.tensorboard import EventLog  # imported when asked for: it brings matplotlib
+
+            self.events = EventLog(self.run.path, data.image_shape)
 
     def train_epochs(self, progress: bool, verbose: bool) -> list[dict[str, float]]:
         config, trained = self.config, []
         done = self.steps * self.epoch + (self.partial.step if self.partial else 0)
         progress = progress and self.processes.is_main
-        with self.stop, tqdm(total=max(0, self.steps * config.epochs - done), disable=not progress,
-                             unit="step", dynamic_ncols=True) as bar:
+        with self.stop, self.events or contextlib.nullcontext(), tqdm(
+                total=max(0, self.steps * config.epochs - done), disable=not progress, unit="step",
+                dynamic_ncols=True) as bar:
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
                 bar.set_description(f"epoch {epoch}/{config.epochs}")
@@ -495,6 +534,8 @@ class Trainer:
                 if any_rank(self.stop.requested is not None, self.processes):
                     signal_name = self.stop.requested or "a signal (on another rank)"
                     raise TrainingInterrupted(self._interrupted(signal_name, f"after epoch {epoch}"))
+            if self.events is not None and trained:
+                self.events.projector(self.vae, self.data.val, self.epoch)
         return trained
 
     def _start(self, epoch: int) -> EpochState:
@@ -589,6 +630,8 @@ class Trainer:
         self._save(partial=None)
         if self.run is not None:
             self.run.append_metrics(row)
+        if self.events is not None:
+            self.events.epoch(row, self.vae, self.data.val, self.config.epochs, self.config.tensorboard_every)
         return row
 
     def _save(self, partial: EpochState | None) -> None:

@@ -5,7 +5,8 @@ Generative model p(x, z | y) = p(z | y) p(x | z), one site per variable inside t
     z ~ prior(y)                      # N(0, I) by default; N(mu_y, I) for the conditional VAE
     x ~ likelihood(decoder(z[, y]))   # Bernoulli(logits) by default
 
-and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)). ``Trace_ELBO`` turns the
+and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)), or that Gaussian pushed through a
+normalizing flow (a ``posterior`` of :mod:`pyrovae.flows`). ``Trace_ELBO`` turns the
 pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y))
 (Kingma & Welling 2014).
 
@@ -35,6 +36,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pyrovae.build import ModelConfig
+from pyrovae.flows import DiagonalPosterior, location
 from pyrovae.likelihoods import BernoulliLikelihood
 from pyrovae.priors import StandardNormalPrior
 
@@ -50,7 +52,8 @@ class VAE(nn.Module):
     """A variational autoencoder built from an encoder, a decoder, a prior and a likelihood.
 
     Args:
-        encoder: maps ``(..., D)`` images to ``(loc, scale)`` of q(z|x).
+        encoder: maps ``(..., D)`` images to ``(loc, scale)`` of q(z|x) (and the context of a flow
+            ``posterior`` after them).
         decoder: maps ``(..., Z)`` latents (``(..., Z + C)`` with ``decoder_conditioning``)
             to the likelihood's raw parameters.
         z_dim: latent size Z.
@@ -63,6 +66,8 @@ class VAE(nn.Module):
         classifier: maps images to the logits of q(y|x); with one, the guide of an
             unlabelled image is q(y|x) q(z|x, y), and the encoder must read ``y`` too.
         config: the :class:`~pyrovae.build.ModelConfig` this VAE was built from, if any.
+        posterior: maps the encoder's outputs to q(z|x); defaults to the diagonal Gaussian
+            N(loc, diag scale^2) (:class:`~pyrovae.flows.DiagonalPosterior`).
 
     :meth:`model` and :meth:`guide` take the same arguments: ``kl_weight`` (a positive
     float or a 0-dim tensor, 1 by default) scales the latent site; ``data_size`` (``None``
@@ -75,7 +80,8 @@ class VAE(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
                  prior: nn.Module | None = None, likelihood: nn.Module | None = None,
                  num_classes: int | None = None, decoder_conditioning: bool = False,
-                 classifier: nn.Module | None = None, config: ModelConfig | None = None):
+                 classifier: nn.Module | None = None, config: ModelConfig | None = None,
+                 posterior: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -87,6 +93,7 @@ class VAE(nn.Module):
         self.decoder_conditioning = decoder_conditioning
         self.classifier = classifier
         self.config = config
+        self.posterior = posterior if posterior is not None else DiagonalPosterior()
         if self.conditional and not num_classes:
             raise ValueError("a conditional VAE (label-reading prior or decoder conditioning) needs num_classes")
         if classifier is not None and not self.conditional:
@@ -102,6 +109,11 @@ class VAE(nn.Module):
     def conditional(self) -> bool:
         """Whether the model reads labels ``y`` (through the prior or the decoder)."""
         return getattr(self.prior, "needs_labels", False) or self.decoder_conditioning
+
+    @property
+    def closed_form_kl(self) -> bool:
+        """Whether ``TraceMeanField_ELBO`` can take KL(q(z|x) || p(z)) in closed form: a Gaussian guide, one layer."""
+        return isinstance(self.posterior, DiagonalPosterior)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
@@ -122,15 +134,17 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """q(z|x) = N(loc(x), diag(scale(x)^2)); with a classifier, q(y|x) q(z|x, y), y enumerated if not given."""
+        """q(z|x) = N(loc(x), diag(scale(x)^2)) (or a flow of it); with a classifier, q(y|x) q(z|x, y), y
+        enumerated if not given."""
         pyro.module("encoder", self.encoder)
+        pyro.module("posterior", self.posterior)
         if self.classifier is not None:
             pyro.module("classifier", self.classifier)
         with data_plate(x, data_size), poutine.scale(scale=kl_weight):
             if self.classifier is not None and y is None:
                 y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)), infer={"enumerate": "parallel"})
-            loc, scale = self.encoder(x) if self.classifier is None else self.encoder(x, y)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            parameters = self.encoder(x) if self.classifier is None else self.encoder(x, y)
+            pyro.sample("z", self.posterior(*parameters))
 
     def class_prior(self, x: torch.Tensor) -> dist.Categorical:
         """pi = p(y), fixed uniform: a learned pi lets every image fall into one class when labels are few."""
@@ -149,13 +163,13 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior parameters ``(loc, scale)``, each ``(B, Z)``.
+        """The posterior parameters ``(loc, scale)``, each ``(B, Z)`` (of a flow guide: of its base Gaussian).
 
         An encoder of q(z|x, y) reads ``y`` if given, else the classifier's most likely class.
         """
         if self.classifier is None:
-            return self.encoder(x)
-        return self.encoder(x, self.classify(x) if y is None else y)
+            return self.encoder(x)[:2]
+        return self.encoder(x, self.classify(x) if y is None else y)[:2]
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,11 +185,12 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean of each image: E[x | z = loc(x)] (with a classifier and no ``y``, at its
-        most likely class)."""
+        """Decode the posterior mean of each image: E[x | z = loc(x)] (a flow guide: loc(x) pushed through the flow;
+        with a classifier and no ``y``, at its most likely class)."""
         if y is None and self.classifier is not None:
             y = self.classify(x)
-        return self.decode(self.encode(x, y)[0], y)
+        parameters = self.encoder(x) if self.classifier is None else self.encoder(x, y)
+        return self.decode(location(self.posterior(*parameters)), y)
 
     @torch.no_grad()
     def sample(self, n: int, y: int | torch.Tensor | None = None) -> torch.Tensor:

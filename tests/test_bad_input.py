@@ -48,6 +48,11 @@ def run_files_digest(root):
 CLI_CASES = [
     # train: optimization settings
     (["train", "--epochs", "0"], "--epochs must be positive, got 0"),
+    (["train", "--estimator", "dreg"], "--estimator dreg estimates the gradient of the iwae bound; add --elbo iwae"),
+    # train: posterior families and stochastic layers
+    (["train", "--guide", "iaf", "--flow-layers", "0"], "--flow-layers .* must be at least 1, got 0"),
+    (["train", "--latent-layers", "3"], "--latent-layers must be 1 or 2, got 3"),
+    (["train", "--latent-layers", "2", "--prior", "vamp"], "with --latent-layers 2 choose another prior"),
     (["train", "--batch-size", "-5"], "--batch-size must be positive, got -5"),
     (["train", "--particles", "0"], "--particles must be positive, got 0"),
     (["train", "--lr", "0"], "--lr must be positive"),
@@ -58,13 +63,15 @@ CLI_CASES = [
                                                             "--kl-warmup 3$"),
     (["train", "--skip-nonfinite", "-1"], "--skip-nonfinite counts batches and cannot be negative"),
     (["train", "--threads", "0"], "--threads must be positive"),
+    (["train", "--tensorboard-every", "0"], "--tensorboard-every must be positive, got 0"),
     # train: model settings
     (["train", "--z-dim", "0"], "--z-dim must be at least 1"),
     (["train", "--hidden", "16", "0"], "--hidden must hold positive layer sizes"),
     (["train", "--prior", "mixture", "--prior-components", "0"], "--prior-components .* at least 1"),
     (["train", "--likelihood", "gaussian", "--likelihood-scale", "0"], "--likelihood-scale must be a positive"),
-    (["train", "--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs the gaussian or laplace "
-                                                              "likelihood.*--likelihood gaussian"),
+    (["train", "--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs the gaussian, laplace "
+                                                              "or discretized-logistic likelihood.*--likelihood "
+                                                              "gaussian"),
     (["train", "--conditional", "--prior", "mixture"], "--decoder-conditioning"),
     (["train", "--likelihood", "bernoulli", "--binarize", "none", "--kl-weight", "0"], "must be positive"),
     # train: data
@@ -178,7 +185,10 @@ PYTHON_CASES = [
      ValueError, "'epochs' must be int"),
     # arrays handed to the data layer
     ("NaN in arrays", lambda v: from_arrays(NAN_X), ValueError, "NaN"),
-    ("uint8 range in arrays", lambda v: from_arrays(X * 255), ValueError, "divide uint8 images by 255"),
+    ("uint8 range in arrays", lambda v: fit(v["plain"], from_arrays(X * 255), TrainConfig(epochs=1, device="cpu"),
+                                            progress=False), ValueError, "divide uint8 pixels by 255"),
+    ("uint8 range to binarize", lambda v: from_arrays(X * 255, binarize="static"), ValueError,
+     "divide uint8 images by 255"),
     ("labels not matching images", lambda v: from_arrays(X, torch.zeros(4)), ValueError, "need 5 labels"),
     ("everything held out", lambda v: from_arrays(X, val_fraction=0.99), ValueError, "cannot hold out"),
     # training entry point

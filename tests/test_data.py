@@ -170,13 +170,20 @@ def test_binarize_once_is_fixed_by_its_seed():
     assert not torch.equal(binarize_once(x, seed=1), binarize_once(x, seed=2))
 
 
-@pytest.mark.parametrize("images,match", [
-    (np.full((10, 4, 4), np.nan), "NaN"),
-    (np.full((10, 4, 4), 255.0), r"\[0, 1\]"),
+@pytest.mark.parametrize("images,binarize,match", [
+    (np.full((10, 4, 4), np.nan), "none", "NaN"),
+    (np.full((10, 4, 4), 255.0), "static", r"\[0, 1\]"),
 ])
-def test_from_arrays_rejects_bad_pixels(images, match):
+def test_from_arrays_rejects_bad_pixels(images, binarize, match):
     with pytest.raises(ValueError, match=match):
-        from_arrays(images)
+        from_arrays(images, binarize=binarize)
+
+
+def test_from_arrays_scales_uint8_pixels_and_keeps_any_finite_table():
+    pixels = np.arange(160, dtype=np.uint8).reshape(10, 4, 4)
+    assert from_arrays(pixels, val_fraction=0.5).train.x.max() <= 1
+    table = np.linspace(-50, 50, 40, dtype=np.float32).reshape(10, 4)
+    assert from_arrays(table, val_fraction=0.5).train.x.abs().max() > 1  # a table of numbers: scored as they are
 
 
 def test_from_arrays_rejects_labels_that_do_not_match():

@@ -1,5 +1,6 @@
 import json
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -53,6 +54,16 @@ def test_every_example_is_tested():
     assert scripts == set(EXAMPLES)
 
 
+def test_the_readme_picture_is_small_and_drawn_by_its_script():
+    picture = ROOT / "docs" / "images" / "digits.png"
+    assert "](docs/images/digits.png)" in (ROOT / "README.md").read_text().split("\n## ")[0]  # the first screen
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size < 200_000
+    figure = runpy.run_path(str(ROOT / "docs" / "make_readme_picture.py"))["readme_picture"](epochs=1)
+    samples, manifold = (ax.get_images()[0].get_array() for ax in figure.axes)
+    assert samples.shape == (10 * 9 + 1, 10 * 9 + 1) and manifold.shape == samples.shape  # 10 x 10 digits each
+    assert samples.std() > 0.05 and manifold.std() > 0.05
+
+
 def test_readme_commands_match_ci():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
@@ -86,16 +97,17 @@ def test_cli_and_api_reference_are_up_to_date():
 
 
 def known_flags() -> set[str]:
-    """Options of every pyrovae command, example and benchmark script, pytest's --runslow, pip's and torchrun's."""
+    """Options of every pyrovae command, example and benchmark script, pytest's --runslow, pip's, torchrun's and
+    TensorBoard's --logdir."""
     from pyrovae.cli import build_parser
 
     flags = {"--runslow", "--help", "--index-url", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint",
-             "--rdzv-backend", "--standalone"}
+             "--rdzv-backend", "--standalone", "--logdir"}
     flags |= {option for action in build_parser()._actions for option in action.option_strings}
     for command in build_parser()._subparsers._group_actions[0].choices.values():
         flags |= {option for action in command._actions for option in action.option_strings}
     for script in [*(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
-                   ROOT / "docs" / "make_reference.py"]:
+                   *(ROOT / "docs").glob("*.py")]:
         flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
     return flags
 

@@ -26,7 +26,15 @@ from pyrovae import (
     train,
 )
 from pyrovae.cli import main
-from pyrovae.footprint import OutOfMemory, TooBig, check_model_fits, is_out_of_memory, model_bytes, parameter_bytes
+from pyrovae.footprint import (
+    OutOfMemory,
+    TooBig,
+    check_model_fits,
+    flow_bytes,
+    is_out_of_memory,
+    model_bytes,
+    parameter_bytes,
+)
 from pyrovae.importance import ImportanceSampler
 
 QUICK = ["--epochs", "1", "--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
@@ -40,7 +48,11 @@ QUICK = ["--epochs", "1", "--hidden", "16", "--z-dim", "2", "--threads", "1", "-
      "--prior-components 1000000000 needs about [\\d.]+ GB .*; lower --prior-components"),
     (["--particles", "100000000"], "--particles 100000000 needs about [\\d.]+ [GT]B per step at --batch-size 128; "
                                    "this machine has [\\d.]+ [GMT]B free; lower --particles or --batch-size"),
-], ids=["z-dim", "hidden", "prior-components", "particles"])
+    (["--guide", "iaf", "--z-dim", "100000000"], "--z-dim 100000000 needs about [\\d,]+ TB for the weights, "
+                                                  ".*; lower --z-dim"),
+    (["--image-size", "100000"], "--image-size 100000 makes 1497 images of [\\d.]+ GB each, about [\\d.]+ TB in all; "
+                                 "this machine has [\\d.]+ [GMT]B free; lower --image-size"),
+], ids=["z-dim", "hidden", "prior-components", "particles", "flow-z-dim", "image-size"])
 def test_an_oversized_setting_is_refused_in_one_line_before_the_run_directory_exists(tmp_path, capsys, flags, named):
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--out", str(out), *flags]) == 2
@@ -65,6 +77,14 @@ def test_a_refused_overwrite_leaves_the_old_run_as_it_was(tmp_path, capsys):
 ])
 def test_the_parameters_are_counted_without_building_the_model(config):
     assert model_bytes(config) == 4 * parameter_bytes(build_vae(config))  # weights, gradients, Adam's moments
+
+
+@pytest.mark.parametrize("config", [ModelConfig(guide="iaf", z_dim=7), ModelConfig(guide="spline", z_dim=5),
+                                    ModelConfig(guide="iaf", z_dim=4, latent_layers=2, z1_dim=9, flow_layers=3)])
+def test_a_flow_guides_networks_are_counted_by_extrapolation_exactly(config):
+    vae = build_vae(config)
+    posteriors = [vae.posterior, getattr(vae, "upper_posterior", torch.nn.Identity())]
+    assert flow_bytes(config) == 4 * sum(parameter_bytes(posterior) for posterior in posteriors)
 
 
 @pytest.fixture

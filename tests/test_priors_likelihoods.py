@@ -3,12 +3,18 @@ import math
 import pyro
 import pytest
 import torch
+import torch.distributions as td
 import torch.nn.functional as F
 from pyro import poutine
 
-from pyrovae import ModelConfig, build_vae
+from pyrovae import ModelConfig, TrainConfig, build_vae, evaluation_report, fit, from_arrays
 from pyrovae.build import build_likelihood, build_prior
-from pyrovae.likelihoods import ContinuousBernoulliLikelihood, GaussianLikelihood, LaplaceLikelihood
+from pyrovae.likelihoods import (
+    ContinuousBernoulliLikelihood,
+    DiscretizedLogistic,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+)
 from pyrovae.nets import MIN_SCALE, MLPEncoder
 from pyrovae.objectives import MeanFieldELBO, TraceELBO
 from pyrovae.priors import PRIORS
@@ -163,7 +169,7 @@ def test_gaussian_and_laplace_accept_any_finite_values():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"learn_scale": "pixel"}, "gaussian or laplace"),
+    ({"learn_scale": "pixel"}, "gaussian, laplace or discretized-logistic"),
     ({"likelihood": "gaussian", "likelihood_scale": 0.0}, "positive"),
     ({"prior": "class-means"}, "num_classes"),
     ({"prior": "nope"}, "unknown prior"),
@@ -190,3 +196,75 @@ def test_a_users_own_prior_plugs_in_without_library_changes():
     loss = TraceELBO().differentiable_loss(vae.model, vae.guide, x)
     loss.backward()
     assert torch.isfinite(loss) and vae.prior.df.grad is not None
+
+
+# --- the discretized logistic (8-bit pixels) ----------------------------------------------------------
+
+PIXEL_VALUES = torch.arange(256, dtype=torch.float64) / 255
+
+
+def logistic_cdf(value, loc, scale):
+    """The logistic's CDF built from torch's transforms: U(0, 1) pushed through logit, then loc + scale * u."""
+    logistic = td.TransformedDistribution(td.Uniform(torch.zeros_like(loc), torch.ones_like(loc)),
+                                          [td.SigmoidTransform().inv, td.AffineTransform(loc, scale)])
+    return logistic.cdf(value.clamp(-1e6, 1e6))
+
+
+@pytest.mark.parametrize("loc,scale", [(0.0, 0.1), (0.93, 0.004), (-3.0, 0.5), (5.0, 1e-3), (0.2, 7.0)])
+def test_the_discretized_logistic_sums_to_one_over_the_256_values(loc, scale):
+    pixel = DiscretizedLogistic(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    log_mass = pixel.log_prob(PIXEL_VALUES)
+    assert torch.isfinite(log_mass).all()
+    assert abs(log_mass.logsumexp(0).item()) < 1e-9
+
+
+def test_the_discretized_logistic_is_the_logistic_mass_of_each_bin():
+    loc, scale = torch.tensor([0.1, -0.6, 0.99], dtype=torch.float64), torch.tensor([0.05, 0.3, 0.02],
+                                                                                    dtype=torch.float64)
+    centres = 2 * PIXEL_VALUES[:, None] - 1
+    upper = torch.where(centres >= 1, torch.tensor(math.inf, dtype=torch.float64), centres + 1 / 255)
+    lower = torch.where(centres <= -1, torch.tensor(-math.inf, dtype=torch.float64), centres - 1 / 255)
+    mass = logistic_cdf(upper, loc, scale) - logistic_cdf(lower, loc, scale)
+    computed = DiscretizedLogistic(loc, scale).log_prob(PIXEL_VALUES[:, None].expand(256, 3)).exp()
+    assert torch.allclose(computed, mass, atol=1e-12)
+
+
+def test_discretized_logistic_samples_fall_in_the_bins_with_their_masses():
+    pixel = DiscretizedLogistic(torch.tensor(0.1), torch.tensor(0.02))
+    draws = pixel.sample((40_000,))
+    assert torch.equal(draws, torch.round(draws * 255) / 255) and draws.min() >= 0 and draws.max() <= 1
+    counts = torch.bincount(torch.round(draws * 255).long(), minlength=256).double()
+    expected = 40_000 * pixel.log_prob(PIXEL_VALUES.float()).exp().double()
+    busy = expected > 50
+    assert expected[busy].sum() > 0.99 * 40_000
+    assert ((counts[busy] - expected[busy]).abs() < 5 * expected[busy].sqrt()).all()  # within 5 standard deviations
+
+
+@pytest.mark.parametrize("learn_scale", ["decoder", "pixel"])
+def test_the_discretized_logistic_likelihood_learns_its_scale_and_sizes_the_decoder(learn_scale):
+    config = ModelConfig(image_shape=(1, 4, 4), z_dim=Z, likelihood="discretized-logistic", learn_scale=learn_scale)
+    vae = build_vae(config)
+    params = torch.randn(7, B, vae.likelihood.params_per_pixel * D)
+    x = torch.randint(0, 256, (B, D)) / 255
+    assert vae.likelihood(params).log_prob(x).shape == (7, B)
+    assert vae.decoder(torch.zeros(1, Z)).shape == (1, (2 if learn_scale == "decoder" else 1) * D)
+    assert ModelConfig(likelihood="discretized-logistic").learn_scale == "decoder"  # always learned
+
+
+def test_the_discretized_logistic_refuses_pixels_that_are_not_8_bit():
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=Z, likelihood="discretized-logistic"))
+    vae.check_data(torch.randint(0, 256, (B, D)) / 255)
+    with pytest.raises(ValueError, match=r"not 8-bit pixels \(multiples of 1/255\).*continuous-bernoulli"):
+        vae.check_data(torch.randint(0, 17, (B, D)) / 16)  # the digits' 17 gray levels
+
+
+def test_a_vae_of_8_bit_images_reaches_a_finite_bits_per_dim_well_under_8():
+    generator = torch.Generator().manual_seed(0)
+    shade = torch.randint(0, 256, (400, 1, 1, 1), generator=generator)
+    stripes = (torch.arange(8).reshape(1, 1, 1, 8) * 32 + shade) % 256  # 400 shaded 8x8 stripe patterns
+    images = stripes.expand(400, 1, 8, 8).float() / 255
+    data = from_arrays(images, torch.zeros(400, dtype=torch.long))
+    vae = build_vae(ModelConfig(image_shape=(1, 8, 8), z_dim=2, hidden=(32,), likelihood="discretized-logistic"))
+    fit(vae, data, TrainConfig(epochs=30, batch_size=32, lr=1e-2), progress=False, verbose=False)
+    report = evaluation_report(vae, data.test.x, num_samples=50)
+    assert math.isfinite(report["bits_per_dim"]) and report["bits_per_dim"] < 6.5, report  # uniform pixels: 8

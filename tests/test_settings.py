@@ -134,7 +134,7 @@ PYTHON_MESSAGES = [
      "^kl_balance sets the weight itself; use it without kl_weight=2$"),
     (lambda tmp: ModelConfig(hidden=(8, 0)), "hidden", r"^hidden must hold positive layer sizes, got \[8, 0\]$"),
     (lambda tmp: DataConfig(data_dir="x"), "data_dir",
-     "drop data_dir=DIR, or use it with dataset='mnist' or dataset='fashion-mnist'$"),
+     "drop data_dir=DIR, or use it with dataset='mnist', dataset='fashion-mnist' or torchvision:NAME$"),
     (lambda tmp: RunDir(tmp / "file").prepare(), "run_dir", "^run_dir .* is a file, not a folder"),
 ]
 
@@ -158,8 +158,8 @@ def test_python_suggestions_are_written_as_arguments(tmp_path):
     (["--batch-size", "0"], "--batch-size must be positive, got 0$"),
     (["--kl-balance", "1e-3", "--kl-weight", "2"],
      "--kl-balance sets the weight itself; use it without --kl-weight 2$"),
-    (["--dataset", "digits", "--data-dir", "x"], "drop --data-dir DIR, or use it with --dataset mnist or "
-                                                 "--dataset fashion-mnist$"),
+    (["--dataset", "digits", "--data-dir", "x"], "drop --data-dir DIR, or use it with --dataset mnist, "
+                                                 "--dataset fashion-mnist or torchvision:NAME$"),
     (["--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs .*; add --likelihood gaussian or "
                                                      "--likelihood laplace$"),
     (["--resume", "--overwrite", "--out", "run"], "--resume continues a run and --overwrite replaces it"),

@@ -43,12 +43,35 @@ def test_run_directory_files_and_checkpoint_round_trip(digits, tmp_path):
     assert [set(row) for row in rows] == [keys] * 2
     assert all(row["train_loss"] == pytest.approx(row["recon"] + row["kl"], rel=1e-5) for row in rows)
 
-    loaded, config = load_run(tmp_path)
-    assert config["train"]["epochs"] == 2 and config["data"]["dataset"] == "digits"
+    run = load_run(tmp_path)
+    assert run.config["train"]["epochs"] == 2 and run.config["data"]["dataset"] == "digits"
+    assert run.metrics == rows and not run.vae.training
     vae.eval()
     x = digits.test.x[:10]
-    assert torch.equal(loaded.reconstruct(x), vae.reconstruct(x))
-    assert all(torch.equal(a, b) for a, b in zip(loaded.encode(x), vae.encode(x)))
+    assert torch.equal(run.vae.reconstruct(x), vae.reconstruct(x))
+    assert all(torch.equal(a, b) for a, b in zip(run.vae.encode(x), vae.encode(x)))
+    # The dataset as configured: the same splits, binarized the same way.
+    assert run.data.name == "digits" and run.data.dynamic_binarization and run.data.config == digits.config
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(run.data, name).x, getattr(digits, name).x), name
+    assert load_run(tmp_path, data=False).data is None
+
+
+def test_load_run_refuses_what_is_not_a_whole_run_in_one_line(digits, tmp_path):
+    with pytest.raises(CheckpointError, match="config.json does not exist; is .* a pyrovae run directory"):
+        load_run(tmp_path)  # an empty folder
+    fit(digits_vae(), digits, TrainConfig(epochs=1, device="cpu"), run_dir=tmp_path / "run", progress=False)
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"epoch": 2, "train_lo')  # a line cut short
+    with pytest.raises(CheckpointError, match="metrics.jsonl line 2 is not JSON"):
+        load_run(tmp_path / "run")
+
+    arrays = from_arrays(torch.bernoulli(torch.full((40, 4, 4), 0.3)), binarize="static")
+    fit(build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,))), arrays,
+        TrainConfig(epochs=1, device="cpu"), run_dir=tmp_path / "arrays", progress=False)
+    with pytest.raises(CheckpointError, match="no data settings.*data=False"):
+        load_run(tmp_path / "arrays")
+    assert load_run(tmp_path / "arrays", data=False).vae.x_dim == 16
 
 
 def test_resume_continues_the_epoch_count_and_reproduces_an_uninterrupted_run(digits, tmp_path):

@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -69,9 +71,15 @@ def test_posterior_scale_stays_positive_for_extreme_encoder_outputs(small_vae):
     assert (scale >= MIN_SCALE).all() and torch.isfinite(scale).all()
 
 
-def test_conv_nets_reject_image_sizes_they_cannot_handle():
-    with pytest.raises(ValueError, match="divisible by 4"):
-        build_vae(ModelConfig(image_shape=(1, 10, 10), net="conv"))
+@pytest.mark.parametrize("image_shape", [(1, 10, 10), (3, 7, 13), (2, 28, 28), (1, 1, 5)])
+def test_conv_nets_take_images_of_any_size_and_channels(image_shape):
+    vae = build_vae(ModelConfig(image_shape=image_shape, net="conv", z_dim=3, hidden=(8,),
+                                likelihood="gaussian", learn_scale="decoder"))
+    x = torch.rand(4, math.prod(image_shape))
+    loc, scale = vae.encode(x)
+    assert loc.shape == scale.shape == (4, 3)
+    assert vae.decoder(torch.zeros(2, 5, 3)).shape == (2, 5, 2 * math.prod(image_shape))  # locs and scales
+    assert vae.reconstruct(x).shape == x.shape
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -1,0 +1,102 @@
+"""Two stochastic layers (Burda, Grosse & Salakhutdinov 2015): a VAE whose latent code has a code of its own.
+
+Generative model and guide, each layer a sample site in the data plate::
+
+    z2 ~ prior(y)                        # the top layer: N(0, I), or any prior of pyrovae.priors
+    z1 ~ N(mu(z2), diag sigma(z2)^2)     # p(z1|z2), from an MLP of z2
+    x  ~ likelihood(decoder(z1))         # p(x|z1)
+
+    z1 ~ q(z1|x)                         # the encoder's posterior (diagonal or a flow)
+    z2 ~ q(z2|z1)                        # the same family, from an MLP of z1
+
+Burda et al.'s layout is x -> h -> z1 (100) -> h -> z2 (50); the top layer z2 is the VAE's
+``z_dim``, the one the prior, the conditional prior, the latent pictures and ``encode`` see.
+The ELBOs, the IWAE bound and the importance-sampled log-likelihood read the two sites from
+the traces like any other.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyrovae.flows import DiagonalPosterior, location
+from pyrovae.vae import VAE, data_plate
+
+
+class TwoLayerVAE(VAE):
+    """A :class:`~pyrovae.vae.VAE` with two stochastic layers: p(z2|y) p(z1|z2) p(x|z1), q(z1|x) q(z2|z1).
+
+    Args:
+        encoder, decoder, posterior: as for :class:`VAE`, between x and the lower layer z1.
+        z_dim: the size of the top layer z2; ``z1_dim``: the size of the lower layer.
+        upper_encoder: maps ``(..., z1_dim)`` to the parameters of q(z2|z1) (and a flow's context).
+        upper_decoder: maps ``(..., z_dim)`` to ``(loc, scale)`` of p(z1|z2).
+        upper_posterior: maps ``upper_encoder``'s outputs to q(z2|z1); the diagonal Gaussian by default.
+        parts: the other keyword arguments of :class:`VAE` (prior, likelihood, labels, config).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int, *, z1_dim: int,
+                 upper_encoder: nn.Module, upper_decoder: nn.Module, upper_posterior: nn.Module | None = None,
+                 **parts):
+        super().__init__(encoder, decoder, z_dim, x_dim, **parts)
+        if self.classifier is not None:
+            raise ValueError("two stochastic layers take no classifier q(y|x); use label_guide='none'")
+        self.z1_dim = z1_dim
+        self.upper_encoder = upper_encoder
+        self.upper_decoder = upper_decoder
+        self.upper_posterior = upper_posterior if upper_posterior is not None else DiagonalPosterior()
+
+    @property
+    def closed_form_kl(self) -> bool:
+        """False: KL(q(z1|x) || p(z1|z2)) at a z2 drawn from q(z2|z1) is no KL of the ELBO."""
+        return False
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
+              kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
+        """p(z2|y) p(z1|z2) p(x|z1), with ``x`` observed; the KL weight scales both latent sites."""
+        pyro.module("decoder", self.decoder)
+        pyro.module("upper_decoder", self.upper_decoder)
+        pyro.module("prior", self.prior)
+        pyro.module("likelihood", self.likelihood)
+        with data_plate(x, data_size):
+            with poutine.scale(scale=kl_weight):
+                if self.conditional and y is None:
+                    y = pyro.sample("y", self.class_prior(x), infer={"enumerate": "parallel"})
+                z2 = pyro.sample("z2", self.prior(y))
+                z1 = pyro.sample("z1", dist.Normal(*self.upper_decoder(z2)).to_event(1))
+            pyro.sample("x", self.likelihood(self.decoder(self._decoder_input(z1, y))), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
+              kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
+        """q(z1|x) q(z2|z1), each a diagonal Gaussian or a flow of one."""
+        pyro.module("encoder", self.encoder)
+        pyro.module("posterior", self.posterior)
+        pyro.module("upper_encoder", self.upper_encoder)
+        pyro.module("upper_posterior", self.upper_posterior)
+        with data_plate(x, data_size), poutine.scale(scale=kl_weight):
+            z1 = pyro.sample("z1", self.posterior(*self.encoder(x)))
+            pyro.sample("z2", self.upper_posterior(*self.upper_encoder(z1)))
+
+    def _lower_location(self, x: torch.Tensor) -> torch.Tensor:
+        """A representative z1 of each image: the location of q(z1|x)."""
+        return location(self.posterior(*self.encoder(x)))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top layer's posterior parameters ``(loc, scale)`` of q(z2|z1), each ``(B, z_dim)``, at the location
+        of q(z1|x) (a flow guide: of its base Gaussian)."""
+        return self.upper_encoder(self._lower_location(x))[:2]
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z1] at z1 = E[z1|z2] for top-layer latents ``z`` of shape ``(..., z_dim)``."""
+        return super().decode(self.upper_decoder(z)[0], y)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z1] at the location of q(z1|x): the lower layer, which the decoder reads."""
+        return super().decode(self._lower_location(x), y)
