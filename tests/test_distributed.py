@@ -79,6 +79,7 @@ def torchrun(*args, cwd):
                            "-m", "pyrovae", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
+@pytest.mark.slow  # four torchrun launches: 30 s
 def test_torchrun_writes_one_run_directory_resumes_and_evaluates_like_one_process(tmp_path):
     out = tmp_path / "run"
     trained = torchrun("train", "--device", "cpu", "--epochs", "1", "--hidden", "32", "--z-dim", "2",

@@ -78,11 +78,11 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode,at,epochs_kept", [
+@pytest.mark.parametrize("mode,at,epochs_kept", [  # 10 s each: two processes train; the default run keeps one
     ("SIGKILL", STEPS_PER_EPOCH + 5, 1),  # in the middle of epoch 2: epoch 1 survives
-    ("save", 2, 1),                       # halfway through writing epoch 2's checkpoint: epoch 1 survives
-    ("SIGINT", STEPS_PER_EPOCH + 5, 1),   # Ctrl-C saves the position in epoch 2 and exits cleanly
-    ("SIGTERM", 2 * STEPS_PER_EPOCH + 1, 2),
+    pytest.param("save", 2, 1, marks=pytest.mark.slow),  # halfway through writing epoch 2's checkpoint
+    pytest.param("SIGINT", STEPS_PER_EPOCH + 5, 1, marks=pytest.mark.slow),  # Ctrl-C saves the position in epoch 2
+    pytest.param("SIGTERM", 2 * STEPS_PER_EPOCH + 1, 2, marks=pytest.mark.slow),
 ], ids=["sigkill-mid-epoch", "sigkill-mid-checkpoint-write", "sigint-mid-epoch", "sigterm-mid-epoch"])
 def test_resume_after_a_fault_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, mode, at, epochs_kept):
     out = tmp_path / "run"

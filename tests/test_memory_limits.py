@@ -224,6 +224,7 @@ print(json.dumps({"estimate": estimate, "measured": peak - before}))
 """
 
 
+@pytest.mark.slow  # three training processes: 8 s
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the peak RSS from /proc")
 def test_the_estimate_is_within_a_factor_of_two_of_the_measured_peak():
     configs = {"mlp": ("mlp", "trace", 1, 2048), "conv": ("conv", "trace", 1, 256),

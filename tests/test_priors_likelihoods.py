@@ -258,6 +258,7 @@ def test_the_discretized_logistic_refuses_pixels_that_are_not_8_bit():
         vae.check_data(torch.randint(0, 17, (B, D)) / 16)  # the digits' 17 gray levels
 
 
+@pytest.mark.slow  # 30 epochs: 5 s
 def test_a_vae_of_8_bit_images_reaches_a_finite_bits_per_dim_well_under_8():
     generator = torch.Generator().manual_seed(0)
     shade = torch.randint(0, 256, (400, 1, 1, 1), generator=generator)
