@@ -32,7 +32,7 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
 from pyrovae.cli import main as pyrovae
-from pyrovae.data import HIDDEN, DataConfig, load_dataset
+from pyrovae.data import HIDDEN, DataConfig, as_floats, load_dataset
 from pyrovae.evaluate import accuracy
 from pyrovae.train import resolve_device
 
@@ -43,12 +43,13 @@ TARGETS = {"fashion-mnist": {100: 0.76, 1000: 0.83, 0: 0.58}}
 def baseline(dataset: str, labeled: int, limit: int | None) -> tuple[str, float]:
     """The baseline's name and test accuracy: logistic regression on the labelled images, or k-means without."""
     data = load_dataset(DataConfig(dataset=dataset, labeled=labeled, binarize="none"))
-    test_x, test_y = data.test.x[:limit].numpy(), data.test.y[:limit]
+    train_x, test_x = as_floats(data.train.x).numpy(), as_floats(data.test.x[:limit]).numpy()
+    test_y = data.test.y[:limit]
     if labeled:
-        kept = data.train.y != HIDDEN
-        model = LogisticRegression(max_iter=5000).fit(data.train.x[kept].numpy(), data.train.y[kept].numpy())
+        kept = (data.train.y != HIDDEN).numpy()
+        model = LogisticRegression(max_iter=5000).fit(train_x[kept], data.train.y[kept].numpy())
         return "logistic regression on the labelled images", model.score(test_x, test_y.numpy())
-    kmeans = KMeans(n_clusters=data.num_classes, n_init=10, random_state=0).fit(data.train.x.numpy())
+    kmeans = KMeans(n_clusters=data.num_classes, n_init=10, random_state=0).fit(train_x)
     predicted = torch.as_tensor(kmeans.predict(test_x), dtype=torch.long)
     return "k-means on pixels (cluster accuracy)", accuracy(predicted, test_y, clusters=True)
 

@@ -48,6 +48,7 @@ from pyrovae import (  # noqa: E402
     load_dataset,
     negative_elbo,
 )
+from pyrovae.data import as_floats  # noqa: E402
 from pyrovae.train import ELBOS, SVIStep, resolve_device  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def step_times(data, device, batch_size: int, rounds: int, steps: int, meanfield
     """Median seconds per training step of each implementation over rounds, and the median ratios."""
     pyro.set_rng_seed(0)
     vae = default_vae(device)
-    x_all = data.train.x.to(device)
+    x_all = as_floats(data.train.x.to(device))
     pyrovae_step = SVIStep(vae, torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True),
                            ELBOS["meanfield" if meanfield else "trace"](max_plate_nesting=1),
                            data_size=len(x_all))  # as in fit: each batch stands for the dataset

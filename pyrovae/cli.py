@@ -20,7 +20,7 @@ import torch
 
 from pyrovae import __version__, plots
 from pyrovae.build import CLUSTERING_MEANS_INIT, LABEL_PRIORS, LABELLED_MEANS_INIT, ModelConfig, build_vae
-from pyrovae.data import DataConfig, Dataset, Split, load_dataset
+from pyrovae.data import DataConfig, Dataset, Split, as_floats, load_dataset
 from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
@@ -230,7 +230,7 @@ def _train(args: argparse.Namespace) -> None:
         data = run.load_data()
     else:
         train_config = from_args(TrainConfig, args)
-        data = load_dataset(_data_config(args))
+        data = load_dataset(_data_config(args), resolve_device(train_config.device))
         model_config = _model_config(args, data)
     device = resolve_device(train_config.device)
     check_model_fits(model_config, device)  # by formula, before the model is built
@@ -246,7 +246,8 @@ def _train(args: argparse.Namespace) -> None:
                   f"(only {', '.join(map(flag, RESUMABLE))} apply)")
         parallel = f" in {processes.world_size} processes" if processes.parallel else ""
         print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
-              f"on {resolve_device(train_config.device)}{parallel}; run directory: {out}")
+              f"on {resolve_device(train_config.device)}{parallel}; training images {data.train.storage()}; "
+              f"run directory: {out}")
         try:
             fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
             if processes.is_main:
@@ -300,7 +301,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     pyro.set_rng_seed(args.seed)
     log_py = class_log_prior(visible_labels(data.train), vae.num_classes) if vae.conditional else None
     num_samples = None if args.elbo_only else args.num_samples
-    report = evaluation_report(vae, split.x, split.y, num_samples, log_py, args.batch_size,
+    report = evaluation_report(vae, as_floats(split.x), split.y, num_samples, log_py, args.batch_size,
                                args.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
                                seed=args.seed, processes=processes, clusters=data.config.labeled == 0)
     result = {"split": args.split, **report}

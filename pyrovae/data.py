@@ -1,9 +1,13 @@
 """Datasets as device-resident tensors: loading, IDX files, binarization and batching.
 
-Every split is a pair of tensors ``x`` (N, D) of pixels in [0, 1] (or any finite values, for
-tables) and ``y`` (N,) of integer labels, kept on the training device; a batch is a slice of
-a shuffled index, so training makes no host-to-device copy per step. Users' own files and
-torchvision's dataset classes are read by :mod:`pyrovae.sources`.
+Every split is a pair of tensors ``x`` (N, D) and ``y`` (N,) of integer labels, kept on the
+training device; a batch is a slice of a shuffled index, so training makes no host-to-device
+copy per step. Images are floats in [0, 1] (or any finite values, for tables), or 8-bit
+pixels kept as uint8, a quarter of float32's memory, and scaled to [0, 1] where they are used:
+a training batch as it is drawn, an evaluation split as it is scored (:func:`as_floats`). A
+training split too large for memory is streamed from its files instead
+(:mod:`pyrovae.streaming`). Users' own files and torchvision's dataset classes are read by
+:mod:`pyrovae.sources`.
 
 IDX files are parsed by torchvision's MNIST reader. Hand-written around it, where torchvision
 has no call for it: finding the four files in a flat folder (``--data-dir``, the Debian folder
@@ -21,16 +25,19 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
+from pyrovae.footprint import free_bytes, in_bytes
 from pyrovae.settings import SettingError, check_choices, setting
-from pyrovae.sources import TORCHVISION_PREFIX, arrays_of, read_source, resized
+from pyrovae.sources import TORCHVISION_PREFIX, Source, arrays_of, labels_of, materialize, read_source, resized
+from pyrovae.streaming import MEMORY_SHARE, Storage, StreamedSplit, default_workers, streams
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 """The bundled datasets' names; ``dataset`` also takes a path or ``torchvision:NAME``."""
@@ -80,6 +87,14 @@ class DataConfig:
                                         "rest (0: none, to cluster); for the conditional model. Default: all",
                                   metavar="N")
     label_seed: int = setting(0, "seed of the draw of the labeled=N labels kept")
+    storage: Storage = setting("auto", "memory: hold the training images in memory (uint8 pixels); stream: read "
+                                       "them batch by batch from their files (a folder of images or a .npy file) "
+                                       "by DataLoader workers; auto: stream only what does not fit")
+    memory_limit: float | None = setting(None, "with storage=auto, hold the training images in memory only if they "
+                                               "take at most GIB gibibytes (default: half the free memory of this "
+                                               "machine or of the training GPU)", metavar="GIB")
+    workers: int | None = setting(None, "DataLoader worker processes that read streamed batches (default: one per "
+                                        "spare core, at most 4)", metavar="N")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -101,11 +116,20 @@ class DataConfig:
                                f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
         if self.labeled is not None and self.labeled < 0:
             raise SettingError("labeled", f"labeled counts the labels kept and cannot be negative, got {self.labeled}")
+        if self.memory_limit is not None and not self.memory_limit > 0:
+            raise SettingError("memory_limit", f"memory_limit is a size in GiB and must be positive, got "
+                                               f"{self.memory_limit}")
+        if self.workers is not None and self.workers < 0:
+            raise SettingError("workers", f"workers counts processes and cannot be negative, got {self.workers}")
+        if self.storage == "stream" and self.binarize == "static":
+            raise SettingError("binarize", "binarize='static' draws every training image once, in memory; with "
+                                           "storage='stream' use binarize='dynamic' (a fresh draw per batch)",
+                               others=("storage",))
 
 
 @dataclasses.dataclass
 class Split:
-    """Flattened images ``x`` (N, D) with finite values in [0, 1], and labels ``y`` (N,); checked on creation."""
+    """Flattened images ``x`` (N, D), uint8 pixels or finite floats, and labels ``y`` (N,); checked on creation."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -118,9 +142,10 @@ class Split:
 
     @classmethod
     def from_arrays(cls, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> Split:
-        """Flatten images ``(N, ...)`` to ``(N, D)`` floats; missing labels become zeros."""
-        x = torch.as_tensor(x, dtype=torch.float32)
-        x = x.reshape(len(x), -1)
+        """Flatten images ``(N, ...)`` to ``(N, D)``: uint8 pixels as they are, other numbers as float32; missing
+        labels become zeros."""
+        x = torch.as_tensor(x)
+        x = (x if x.dtype == torch.uint8 else x.float()).reshape(len(x), -1)
         y = torch.zeros(len(x), dtype=torch.long) if y is None else torch.as_tensor(y, dtype=torch.long)
         return cls(x, y)
 
@@ -129,6 +154,15 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), self.y.to(device))
+
+    def read(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images ``x[index]`` of every index in ``batches``, as stored."""
+        return (self.x[index] for index in batches)
+
+    def storage(self) -> str:
+        """Where the images are, as the start of training reports it."""
+        dtype = str(self.x.dtype).removeprefix("torch.")
+        return f"held in memory on {self.x.device} ({in_bytes(self.x.nbytes)} as {dtype})"
 
 
 @dataclasses.dataclass
@@ -141,7 +175,7 @@ class Dataset:
 
     name: str
     image_shape: tuple[int, int, int]
-    train: Split
+    train: Split | StreamedSplit
     val: Split
     test: Split
     dynamic_binarization: bool = False
@@ -163,42 +197,48 @@ class Dataset:
         Drawn from ``generator`` (a CPU generator) if given, else from torch's global one.
         """
         if generator is None:
-            return torch.randperm(len(self.train), device=self.train.x.device)
-        return torch.randperm(len(self.train), generator=generator).to(self.train.x.device)
+            return torch.randperm(len(self.train), device=self.train.y.device)
+        return torch.randperm(len(self.train), generator=generator).to(self.train.y.device)
 
     def batches(self, batch_size: int, shuffle: bool = True, order: torch.Tensor | None = None,
                 first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training minibatches ``(x, y)``: slices of a shuffled index, binarized afresh if dynamic.
+        """Training minibatches ``(x, y)``: slices of a shuffled index, scaled to floats, binarized afresh if dynamic.
 
         ``order`` gives the index, perhaps one process's shard of the examples (default:
         :meth:`shuffled_order`, or the stored order without ``shuffle``); ``first`` skips that
         many batches, to finish an interrupted epoch.
         """
-        if order is None and shuffle:
-            order = self.shuffled_order()
-        n = len(self.train) if order is None else len(order)
-        for start in range(first * batch_size, n, batch_size):
-            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
-            x = self.train.x[index]
+        if order is None:
+            order = self.shuffled_order() if shuffle else torch.arange(len(self.train), device=self.train.y.device)
+        indices = order[first * batch_size:].split(batch_size)
+        for index, x in zip(indices, self.train.read(indices)):
+            x = as_floats(x)
             yield (binarize_afresh(x) if self.dynamic_binarization else x), self.train.y[index]
 
     def observed_train_images(self) -> torch.Tensor:
-        """The training images as the model sees them (one draw if binarized dynamically)."""
-        return binarize_afresh(self.train.x) if self.dynamic_binarization else self.train.x
+        """The training images held in memory as the model sees them: floats, one draw if binarized dynamically."""
+        x = as_floats(self.train.x)
+        return binarize_afresh(x) if self.dynamic_binarization else x
+
+
+def as_floats(x: torch.Tensor) -> torch.Tensor:
+    """Images as floats: uint8 pixels scaled to [0, 1], floats as they are."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 def check_pixels(x: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` unless ``x`` is a finite (N, D) float tensor (the likelihood checks its own support)."""
-    if not x.is_floating_point() or x.ndim != 2:
-        raise ValueError(f"{name} must be a float tensor of flattened images (N, D), "
+    """Raise ``ValueError`` unless ``x`` is a (N, D) tensor of uint8 pixels or finite floats (the likelihood
+    checks its own support)."""
+    if not (x.is_floating_point() or x.dtype == torch.uint8) or x.ndim != 2:
+        raise ValueError(f"{name} must be a tensor of flattened images (N, D), uint8 or float, "
                          f"got {x.dtype} of shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
+    if x.is_floating_point() and not torch.isfinite(x).all():
         raise ValueError(f"{name} contain NaN or infinite values; clean or drop those examples")
 
 
 def check_unit_interval(x: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` unless the values of ``x`` lie in [0, 1] (as binarizing needs)."""
-    if len(x) and (x.min() < 0 or x.max() > 1):
+    """Raise ``ValueError`` unless the values of ``x`` lie in [0, 1] (as binarizing needs; uint8 pixels do)."""
+    if len(x) and x.is_floating_point() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"{name} have values in [{x.min().item():g}, {x.max().item():g}]; "
                          f"pixels must lie in [0, 1] (divide uint8 images by 255)")
 
@@ -228,8 +268,8 @@ def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
     """A :class:`Dataset` from in-memory images (``(N, H, W)``, ``(N, C, H, W)`` or a table ``(N, D)``).
 
     ``train_x`` and ``test_x`` may also be torch datasets of ``(image, label)`` pairs
-    (torchvision's, say), whose labels then come with them. Pixels are uint8 (scaled by
-    1/255 here) or floats: in [0, 1] for the Bernoulli-type
+    (torchvision's, say), whose labels then come with them. Pixels are uint8 (the training
+    split keeps them so, scaled by 1/255 per batch) or floats: in [0, 1] for the Bernoulli-type
     likelihoods and for ``binarize``, any finite values for the Gaussian and Laplace ones.
     The validation split is a fixed random ``val_fraction`` of the training images; without
     ``test_x`` the test split is the validation split. Missing labels become zeros. With
@@ -240,25 +280,29 @@ def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
         train_x, train_y = arrays_of(train_x)
     if isinstance(test_x, torch.utils.data.Dataset):
         test_x, test_y = arrays_of(test_x)
-    train_x, test_x = _as_floats(train_x), None if test_x is None else _as_floats(test_x)
-    image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(train_x.shape)))
-    train, val = _hold_out(Split.from_arrays(train_x, train_y), val_fraction)
+    train = Split.from_arrays(train_x, train_y)
+    image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(torch.as_tensor(train_x).shape)))
+    keep, held = validation_indices(len(train), val_fraction)
+    val = Split(train.x[held], train.y[held])
     test = val if test_x is None else Split.from_arrays(test_x, test_y)
+    return _assemble(name, image_shape, Split(train.x[keep], train.y[keep]), val, test, binarize, labeled, label_seed)
+
+
+def _assemble(name: str, image_shape: tuple[int, ...], train: Split | StreamedSplit, val: Split, test: Split,
+              binarize: str, labeled: int | None, label_seed: int) -> Dataset:
+    """The :class:`Dataset` of three splits: the validation and test images binarized once unless ``binarize`` is
+    ``"none"``, the training images binarized once if ``"static"``, and all but ``labeled`` training labels
+    hidden."""
+    if binarize != "none" and isinstance(train, Split):
+        check_unit_interval(train.x, f"images to binarize (binarize={binarize!r})")
     if binarize != "none":
-        check_unit_interval(train_x, f"images to binarize (binarize={binarize!r})")
-        val, test = Split(binarize_once(val.x), val.y), Split(binarize_once(test.x), test.y)
+        val, test = (Split(binarize_once(as_floats(s.x)), s.y) for s in (val, test))
     if binarize == "static":
-        train = Split(binarize_once(train.x), train.y)
+        train = Split(binarize_once(as_floats(train.x)), train.y)
     data = Dataset(name, image_shape, train, val, test, dynamic_binarization=binarize == "dynamic")
     if labeled is not None:
-        data.train = hide_labels(train, labeled, data.num_classes, label_seed)
+        data.train = hide_labels(data.train, labeled, data.num_classes, label_seed)
     return data
-
-
-def _as_floats(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Images as float32: uint8 pixels scaled to [0, 1], floats as they are."""
-    x = torch.as_tensor(x)
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
@@ -272,18 +316,18 @@ def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
     raise ValueError(f"images must have shape (N, D), (N, H, W) or (N, C, H, W), got {tuple(shape)}")
 
 
-def _hold_out(train: Split, fraction: float) -> tuple[Split, Split]:
-    """Split off a fixed random ``fraction`` of ``train`` as validation data."""
-    n_val = max(1, int(round(len(train) * fraction)))
-    if n_val >= len(train):
-        raise ValueError(f"cannot hold out {n_val} of {len(train)} examples for validation; "
+def validation_indices(count: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices kept for training and those held out for validation among ``count`` training examples: a fixed
+    random ``fraction`` of them."""
+    n_val = max(1, int(round(count * fraction)))
+    if n_val >= count:
+        raise ValueError(f"cannot hold out {n_val} of {count} examples for validation; "
                          f"use more data or a smaller val_fraction")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    keep, held = order[n_val:], order[:n_val]
-    return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[n_val:], order[:n_val]
 
 
-def hide_labels(split: Split, labeled: int, num_classes: int, seed: int) -> Split:
+def hide_labels(split: Split | StreamedSplit, labeled: int, num_classes: int, seed: int) -> Split | StreamedSplit:
     """``split`` with all but ``labeled`` labels hidden: labeled / num_classes kept per class, drawn with ``seed``.
 
     The hidden labels are written :data:`HIDDEN`.
@@ -312,18 +356,31 @@ def hide_labels(split: Split, labeled: int, num_classes: int, seed: int) -> Spli
     y = torch.full_like(split.y, HIDDEN)
     kept = torch.cat(keep).to(split.y.device)
     y[kept] = split.y[kept]
-    return Split(split.x, y)
+    return dataclasses.replace(split, y=y)
 
 
-def load_dataset(config: DataConfig) -> Dataset:
-    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`)."""
-    provenance = None
+def load_dataset(config: DataConfig | torch.utils.data.Dataset | torch.Tensor | np.ndarray,
+                 test: torch.utils.data.Dataset | torch.Tensor | np.ndarray | None = None,
+                 device: torch.device | str = "cpu") -> Dataset:
+    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`).
+
+    Users' own sources may stream their training images (``config.storage``): with
+    ``"auto"``, when they would take more than half the free memory of this machine, or of
+    ``device``, where training will hold them (or more than ``config.memory_limit``). The
+    bundled datasets are held in memory. In place of a config, a user's own training images
+    (a torch dataset of ``(image, label)`` pairs, or an array) and ``test`` images alike are
+    held in memory by :func:`from_arrays`.
+    """
+    if not isinstance(config, DataConfig):
+        return from_arrays(config, test_x=test)
+    if config.dataset not in DATASETS:
+        source = read_source(config.dataset, config.data_dir, config.image_size, config.download)
+        return _from_source(source, config, torch.device(device))
+    if config.storage == "stream":
+        raise SettingError("storage", f"the bundled {config.dataset} is held in memory; storage='stream' reads a "
+                                      f"folder of images or a .npy file")
     if config.dataset == "digits":
         train_x, train_y, test_x, test_y = _load_digits()
-    elif config.dataset not in DATASETS:
-        source = read_source(config.dataset, config.data_dir, config.image_size, config.download)
-        train_x, train_y, test_x, test_y = source.train_x, source.train_y, source.test_x, source.test_y
-        provenance = source.provenance
     else:
         files = find_idx_files(config.dataset, config.data_dir, config.download)
         train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
@@ -333,13 +390,34 @@ def load_dataset(config: DataConfig) -> Dataset:
                 raise ValueError(
                     f"the {split} IDX files do not match: images {images.shape}, labels "
                     f"{labels.shape}; expected (N, H, W) images and N labels")
-    if config.image_size is not None and config.dataset in DATASETS:
+    if config.image_size is not None:
         train_x, test_x = resized(train_x, config.image_size), resized(test_x, config.image_size)
-    table = (1, 1, train_x.shape[1]) if train_x.ndim == 2 else None  # rows of numbers, not images
-    data = from_arrays(train_x, train_y, test_x, test_y, image_shape=table, binarize=config.binarize,
-                       val_fraction=config.val_fraction, name=config.dataset, labeled=config.labeled,
-                       label_seed=config.label_seed)
-    return dataclasses.replace(data, config=config, provenance=provenance)
+    data = from_arrays(train_x, train_y, test_x, test_y, binarize=config.binarize, val_fraction=config.val_fraction,
+                       name=config.dataset, labeled=config.labeled, label_seed=config.label_seed)
+    return dataclasses.replace(data, config=config)
+
+
+def _from_source(source: Source, config: DataConfig, device: torch.device) -> Dataset:
+    """The :class:`Dataset` of a user's source: the training images in memory or streamed, as :func:`streams`
+    chooses; the validation and test images in memory."""
+    keep, held = (index.numpy() for index in validation_indices(len(source.train), config.val_fraction))
+    train_examples = Subset(source.train, keep)
+    free = min(free_bytes(torch.device("cpu")), free_bytes(device))
+    limit = MEMORY_SHARE * free if config.memory_limit is None else config.memory_limit * 2**30
+    workers = default_workers() if config.workers is None else config.workers
+    streamed = streams(config.storage, len(keep) * source.bytes_per_example(), limit, free,
+                       source.streamable and source.dtype == np.uint8, workers)
+
+    def split(examples: torch.utils.data.Dataset) -> Split:
+        return Split.from_arrays(materialize(examples, config.dataset), labels_of(examples))
+
+    val, test = split(Subset(source.train, held)), split(source.test)
+    train = (StreamedSplit(train_examples, torch.as_tensor(labels_of(train_examples)), workers,
+                           origin=config.dataset) if streamed else split(train_examples))
+    table = len(source.example_shape) == 1  # rows of numbers, not images
+    image_shape = (1, 1, *source.example_shape) if table else source.example_shape
+    data = _assemble(config.dataset, image_shape, train, val, test, config.binarize, config.labeled, config.label_seed)
+    return dataclasses.replace(data, config=config, provenance=source.provenance)
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pyrovae.data import Split
+from pyrovae.data import Split, as_floats
 from pyrovae.files import write_atomically
 from pyrovae.latents import (
     ACTIVE_UNIT_THRESHOLD,
@@ -230,7 +230,7 @@ def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int =
     directions, or embedded by t-SNE (at most :data:`TSNE_MAX_POINTS` images).
     """
     vae.eval()
-    means = encoder_means(vae, test.x).cpu()
+    means = encoder_means(vae, as_floats(test.x)).cpu()
     labels = None if test.y is None else test.y.cpu()
     fig = NotebookFigure(figsize=(6, 5), layout="tight")
     ax = fig.subplots()
@@ -331,7 +331,7 @@ def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], clas
         nth = len(ends) if classes[0] == classes[1] else 0  # from one class: its first two images
         if len(where) <= nth:
             raise ValueError(f"no test image of class {label} to interpolate from; choose among {present}")
-        ends.append(test.x[where[nth]])
+        ends.append(as_floats(test.x[where[nth]]))
     vae.eval()
     loc = vae.encode(torch.stack(ends).to(vae.device))[0]
     t = torch.linspace(0, 1, steps, device=vae.device)[:, None]
@@ -346,7 +346,7 @@ def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], clas
 def kl_per_dim_figure(vae: VAE, test: Split, seed: int = 0) -> Figure:
     """KL(q(z_i|x) || p(z_i)) per latent dimension with the active units marked: collapse made visible."""
     vae.eval()
-    x = test.x.to(vae.device)
+    x = as_floats(test.x.to(vae.device))
     y = test.y.to(vae.device) if vae.conditional else None
     with seeded(vae.device, seed):
         kl = kl_per_dimension(vae, x, y).cpu()
@@ -381,10 +381,10 @@ def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequ
     figures: dict[str, Callable[[], Figure]] = {
         "samples": lambda: samples_figure(vae, image_shape, seed=o.seed),
         "reconstructions": lambda: reconstructions_figure(  # a classifier's own labels (clusters) for its VAE
-            vae, test.x, image_shape, y=None if vae.classifier is not None else test.y),
+            vae, as_floats(test.x), image_shape, y=None if vae.classifier is not None else test.y),
         "training_curves": lambda: training_curves_figure(metrics),
         "latent_scatter": lambda: latent_scatter_figure(vae, test, tsne=o.tsne, seed=o.seed),
-        "manifold": lambda: manifold_figure(vae, image_shape, test.x, quantiles=o.quantiles),
+        "manifold": lambda: manifold_figure(vae, image_shape, as_floats(test.x), quantiles=o.quantiles),
         "interpolation": lambda: interpolation_figure(vae, test, image_shape, o.interpolate),
         "kl_per_dim": lambda: kl_per_dim_figure(vae, test, seed=o.seed),
         "class_samples": lambda: class_samples_figure(vae, image_shape, seed=o.seed),

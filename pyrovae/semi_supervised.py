@@ -28,7 +28,7 @@ import torch
 from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
-from pyrovae.data import HIDDEN, Dataset, Split, binarize_afresh
+from pyrovae.data import HIDDEN, Dataset, Split, as_floats, binarize_afresh
 from pyrovae.settings import SettingError
 from pyrovae.vae import VAE
 
@@ -92,7 +92,7 @@ class LabelMix:
         for step in range(first, self.steps):
             u = unlabeled[step * self.unlabeled_per_batch:(step + 1) * self.unlabeled_per_batch]
             labeled = stream[step * self.labeled_per_batch:(step + 1) * self.labeled_per_batch]
-            x_l, x_u = data.train.x[labeled], data.train.x[u]
+            x_l, x_u = as_floats(data.train.x[labeled]), as_floats(data.train.x[u])
             if data.dynamic_binarization:
                 x_l, x_u = binarize_afresh(x_l), binarize_afresh(x_u)
             yield x_l, data.train.y[labeled], x_u

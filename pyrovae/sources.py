@@ -1,15 +1,19 @@
 """Users' own data: ``.npy``/``.npz`` arrays, folders of images, and torchvision's dataset classes.
 
 ``--dataset`` takes, besides the bundled names, a path or ``torchvision:NAME``; :func:`read_source`
-reads it into arrays: images ``(N, C, H, W)`` (or a table ``(N, D)``) of uint8 pixels or
-floats, and integer labels. Image sources are resized and centre-cropped to ``image_size``
-by torchvision's transforms. A source without a test split of its own gets one held out
-with a fixed seed.
+opens it as a :class:`Source`: its train and test splits as torch datasets of ``(example,
+label)`` pairs, where an example is an image ``(C, H, W)`` (or a row ``(D,)`` of a table) of
+uint8 pixels or floats. A folder of images and a ``.npy`` file are opened lazily, so that
+training can stream them (:mod:`pyrovae.streaming`); the others are read whole. Image
+sources are resized and centre-cropped to ``image_size`` by torchvision's transforms. A
+source without a test split of its own gets one held out with a fixed seed.
+:func:`materialize` reads a split into one array, filled in place: no second copy.
 
-Every source also says what was read (:attr:`Source.provenance`: the path, shapes, dtype and
-a SHA-256 of the pixels and labels). A run saves it in ``config.json``, and resuming or
-evaluating compares it with the data read then (:func:`check_unchanged`), so a run never
-continues on data that changed under it.
+Every source also says what was read (:attr:`Source.provenance`: the path, shape, dtype and
+a SHA-256 of the content: a folder's files, an array file's arrays, a torchvision split's
+pixels and labels). A run saves it in ``config.json``, and resuming or evaluating compares
+it with the data read then (:func:`check_unchanged`), so a run never continues on data that
+changed under it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import dataclasses
 import difflib
 import hashlib
 import inspect
+import io
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
 from pyrovae.settings import SettingError
 
@@ -32,47 +39,77 @@ TEST_FRACTION = 0.1
 HOLD_OUT_SEED = 0
 """Seed of that hold-out: the same split on every machine."""
 ARRAY_SHAPES = "(N, D), (N, H, W) or (N, C, H, W)"
+CHECK_ROWS = 4096
+"""Rows checked at a time for NaN in a float array, so that a memory-mapped file is never read whole."""
 
 
 class SourceChanged(ValueError):
     """The data a run was trained on are not the data read now."""
 
 
+class ArrayExamples(Dataset):
+    """The rows of an array (in memory or memory-mapped) and their labels as ``(example, label)`` pairs: images
+    ``(C, H, W)`` (one channel for an array of ``(H, W)`` images) or rows ``(D,)``.
+
+    ``transform`` (resizing, say) applies to each example as a tensor.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        example = torch.from_numpy(np.array(self.x[index]))  # a copy: a memory-mapped row is read-only
+        if self.x.ndim == 3:  # (H, W): one channel
+            example = example[None]
+        if self.transform is not None:
+            example = self.transform(example)
+        return example, int(self.y[index])
+
+
 @dataclasses.dataclass
 class Source:
-    """A dataset as arrays: ``x`` images (uint8 pixels or floats) and ``y`` integer labels, per split."""
+    """A dataset's train and test splits as torch datasets of ``(example, label)`` pairs.
 
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
+    ``example_shape`` and ``dtype`` describe one example; ``streamable`` says whether the
+    training split may stay where it is and be read batch by batch (folders of images and
+    ``.npy`` files).
+    """
+
+    train: Dataset
+    test: Dataset
+    example_shape: tuple[int, ...]
+    dtype: np.dtype
     provenance: dict[str, Any]
+    streamable: bool = False
+
+    def bytes_per_example(self) -> int:
+        return int(np.prod(self.example_shape)) * self.dtype.itemsize
 
 
 def read_source(dataset: str, data_dir: str | None = None, image_size: int | None = None,
                 download: bool = True) -> Source:
-    """Read the source ``dataset`` names: ``torchvision:NAME``, a ``.npy``/``.npz`` file, or a folder of images."""
+    """Open the source ``dataset`` names: ``torchvision:NAME``, a ``.npy``/``.npz`` file, or a folder of images."""
     if dataset.startswith(TORCHVISION_PREFIX):
         return read_torchvision(dataset.removeprefix(TORCHVISION_PREFIX), data_dir, image_size, download)
     path = Path(dataset).expanduser()
     if path.suffix in (".npy", ".npz"):
-        source = read_arrays(path)
-        if image_size is not None:
-            source.train_x, source.test_x = resized(source.train_x, image_size), resized(source.test_x, image_size)
-        return source
+        return read_arrays(path, image_size)
     if path.is_dir():
         return read_image_folder(path, image_size)
     raise FileNotFoundError(f"dataset={dataset!r} is neither a bundled dataset (digits, mnist, fashion-mnist), "
                             f"nor a .npy/.npz file, nor an existing folder of images, nor torchvision:NAME")
 
 
-def read_arrays(path: Path) -> Source:
-    """Images or a table from a ``.npy`` file (``x`` only) or a ``.npz`` file (``x`` and ``y``, or
+def read_arrays(path: Path, image_size: int | None = None) -> Source:
+    """Images or a table from a ``.npy`` file (``x`` only, memory-mapped) or a ``.npz`` file (``x`` and ``y``, or
     ``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass the path of a .npy or .npz file")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")  # a .npy file stays on disk until read
     except ValueError as error:
         raise ValueError(f"cannot read {path}: {error}. A ragged array (rows of different lengths) is saved as "
                          f"objects; save one regular array of shape {ARRAY_SHAPES}") from None
@@ -82,22 +119,41 @@ def read_arrays(path: Path) -> Source:
         with loaded:
             arrays = {key: loaded[key] for key in loaded.files}
     if "x_train" in arrays:
-        train = _images(arrays["x_train"], f"{path}['x_train']"), _labels(arrays.get("y_train"), arrays["x_train"])
         if "x_test" not in arrays:
             raise ValueError(f"{path} has x_train but no x_test; save both splits, or one array under 'x'")
-        test = _images(arrays["x_test"], f"{path}['x_test']"), _labels(arrays.get("y_test"), arrays["x_test"])
-        _check_same_kind(train[0], test[0], path)
+        x, test_x = _images(arrays["x_train"], f"{path}['x_train']"), _images(arrays["x_test"], f"{path}['x_test']")
+        _check_same_kind(x, test_x, path)
+        y, test_y = _labels(arrays.get("y_train"), x), _labels(arrays.get("y_test"), test_x)
+        content = (x, y, test_x, test_y)
     elif "x" in arrays:
         x = _images(arrays["x"], f"{path}['x']" if path.suffix == ".npz" else str(path))
-        train, test = _hold_out(x, _labels(arrays.get("y"), x))
+        y, test_x, test_y = _labels(arrays.get("y"), x), None, None
+        content = (x, y)
     else:
         raise ValueError(f"{path} holds {', '.join(sorted(arrays)) or 'no arrays'}; name the images 'x' (and the "
                          f"labels 'y'), or save 'x_train', 'y_train', 'x_test' and 'y_test'")
-    return _source(train, test, {"kind": "arrays", "path": str(path.resolve())})
+    if image_size is not None and x.ndim == 2:
+        raise SettingError("image_size", f"image_size={image_size} resizes images, and these data are a table of "
+                                         f"shape {x.shape}; drop image_size")
+    transform = None if image_size is None else _resize_and_crop(image_size)
+    train = ArrayExamples(x, y, transform)
+    splits = _hold_out(train) if test_x is None else (train, ArrayExamples(test_x, test_y, transform))
+    example = x.shape[1:] if x.ndim != 3 else (1, *x.shape[1:])
+    if image_size is not None:
+        example = (example[0], image_size, image_size)
+    size = len(x) + (0 if test_x is None else len(test_x))
+    provenance = {"kind": "arrays", "path": str(path.resolve()), "shape": [size, *x.shape[1:]],
+                  "dtype": str(x.dtype), "sha256": _sha256(np.ascontiguousarray(a).data for a in content)}
+    return Source(*splits, tuple(example), x.dtype, provenance, streamable=isinstance(x, np.memmap))
 
 
 def read_image_folder(path: Path, image_size: int | None) -> Source:
-    """Images in class subfolders (``path/CLASS/IMAGE``), read by ``torchvision.datasets.ImageFolder``."""
+    """Images in class subfolders (``path/CLASS/IMAGE``), opened by ``torchvision.datasets.ImageFolder``.
+
+    Only the files' headers are read here (to check that the images have one size), with
+    their bytes for the content hash; the pixels are decoded when a split is read.
+    """
+    from PIL import Image
     from torchvision.datasets import ImageFolder
 
     try:
@@ -105,16 +161,28 @@ def read_image_folder(path: Path, image_size: int | None) -> Source:
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{path} holds no images in class subfolders ({error}); put each class's images "
                                 f"into a subfolder: {path}/CLASS/IMAGE.png") from None
-    if image_size is not None:
-        check_fits(len(folder), 3, image_size, 1)
-    x = _stack([image for image, _ in folder], str(path), image_size)
-    labels = np.asarray(folder.targets, dtype=np.int64)
-    return _source(*_hold_out(x, labels), {"kind": "image-folder", "path": str(path.resolve()),
-                                           "classes": folder.classes})
+    sizes: set[tuple[int, int]] = set()
+
+    def files() -> Iterable[bytes]:
+        for file, label in folder.samples:
+            content = Path(file).read_bytes()
+            if image_size is None:
+                with Image.open(io.BytesIO(content)) as image:  # the header only
+                    sizes.add((image.height, image.width))
+            yield f"{Path(file).relative_to(path)}\0{label}\0{len(content)}\0".encode() + content
+
+    digest = _sha256(files())
+    if len(sizes) > 1:  # ImageFolder's loader converts every image to RGB
+        _mixed_sizes(sorted((3, *size) for size in sizes), str(path))
+    height, width = (image_size, image_size) if image_size is not None else sizes.pop()
+    provenance = {"kind": "image-folder", "path": str(path.resolve()), "classes": folder.classes,
+                  "shape": [len(folder), 3, height, width], "dtype": "uint8", "sha256": digest}
+    return Source(*_hold_out(folder), (3, height, width), np.dtype(np.uint8), provenance, streamable=True)
 
 
 def read_torchvision(name: str, data_dir: str | None, image_size: int | None, download: bool) -> Source:
-    """A torchvision dataset class by name: its train and test splits where it has them, else a hold-out.
+    """A torchvision dataset class by name, read whole: its train and test splits where it has them, else a
+    hold-out.
 
     The class's signature says what it takes: ``root``, ``train`` or ``split``, and ``download``
     are passed only where it takes them.
@@ -154,22 +222,23 @@ def read_torchvision(name: str, data_dir: str | None, image_size: int | None, do
                                     f"run once where the network is reachable to download them, or put those "
                                     f"files there (data_dir=DIR)") from None
 
-    has_splits = "train" in parameters or "split" in parameters
+    def arrays(dataset: Any) -> ArrayExamples:
+        return ArrayExamples(materialize(dataset, f"{TORCHVISION_PREFIX}{name}"), labels_of(dataset))
+
     train_set = split(True)
     if image_size is not None:
         check_fits(len(train_set), 3, image_size, 1)
-    x = _stack([image for image, _ in train_set], f"{TORCHVISION_PREFIX}{name}", image_size)
-    y = _labels_of(train_set)
-    if has_splits:
-        test_set = split(False)
-        test = _stack([image for image, _ in test_set], f"{TORCHVISION_PREFIX}{name}", image_size), _labels_of(test_set)
-        train = (x, y)
+    train = arrays(train_set)
+    if "train" in parameters or "split" in parameters:
+        test = arrays(split(False))
+        splits, content = (train, test), (train.x, train.y, test.x, test.y)
     else:
-        train, test = _hold_out(x, y)
-    provenance = {"kind": "torchvision", "class": name}
+        splits, content = _hold_out(train), (train.x, train.y)
+    provenance = {"kind": "torchvision", "class": name, "shape": [sum(map(len, splits)), *train.x.shape[1:]],
+                  "dtype": str(train.x.dtype), "sha256": _sha256(np.ascontiguousarray(a).data for a in content)}
     if "root" in parameters:
         provenance["path"] = str(root.resolve())
-    return _source(train, test, provenance)
+    return Source(*splits, tuple(train.x.shape[1:]), train.x.dtype, provenance)
 
 
 def _expected_files(cls: type, root: Path) -> str:
@@ -187,7 +256,23 @@ def _expected_files(cls: type, root: Path) -> str:
     return " or ".join(names[:2]) if getattr(cls, "filename", None) else ", ".join(names)
 
 
-def arrays_of(dataset: torch.utils.data.Dataset, image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def materialize(examples: Dataset, where: str) -> np.ndarray:
+    """A split read into one array ``(N, *example_shape)``.
+
+    The rows of an array are gathered (a memory-mapped file is read into memory); other
+    sources are read example by example into an array allocated once, so that reading never
+    holds a second copy of the pixels.
+    """
+    base, index = examples, np.arange(len(examples))
+    while isinstance(base, Subset):  # a hold-out of a hold-out: compose the indices
+        base, index = base.dataset, np.asarray(base.indices)[index]
+    if isinstance(base, ArrayExamples) and base.transform is None:
+        x = base.x[index]  # a gather: a memory-mapped file is read into memory
+        return x[:, None] if x.ndim == 3 else x
+    return _stack((example for example, _ in examples), len(examples), where)
+
+
+def arrays_of(dataset: Dataset, image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, C, H, W)`` and integer labels from a torch ``Dataset`` of ``(image, label)`` pairs.
 
     Images may be PIL images, tensors or arrays; PIL images are converted (and, with
@@ -195,12 +280,15 @@ def arrays_of(dataset: torch.utils.data.Dataset, image_size: int | None = None) 
     """
     from PIL.Image import Image
 
-    transform = _image_transform(image_size)
-    images, labels = [], []
-    for image, label in dataset:
-        images.append(transform(image) if isinstance(image, Image) else np.asarray(image))
-        labels.append(int(label))
-    return _stack(images, type(dataset).__name__, image_size), np.asarray(labels, dtype=np.int64)
+    transform, labels = _image_transform(image_size), []
+
+    def images() -> Iterable[Any]:
+        for image, label in dataset:
+            labels.append(int(label))
+            yield transform(image) if isinstance(image, Image) else image
+
+    x = _stack(images(), len(dataset), type(dataset).__name__)
+    return x, np.asarray(labels, dtype=np.int64)
 
 
 def check_unchanged(recorded: dict[str, Any], now: dict[str, Any]) -> None:
@@ -238,46 +326,68 @@ def check_fits(count: int, channels: int, image_size: int, bytes_per_value: int)
                                    f"{in_bytes(free)} free; lower image_size")
 
 
+def labels_of(examples: Dataset) -> np.ndarray:
+    """The integer labels of a split, read without its examples where the source keeps them apart."""
+    if isinstance(examples, Subset):
+        return labels_of(examples.dataset)[np.asarray(examples.indices)]
+    targets = examples.y if isinstance(examples, ArrayExamples) else getattr(examples, "targets", None)
+    if targets is None:
+        targets = [label for _, label in examples]
+    return np.asarray(targets, dtype=np.int64).reshape(-1)
+
+
 def _image_transform(image_size: int | None) -> Any:
     """PIL image to a uint8 tensor (C, H, W), resized (shorter side) and centre-cropped to ``image_size``."""
     from torchvision.transforms import v2
 
     steps = [v2.PILToTensor()]
     if image_size is not None:
-        steps += [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        steps.append(_resize_and_crop(image_size))
     return v2.Compose(steps)
 
 
-def _stack(images: list, where: str, image_size: int | None) -> np.ndarray:
-    """One (N, C, H, W) array from images of one size; a clear error for mixed sizes or an empty source."""
-    if not images:
+def _resize_and_crop(image_size: int) -> Any:
+    """An image tensor (C, H, W) resized (shorter side) and centre-cropped to ``image_size``."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+
+
+def _stack(examples: Iterable[Any], count: int, where: str) -> np.ndarray:
+    """One array of ``count`` examples of one shape, allocated once and filled in place; a clear error for mixed
+    sizes or for none."""
+    stacked, sizes = None, set()
+    for i, example in enumerate(examples):
+        example = np.asarray(example)
+        if stacked is None:
+            stacked = np.empty((count, *example.shape), example.dtype)
+        sizes.add(example.shape)
+        if example.shape == stacked.shape[1:]:
+            stacked[i] = example
+    if stacked is None:
         raise ValueError(f"{where} holds no images; add images, or point dataset= at another source")
-    arrays = [np.asarray(image) for image in images]
-    sizes = sorted({a.shape for a in arrays})
     if len(sizes) > 1:
-        shown = ", ".join("x".join(map(str, s)) for s in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
-        raise ValueError(f"{where} has images of {len(sizes)} sizes ({shown}, as channels x height x width); "
-                         f"pass image_size=S to resize and crop them all to S x S")
-    stacked = np.stack(arrays)
+        _mixed_sizes(sorted(sizes), where)
     return stacked[:, None] if stacked.ndim == 3 else stacked
 
 
-def _labels_of(dataset: Any) -> np.ndarray:
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [label for _, label in dataset]
-    return np.asarray(targets, dtype=np.int64).reshape(-1)
+def _mixed_sizes(sizes: list[tuple[int, ...]], where: str) -> None:
+    shown = ", ".join("x".join(map(str, s)) for s in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
+    raise ValueError(f"{where} has images of {len(sizes)} sizes ({shown}, as channels x height x width); "
+                     f"pass image_size=S to resize and crop them all to S x S")
 
 
 def _images(x: np.ndarray, where: str) -> np.ndarray:
-    """Check an array of images or rows: a shape pyrovae reads, uint8 or finite floats."""
+    """Check an array of images or rows: a shape pyrovae reads, uint8 or finite floats (read in chunks)."""
     if x.dtype == object or x.ndim not in (2, 3, 4):
         raise ValueError(f"{where} has shape {x.shape} ({x.dtype}); save a regular array of shape {ARRAY_SHAPES}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{where} holds {x.dtype}; save uint8 pixels (0 ... 255) or floats")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
-        raise ValueError(f"{where} has NaN or infinite values in {bad} of {len(x)} examples; clean or drop them")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = sum(int((~np.isfinite(x[i:i + CHECK_ROWS].reshape(-1, int(np.prod(x.shape[1:]))))).any(axis=1).sum())
+                  for i in range(0, len(x), CHECK_ROWS))
+        if bad:
+            raise ValueError(f"{where} has NaN or infinite values in {bad} of {len(x)} examples; clean or drop them")
     return x
 
 
@@ -296,22 +406,18 @@ def _check_same_kind(train: np.ndarray, test: np.ndarray, path: Path) -> None:
                          f"{test.shape[1:]}; save both splits alike")
 
 
-def _hold_out(x: np.ndarray, y: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _hold_out(examples: Dataset) -> tuple[Subset, Subset]:
     """Train and test splits of a source without its own test split: a fixed random :data:`TEST_FRACTION`."""
-    n_test = max(1, round(len(x) * TEST_FRACTION))
-    if len(x) < 3:
-        raise ValueError(f"{len(x)} examples are too few to hold out test and validation images; use at least 3")
-    order = np.random.default_rng(HOLD_OUT_SEED).permutation(len(x))
-    test, train = order[:n_test], order[n_test:]
-    return (x[train], y[train]), (x[test], y[test])
+    if len(examples) < 3:
+        raise ValueError(f"{len(examples)} examples are too few to hold out test and validation images; use at "
+                         f"least 3")
+    n_test = max(1, round(len(examples) * TEST_FRACTION))
+    order = np.random.default_rng(HOLD_OUT_SEED).permutation(len(examples))
+    return Subset(examples, order[n_test:]), Subset(examples, order[:n_test])
 
 
-def _source(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-            provenance: dict[str, Any]) -> Source:
-    """The :class:`Source` of two splits, its provenance completed with shapes, dtype and content hash."""
+def _sha256(chunks: Iterable[Any]) -> str:
     digest = hashlib.sha256()
-    for array in (*train, *test):
-        digest.update(np.ascontiguousarray(array).data)
-    provenance |= {"shape": [len(train[0]) + len(test[0]), *train[0].shape[1:]], "dtype": str(train[0].dtype),
-                   "sha256": digest.hexdigest()}
-    return Source(train[0], train[1], test[0], test[1], provenance)
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()

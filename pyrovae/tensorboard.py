@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from pyrovae.data import Split
+from pyrovae.data import Split, as_floats
 from pyrovae.latents import encoder_means
 from pyrovae.plots import reconstruction_tiles, sample_tiles
 from pyrovae.runs import TENSORBOARD
@@ -96,10 +96,11 @@ class EventLog:
     def pictures(self, vae: VAE, val: Split, epoch: int) -> None:
         """Sample and reconstruction grids, and a histogram of the posterior means per latent dimension."""
         y = None if vae.classifier is not None else val.y  # a classifier's VAE reconstructs at its own guess
-        for name, tiles in (("samples", sample_tiles(vae)), ("reconstructions", reconstruction_tiles(vae, val.x, y=y))):
+        x = as_floats(val.x)
+        for name, tiles in (("samples", sample_tiles(vae)), ("reconstructions", reconstruction_tiles(vae, x, y=y))):
             grid = tiles.grid(self.image_shape)
             self.writer.add_image(f"pictures/{name}", grid, epoch, dataformats="HW" if grid.ndim == 2 else "HWC")
-        means = encoder_means(vae, val.x).cpu()
+        means = encoder_means(vae, x).cpu()
         for i in range(vae.z_dim):
             self.writer.add_histogram(f"posterior_mean/z{i}", means[:, i], epoch)
         self.writer.flush()
@@ -108,7 +109,7 @@ class EventLog:
     def projector(self, vae: VAE, val: Split, epoch: int) -> None:
         """The posterior means of up to :data:`EMBEDDING_MAX` validation images, with labels and a sprite."""
         vae.eval()
-        x, labels = val.x[:EMBEDDING_MAX], val.y[:EMBEDDING_MAX].cpu()
+        x, labels = as_floats(val.x[:EMBEDDING_MAX]), val.y[:EMBEDDING_MAX].cpu()
         self.writer.add_embedding(encoder_means(vae, x).cpu(), metadata=labels.tolist(),
                                   label_img=x.cpu().reshape(len(x), *self.image_shape), global_step=epoch,
                                   tag=EMBEDDING_TAG)

@@ -26,13 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyrovae.data import Dataset
+from pyrovae.data import Dataset, as_floats, from_arrays
 from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, data_parallel, gather_objects, join, shard
 from pyrovae.evaluate import evaluating, negative_elbo
 from pyrovae.footprint import (
@@ -62,6 +63,7 @@ from pyrovae.semi_supervised import (
 )
 from pyrovae.settings import SettingError, check_choice, check_choices, check_positive, setting
 from pyrovae.stopping import StopRequest, TrainingInterrupted
+from pyrovae.streaming import StreamedSplit
 from pyrovae.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -304,12 +306,18 @@ def check_training(vae: VAE, data: Dataset, config: TrainConfig, processes: Proc
     """Refuse, before any work, what training ``vae`` on ``data`` (both on the training device) cannot do:
     images outside the likelihood's support, bad labels, settings that hidden labels cannot honour, and
     sizes that do not fit in memory (:func:`check_step_fits`)."""
-    vae.check_data(data.observed_train_images(), "training images")
-    vae.check_data(data.val.x, "validation images")
+    if isinstance(data.train, StreamedSplit):  # uint8 pixels: the first batch shows whether the model reads them
+        vae.check_data(next(data.batches(config.batch_size))[0], "training images")
+    else:
+        vae.check_data(data.observed_train_images(), "training images")
+    vae.check_data(as_floats(data.val.x), "validation images")
     vae.check_labels(visible_labels(data.train), "training labels")  # the hidden ones are -1
     vae.check_labels(data.val.y, "validation labels")
     if learns_from_few_labels(vae, data):
         check_few_labels(config, processes)
+        if isinstance(data.train, StreamedSplit):
+            raise SettingError("storage", "training with hidden labels mixes labelled images into every batch from "
+                                          "memory; use storage='memory'")
     check_step_fits(vae, data, config, processes)
 
 
@@ -321,9 +329,13 @@ def nonfinite_message(epoch: int, step: int, steps: int, config: TrainConfig, ke
             f"skip_nonfinite=N to skip up to N bad batches")
 
 
-def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str | Path | None = None,
-        resume: bool = False, progress: bool = True, verbose: bool = True) -> list[dict[str, float]]:
+def fit(vae: VAE, data: Dataset | torch.utils.data.Dataset | torch.Tensor | np.ndarray,
+        config: TrainConfig | None = None, run_dir: str | Path | None = None, resume: bool = False,
+        progress: bool = True, verbose: bool = True) -> list[dict[str, float]]:
     """Train ``vae`` on ``data.train`` by SVI; return one metrics row per epoch trained.
+
+    ``data`` may also be the training images alone, a torch dataset of ``(image, label)``
+    pairs or an array, split as :func:`~pyrovae.data.from_arrays` splits them.
 
     ``progress`` shows a progress bar over the steps, ``verbose`` prints one line per epoch.
     The model and guide get the KL weight of each step and the training set's size as
@@ -341,6 +353,7 @@ def fit(vae: VAE, data: Dataset, config: TrainConfig | None = None, run_dir: str
     checkpoint removes the directory it created.
     """
     config = config or TrainConfig()
+    data = data if isinstance(data, Dataset) else from_arrays(data)
     processes, device = join(resolve_device(config.device))
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to resume from")
@@ -438,7 +451,7 @@ def step_bytes(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int) ->
 
     def step(examples: int) -> None:
         objective, mix = training_objective(vae, data, probe_config, examples)
-        order = torch.arange(len(data.train), device=data.train.x.device)
+        order = torch.arange(len(data.train), device=data.train.y.device)
         if mix is not None:
             order = mix.epoch_order(torch.Generator().manual_seed(0))
         objective(*next(epoch_batches(data, mix, examples, order)))[0].backward()
@@ -607,9 +620,9 @@ class Trainer:
         val, processes = self.data.val, self.processes
         if self.mix is not None:
             with evaluating(self.vae):
-                return self.svi_step.objective.unlabeled_loss(val.x) / len(val)
+                return self.svi_step.objective.unlabeled_loss(as_floats(val.x)) / len(val)
         mine = slice(processes.rank, None, processes.world_size)
-        total = negative_elbo(self.vae, val.x[mine], val.y[mine]).sum().reshape(1)
+        total = negative_elbo(self.vae, as_floats(val.x[mine]), val.y[mine]).sum().reshape(1)
         return all_reduce_sum(total, processes).item() / len(val)
 
     def _finish_epoch(self, epoch: int, state: EpochState, bar: tqdm, verbose: bool) -> dict[str, float]:

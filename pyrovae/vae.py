@@ -205,6 +205,9 @@ class VAE(nn.Module):
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Raise ``ValueError`` naming the problem if ``x`` cannot be this model's ``x``."""
+        if torch.is_tensor(x) and x.dtype == torch.uint8:
+            raise ValueError(f"{name} are uint8 pixels; scale them to [0, 1] floats first, with "
+                             f"pyrovae.data.as_floats(x) (x / 255)")
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {type(x).__name__} "
                              f"{getattr(x, 'dtype', '')}; convert with torch.as_tensor(x, dtype=torch.float32)")

@@ -9,6 +9,7 @@ from pyrovae import data as data_module
 from pyrovae.data import (
     DataConfig,
     DataNotFoundError,
+    as_floats,
     binarize_afresh,
     binarize_once,
     find_idx_files,
@@ -74,11 +75,11 @@ def test_mnist_from_data_dir(tmp_path, compress):
                                    val_fraction=0.25, download=False))
     assert data.image_shape == (1, 28, 28)
     assert (len(data.train), len(data.val), len(data.test)) == (45, 15, 20)
-    assert torch.allclose(data.test.x, torch.tensor(arrays["t10k-images-idx3-ubyte"] / 255.0,
-                                                    dtype=torch.float32).reshape(20, 784))
+    expected_test = torch.tensor(arrays["t10k-images-idx3-ubyte"] / 255.0, dtype=torch.float32).reshape(20, 784)
+    assert data.test.x.dtype == torch.uint8 and torch.allclose(as_floats(data.test.x), expected_test)
     assert torch.equal(data.test.y, torch.tensor(arrays["t10k-labels-idx1-ubyte"], dtype=torch.long))
     # Validation is held out of train: together they are the training file, no image twice.
-    together = torch.cat([data.train.x, data.val.x])
+    together = as_floats(torch.cat([data.train.x, data.val.x]))
     expected = torch.tensor(arrays["train-images-idx3-ubyte"] / 255.0, dtype=torch.float32).reshape(60, 784)
     assert sorted(map(tuple, together.tolist())) == sorted(map(tuple, expected.tolist()))
 
@@ -179,9 +180,14 @@ def test_from_arrays_rejects_bad_pixels(images, binarize, match):
         from_arrays(images, binarize=binarize)
 
 
-def test_from_arrays_scales_uint8_pixels_and_keeps_any_finite_table():
+def test_uint8_training_pixels_stay_uint8_and_every_batch_is_scaled_to_the_unit_interval():
     pixels = np.arange(160, dtype=np.uint8).reshape(10, 4, 4)
-    assert from_arrays(pixels, val_fraction=0.5).train.x.max() <= 1
+    data = from_arrays(pixels, val_fraction=0.5)
+    assert data.train.x.dtype == torch.uint8 and data.train.x.nbytes == 5 * 16  # a quarter of float32's bytes
+    x, _ = next(data.batches(5, shuffle=False))
+    assert torch.equal(x, data.train.x.float() / 255)
+    assert data.val.x.dtype == torch.uint8  # scaled where they are scored
+    assert sorted(torch.cat([data.train.x, data.val.x]).flatten().tolist()) == list(range(160))
     table = np.linspace(-50, 50, 40, dtype=np.float32).reshape(10, 4)
     assert from_arrays(table, val_fraction=0.5).train.x.abs().max() > 1  # a table of numbers: scored as they are
 

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pyrovae.cli import main
@@ -162,4 +163,18 @@ def test_from_arrays_takes_torch_datasets_of_images_and_labels():
     assert data.image_shape == (3, 6, 6) and len(data.train) + len(data.val) == 30 and len(data.test) == 10
     expected = [label for _, label in train]
     assert sorted(data.train.y.tolist() + data.val.y.tolist()) == sorted(expected)
-    assert 0 <= data.train.x.min() and data.train.x.max() <= 1
+    x, _ = next(data.batches(64))
+    assert data.train.x.dtype == torch.uint8 and 0 <= x.min() and x.max() <= 1 and x.max() > 0.9
+
+
+def test_fit_and_load_dataset_take_a_torch_dataset_directly():
+    from torchvision.datasets import FakeData
+
+    from pyrovae import ModelConfig, TrainConfig, build_vae, fit
+
+    train, test = FakeData(size=40, image_size=(3, 4, 4), num_classes=2), FakeData(size=10, image_size=(3, 4, 4))
+    data = load_dataset(train, test)
+    assert data.image_shape == (3, 4, 4) and len(data.train) + len(data.val) == 40 and len(data.test) == 10
+    vae = build_vae(ModelConfig(image_shape=(3, 4, 4), z_dim=2, hidden=(8,), likelihood="discretized-logistic"))
+    rows = fit(vae, train, TrainConfig(epochs=2, batch_size=8, device="cpu"), progress=False, verbose=False)
+    assert len(rows) == 2 and rows[-1]["train_loss"] < rows[0]["train_loss"]
