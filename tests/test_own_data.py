@@ -178,3 +178,20 @@ def test_fit_and_load_dataset_take_a_torch_dataset_directly():
     vae = build_vae(ModelConfig(image_shape=(3, 4, 4), z_dim=2, hidden=(8,), likelihood="discretized-logistic"))
     rows = fit(vae, train, TrainConfig(epochs=2, batch_size=8, device="cpu"), progress=False, verbose=False)
     assert len(rows) == 2 and rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+@pytest.mark.slow  # 30 epochs through the CLI: about 20 s
+def test_thirty_epochs_on_a_small_generated_image_folder_reach_a_finite_bits_per_dim_well_under_8(tmp_path):
+    patterns = RNG.integers(0, 256, size=(3, 8, 8, 3))  # three classes: a colour pattern each, plus noise
+    for label, pattern in enumerate(patterns):
+        (tmp_path / "images" / str(label)).mkdir(parents=True)
+        for i in range(100):
+            image = np.clip(pattern + RNG.integers(-8, 9, size=pattern.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(tmp_path / "images" / str(label) / f"{i}.png")
+    assert main(["train", "--dataset", str(tmp_path / "images"), "--likelihood", "discretized-logistic",
+                 "--epochs", "30", "--hidden", "64", "--z-dim", "4", "--batch-size", "32", "--lr", "0.01",
+                 "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "50", "--no-progress"]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    # 17 noise levels per pixel: at best log2(17) = 4.1 bits/dim; uniform pixels: 8
+    assert np.isfinite(report["bits_per_dim"]) and report["bits_per_dim"] < 6, report
