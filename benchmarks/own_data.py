@@ -52,7 +52,7 @@ from run import machine_name  # noqa: E402
 from pyrovae import ModelConfig, TrainConfig, build_vae, fit  # noqa: E402
 from pyrovae.cli import main as pyrovae  # noqa: E402
 from pyrovae.data import DataConfig, load_dataset  # noqa: E402
-from pyrovae.streaming import StreamedSplit, default_workers  # noqa: E402
+from pyrovae.streaming import StreamedSplit, default_workers, readers  # noqa: E402
 
 SIDE = 32
 CLASSES = 10
@@ -106,7 +106,7 @@ def reading(kind: str, folder: Path, workers: int = 0) -> dict[str, float]:
 
 def loading(folder: Path, rounds: int, workers: int) -> dict[str, dict[str, float]]:
     """The best of ``rounds`` readings of each kind, taking turns."""
-    kinds = {"pyrovae": 0, "ImageFolder + DataLoader": 0, f"ImageFolder + DataLoader, {workers} workers": workers}
+    kinds = {"pyrovae": 0, "ImageFolder + DataLoader": 0, f"ImageFolder + DataLoader, {readers(workers)}": workers}
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(rounds):
         for kind, kind_workers in kinds.items():
@@ -194,8 +194,8 @@ def main() -> None:
     rows.append(f"| peak memory of that reading, above the interpreter's (MB) | {ours['peak_above_start'] / 1e6:.0f} | "
                 f"{uint8_bytes / 1e6:.0f} uint8 pixels | {ratio:.2f} | <= 2 | {'yes' if ratio <= 2 else 'no'} |")
     for row in streams:
-        rows.append(f"| training examples/s, {row['net']}, streamed from a {row['source']} ({row['workers']} "
-                    f"DataLoader workers) vs in memory | "
+        rows.append(f"| training examples/s, {row['net']}, streamed from a {row['source']} ({readers(row['workers'])}) "
+                    f"vs in memory | "
                     f"{row['streamed_examples_per_s']:,.0f} | {row['memory_examples_per_s']:,.0f} | "
                     f"{row['ratio']:.2f} | >= 0.7 | {'yes' if row['ratio'] >= 0.7 else 'no'} |")
     if quality:

@@ -217,6 +217,9 @@ class Dataset:
 
     def observed_train_images(self) -> torch.Tensor:
         """The training images held in memory as the model sees them: floats, one draw if binarized dynamically."""
+        if isinstance(self.train, StreamedSplit):
+            raise ValueError("streamed training images are never all in memory; read them batch by batch with "
+                             "Dataset.batches, or load them with storage='memory'")
         x = as_floats(self.train.x)
         return binarize_afresh(x) if self.dynamic_binarization else x
 

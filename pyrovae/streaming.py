@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pyrovae.footprint import TooBig, in_bytes
 from pyrovae.settings import SettingError
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,12 @@ class StreamedSplit:
 
     def storage(self) -> str:
         """Where the images are, as the start of training reports it."""
-        workers = f"{self.workers} DataLoader worker{'s' * (self.workers != 1)}" if self.workers else "the main process"
-        return f"streamed from {self.origin} batch by batch by {workers}"
+        return f"streamed from {self.origin} batch by batch by {readers(self.workers)}"
+
+
+def readers(workers: int) -> str:
+    """Who reads the batches: ``1 DataLoader worker``, ``4 DataLoader workers``, or the main process."""
+    return f"{workers} DataLoader worker{'s' * (workers != 1)}" if workers else "the main process"
 
 
 def stack_images(pairs: list[tuple[torch.Tensor, Any]]) -> torch.Tensor:
@@ -74,16 +79,14 @@ def stack_images(pairs: list[tuple[torch.Tensor, Any]]) -> torch.Tensor:
 def streams(storage: Storage, needed: float, limit: float, free: float, streamable: bool, workers: int) -> bool:
     """Whether to stream training images of ``needed`` bytes: as ``storage`` says, or, with ``"auto"``, when they
     exceed ``limit`` and can be streamed (a note says so). Raises ``SettingError`` for what cannot be done."""
-    from pyrovae.footprint import TooBig, in_bytes
-
     if storage == "stream" and not streamable:
         raise SettingError("storage", "storage='stream' reads uint8 images from a folder of images or a .npy file, "
                                       "and these data are held in memory; use storage='memory' or 'auto'")
     if storage == "stream" or (storage == "auto" and streamable and needed > limit):
         if storage == "auto":
             log.warning(f"the training images take {in_bytes(needed)} as uint8 pixels, more than the in-memory limit "
-                        f"of {in_bytes(limit)} (memory_limit): streaming them batch by batch with {workers} "
-                        f"DataLoader workers")
+                        f"of {in_bytes(limit)} (memory_limit): streaming them batch by batch, read by "
+                        f"{readers(workers)}")
         return True
     if needed > free:
         how = ("save them as uint8 images in a folder or a uint8 .npy file to stream them" if not streamable
