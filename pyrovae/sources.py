@@ -25,7 +25,7 @@ import inspect
 import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -86,6 +86,7 @@ class Source:
     streamable: bool = False
 
     def bytes_per_example(self) -> int:
+        """What one example takes in memory, as read."""
         return int(np.prod(self.example_shape)) * self.dtype.itemsize
 
 
@@ -371,7 +372,7 @@ def _stack(examples: Iterable[Any], count: int, where: str) -> np.ndarray:
     return stacked[:, None] if stacked.ndim == 3 else stacked
 
 
-def _mixed_sizes(sizes: list[tuple[int, ...]], where: str) -> None:
+def _mixed_sizes(sizes: list[tuple[int, ...]], where: str) -> NoReturn:
     shown = ", ".join("x".join(map(str, s)) for s in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
     raise ValueError(f"{where} has images of {len(sizes)} sizes ({shown}, as channels x height x width); "
                      f"pass image_size=S to resize and crop them all to S x S")

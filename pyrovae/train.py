@@ -307,7 +307,7 @@ def check_training(vae: VAE, data: Dataset, config: TrainConfig, processes: Proc
     images outside the likelihood's support, bad labels, settings that hidden labels cannot honour, and
     sizes that do not fit in memory (:func:`check_step_fits`)."""
     if isinstance(data.train, StreamedSplit):  # uint8 pixels: the first batch shows whether the model reads them
-        vae.check_data(next(data.batches(config.batch_size))[0], "training images")
+        vae.check_data(next(data.batches(config.batch_size, shuffle=False))[0], "training images")
     else:
         vae.check_data(data.observed_train_images(), "training images")
     vae.check_data(as_floats(data.val.x), "validation images")
