@@ -79,6 +79,8 @@ class ModelConfig:
     class_means_init: float = setting(LABELLED_MEANS_INIT, "standard deviation S of the draw of the initial class "
                                                            "means of prior='class-means': apart (3) with labels, "
                                                            "close (0.3) to cluster without them", metavar="S")
+    class_scales: bool = setting(False, "learn a diagonal scale per class too, p(z|y) = N(mu_y, diag(s_y^2)) (as "
+                                        "VaDE, Jiang et al. 2017), not the unit scale")
     label_guide: LabelGuide = setting("none", "how the guide of an image without its label treats y: none leaves y "
                                               "to the model, summed out exactly (p(y|z) is exact); classifier adds "
                                               "q(y|x), enumerated, and q(z|x, y) (Kingma et al. 2014's M2)")
@@ -107,6 +109,9 @@ class ModelConfig:
         if not self.class_means_init >= 0:
             raise SettingError("class_means_init", f"class_means_init is a standard deviation and cannot be negative, "
                                                    f"got {self.class_means_init}")
+        if self.class_scales and self.prior != "class-means":
+            raise SettingError("class_scales", f"class_scales learns the scales of prior='class-means', not of "
+                                               f"prior={self.prior!r}")
         if not self.likelihood_scale > 0 or self.likelihood_scale == float("inf"):
             raise SettingError("likelihood_scale",
                                f"likelihood_scale must be a positive number, got {self.likelihood_scale}")
@@ -175,7 +180,7 @@ def build_prior(config: ModelConfig, encoder: nn.Module) -> nn.Module:
     if config.prior == "standard":
         return StandardNormalPrior(config.z_dim)
     if config.prior == "class-means":
-        return ClassMeansPrior(config.z_dim, config.num_classes, config.class_means_init)
+        return ClassMeansPrior(config.z_dim, config.num_classes, config.class_means_init, config.class_scales)
     if config.prior == "mixture":
         return MixturePrior(config.z_dim, config.prior_components)
     return VampPrior(encoder, config.x_dim, config.prior_components)

@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                   class_means_init={"default": None,  # default: close with --labeled 0
                                     "help": help_text(ModelConfig, "class_means_init") + " (default: "
                                             f"{CLUSTERING_MEANS_INIT:g} with --labeled 0, else "
-                                            f"{LABELLED_MEANS_INIT:g})"})
+                                            f"{LABELLED_MEANS_INIT:g})"},
+                  class_scales={"action": argparse.BooleanOptionalAction,
+                                "default": None,  # default: on with --labeled 0
+                                "help": help_text(ModelConfig, "class_scales") + " (default: on with --labeled 0)"})
     model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
                        help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
                             "(then --decoder-conditioning must carry the labels)")
@@ -275,13 +278,16 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
-    clustering = args.labeled == 0  # no labels: the guide leaves y to the model, the means start close
+    clustering = args.labeled == 0  # no labels: y left to the model, the means started close, scales learned
     label_guide = args.label_guide or ("classifier" if args.labeled else "none")  # labels to guess, some kept
     means_init = args.class_means_init
     if means_init is None:
         means_init = CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT
+    class_scales = args.class_scales
+    if class_scales is None:
+        class_scales = clustering and prior == "class-means"
     return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, label_guide=label_guide,
-                     class_means_init=means_init,
+                     class_means_init=means_init, class_scales=class_scales,
                      grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
                      num_classes=data.num_classes if conditional else None)
 

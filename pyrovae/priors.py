@@ -48,23 +48,30 @@ class ClassMeansPrior(nn.Module):
     separate only slowly and samples of one class look like its neighbours. Without labels
     (clustering) they start close (0.3): far apart, the mean nearest the encoder's first
     outputs takes every image and the others are never used.
+
+    With ``learn_scales`` each class also learns a diagonal scale, p(z|y) = N(mu_y, diag(s_y^2)),
+    as VaDE's mixture does (Jiang et al. 2017): clusters found without labels differ in spread,
+    which one unit scale for all cannot follow.
     """
 
     needs_labels = True
 
-    def __init__(self, z_dim: int, num_classes: int, init_scale: float = 3.0):
+    def __init__(self, z_dim: int, num_classes: int, init_scale: float = 3.0, learn_scales: bool = False):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"the class-means prior needs at least 2 classes, got {num_classes}")
         self.z_dim = z_dim
         self.num_classes = num_classes
         self.means = nn.Parameter(init_scale * torch.randn(num_classes, z_dim))
+        self.raw_scales = (nn.Parameter(torch.full((num_classes, z_dim), inverse_softplus(1.0))) if learn_scales
+                           else None)
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
         if y is None:
             raise ValueError("the class-means prior p(z|y) needs labels y; pass y to model, guide and "
                              "sample (labels for training, or the class to generate for sample)")
-        return dist.Normal(self.means[y], 1.0).to_event(1)
+        scale = 1.0 if self.raw_scales is None else F.softplus(self.raw_scales[y])
+        return dist.Normal(self.means[y], scale).to_event(1)
 
 
 class MixturePrior(nn.Module):

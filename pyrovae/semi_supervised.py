@@ -13,7 +13,9 @@ M2 guide on the labels too; it weighs every labelled image by aux_weight, by def
 et al.'s 0.1 N, N the training images.
 
 The labelled subset is drawn by :func:`pyrovae.data.hide_labels`, which writes the hidden
-labels -1, as scikit-learn's semi-supervised estimators do.
+labels -1, as scikit-learn's semi-supervised estimators do. Without any label (clustering),
+:func:`place_class_means` moves the class means onto k-means clusters of the encoded
+training images after a first epoch, as VaDE (Jiang et al. 2017) starts its mixture.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
 from pyrovae.data import HIDDEN, Dataset, Split, as_floats, binarize_afresh
+from pyrovae.evaluate import evaluating
+from pyrovae.priors import ClassMeansPrior
 from pyrovae.settings import SettingError
 from pyrovae.vae import VAE
 
@@ -46,6 +50,50 @@ def learns_from_few_labels(vae: VAE, data: Dataset) -> bool:
     return vae.conditional and bool((data.train.y == HIDDEN).any())
 
 
+def place_class_means(vae: VAE, x: torch.Tensor, seed: int, batch_size: int = 4096) -> None:
+    """Set the class means mu_y of ``vae``'s prior to k-means centroids of the posterior means of ``x`` (uint8
+    pixels or floats).
+
+    Without labels nothing ties a class to a region of z but the random draw of its mean.
+    After a first epoch the encoder already groups similar images, so, as VaDE (Jiang et al.
+    2017) starts its mixture from one fitted to the encoded data, the centroids of k-means
+    (k = the number of classes, seeded by ``seed``) become the means, one on each group.
+    """
+    from sklearn.cluster import KMeans  # imported when clustering starts: scikit-learn is slow to import
+
+    if not isinstance(vae.prior, ClassMeansPrior):
+        raise ValueError(f"place_class_means sets the means of the class-means prior, not of "
+                         f"{type(vae.prior).__name__}")
+    with evaluating(vae):
+        loc = torch.cat([vae.encode(as_floats(chunk))[0] for chunk in x.split(batch_size)])
+    kmeans = KMeans(vae.prior.num_classes, n_init=10, random_state=seed).fit(loc.cpu().numpy())
+    with torch.no_grad():
+        vae.prior.means.copy_(torch.as_tensor(kmeans.cluster_centers_))
+
+
+LABELED_PASSES = 60
+"""Passes over the labelled images per epoch that the default labelled share of a batch aims at."""
+LABELED_FRACTION_RANGE = (0.1, 0.5)
+"""The least and the most default labelled share of a batch."""
+
+
+def default_labeled_fraction(num_labeled: int, num_unlabeled: int) -> float:
+    """The labelled share of a batch that cycles the labelled images :data:`LABELED_PASSES` times an epoch,
+    kept within :data:`LABELED_FRACTION_RANGE`.
+
+    An epoch of B_u unlabelled and B_l labelled images per step passes (N_u / B_u) B_l / N_l times
+    over the N_l labelled images; P passes need B_l / (B_l + B_u) = P N_l / (N_u + P N_l). With
+    many labels the share is capped, to bound the epoch's steps (half a batch: 53 passes for
+    1,000 labels among 54,000 images). With few, half a batch would cycle them hundreds of
+    times an epoch (540 for 100 labels), and q(y|x) would fit them ever more closely: on
+    Fashion-MNIST with 100 labels that cost 9 points of test accuracy against a tenth of the
+    batch, the least share this default takes.
+    """
+    least, most = LABELED_FRACTION_RANGE
+    share = LABELED_PASSES * num_labeled / (num_unlabeled + LABELED_PASSES * num_labeled)
+    return min(most, max(least, share))
+
+
 @dataclasses.dataclass
 class LabelMix:
     """How every minibatch mixes labelled and unlabelled training images.
@@ -54,6 +102,7 @@ class LabelMix:
     unlabelled ones; an epoch is one pass over the unlabelled images, the labelled ones
     cycled (oversampled while they are few). The labelled share of a batch is
     ``labeled_fraction``, or the share of labelled images in the training set if larger.
+    Without ``labeled_fraction`` it is :func:`default_labeled_fraction`.
     """
 
     labeled: torch.Tensor
@@ -62,12 +111,14 @@ class LabelMix:
     unlabeled_per_batch: int
 
     @classmethod
-    def of(cls, train: Split, batch_size: int, labeled_fraction: float) -> LabelMix:
+    def of(cls, train: Split, batch_size: int, labeled_fraction: float | None = None) -> LabelMix:
         hidden = train.y == HIDDEN
         labeled, unlabeled = torch.nonzero(~hidden)[:, 0], torch.nonzero(hidden)[:, 0]
         if len(labeled) and batch_size < 2:
             raise SettingError("batch_size", f"batch_size={batch_size} leaves no room for unlabelled images "
                                              f"beside the labelled ones; choose batch_size=2 or more")
+        if labeled_fraction is None:
+            labeled_fraction = default_labeled_fraction(len(labeled), len(unlabeled))
         share = max(labeled_fraction, len(labeled) / len(train)) if len(labeled) else 0.0
         per_batch = min(batch_size - 1, max(1, round(share * batch_size))) if len(labeled) else 0
         return cls(labeled, unlabeled, per_batch, batch_size - per_batch)

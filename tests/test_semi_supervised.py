@@ -14,7 +14,15 @@ from pyrovae import ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
 from pyrovae.data import HIDDEN, DataConfig, Split, from_arrays, hide_labels, load_dataset
 from pyrovae.evaluate import accuracy
-from pyrovae.semi_supervised import LabelMix, visible_labels
+from pyrovae.nets import inverse_softplus
+from pyrovae.priors import ClassMeansPrior
+from pyrovae.semi_supervised import (
+    LABELED_PASSES,
+    LabelMix,
+    default_labeled_fraction,
+    place_class_means,
+    visible_labels,
+)
 
 C = 3
 
@@ -154,6 +162,15 @@ def test_a_larger_share_of_labels_raises_the_labelled_part_of_each_batch():
     assert mix.labeled_per_batch == 10  # half the images are labelled: half of each batch
 
 
+def test_the_default_labelled_share_cycles_the_labels_a_fixed_number_of_times_an_epoch():
+    y = torch.cat([torch.arange(30) % 10, torch.full((5370,), HIDDEN)])
+    mix = LabelMix.of(Split(torch.rand(len(y), 4), y), batch_size=128)
+    passes = mix.steps * mix.labeled_per_batch / len(mix.labeled)
+    assert passes == pytest.approx(LABELED_PASSES, rel=0.05)
+    assert default_labeled_fraction(1000, 53000) == 0.5  # capped: many labels
+    assert default_labeled_fraction(10, 53990) == 0.1  # floored: a tenth of every batch is labelled
+
+
 def test_cluster_accuracy_matches_clusters_to_classes():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     assert accuracy(torch.tensor([2, 2, 0, 0, 1, 1]), labels, clusters=True) == 1.0
@@ -195,6 +212,7 @@ def test_fifty_labels_beat_logistic_regression_on_the_same_labels(semi_supervise
 
     config = json.loads((semi_supervised_run / "config.json").read_text())
     assert config["data"]["labeled"] == 50 and config["model"]["label_guide"] == "classifier"
+    assert not config["model"]["class_scales"]  # learned scales are the clustering default only
     data = load_dataset(DataConfig(**config["data"]))
     kept = data.train.y != HIDDEN
     baseline = LogisticRegression(max_iter=5000).fit(data.train.x[kept].numpy(), data.train.y[kept].numpy())
@@ -219,8 +237,9 @@ def test_clustering_without_labels_is_scored_by_matched_clusters(tmp_path):
     out = tmp_path / "clusters"
     assert main(["train", "--conditional", "--labeled", "0", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["labeled"] == 0  # clustering: y left to the model, the means started close
+    assert config["data"]["labeled"] == 0  # clustering: y left to the model, the means started close, scales learned
     assert config["model"]["label_guide"] == "none" and config["model"]["class_means_init"] == 0.3
+    assert config["model"]["class_scales"]
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "loss_unlabeled" in metrics and "loss_labeled" not in metrics
     assert main(["evaluate", str(out), "--num-samples", "5", "--limit", "60", "--no-progress"]) == 0
@@ -241,3 +260,40 @@ def test_reconstructions_of_a_model_with_a_classifier_use_its_own_labels(images)
     vae = tiny_vae("classifier")
     guessed = vae.classify(images)
     assert torch.equal(vae.reconstruct(images), vae.reconstruct(images, guessed))
+
+
+def test_k_means_places_one_class_mean_on_each_group_of_encoded_images():
+    vae = tiny_vae("none")
+    groups = torch.arange(12) % C
+    x = torch.nn.functional.one_hot(groups, C).double().repeat_interleave(2, dim=1)  # group g lights pixels 2g, 2g+1
+    place_class_means(vae, x, seed=0)
+    loc = vae.encode(x)[0]
+    distances = torch.cdist(loc, vae.prior.means)
+    assert torch.allclose(distances.min(1).values, torch.zeros(len(x), dtype=x.dtype), atol=1e-6)
+    assert accuracy(distances.argmin(1), groups, clusters=True) == 1.0
+
+
+def test_clustering_places_the_class_means_after_the_first_epoch_only(monkeypatch):
+    import pyrovae.train
+
+    placed = []
+    monkeypatch.setattr(pyrovae.train, "place_class_means", lambda vae, x, seed: placed.append(len(x)))
+    x, y = np.random.default_rng(0).random((60, 4, 4)).astype(np.float32), np.arange(60) % C
+    for labeled, calls in ((0, [54]), (6, [])):
+        placed.clear()
+        vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,), prior="class-means", num_classes=C))
+        data = from_arrays(x, y, binarize="dynamic", labeled=labeled)
+        fit(vae, data, TrainConfig(epochs=2, batch_size=16), progress=False, verbose=False)
+        assert placed == calls
+
+
+def test_the_class_means_prior_can_learn_a_scale_per_class():
+    prior = ClassMeansPrior(z_dim=2, num_classes=C, learn_scales=True)
+    assert torch.allclose(prior(torch.tensor([0, 2])).base_dist.scale, torch.ones(2, 2))
+    with torch.no_grad():
+        prior.raw_scales[2] = inverse_softplus(0.5)
+    assert torch.allclose(prior(torch.tensor([0, 2])).base_dist.scale, torch.tensor([[1.0, 1.0], [0.5, 0.5]]))
+    assert ClassMeansPrior(z_dim=2, num_classes=C).raw_scales is None  # the unit scale, as before
+    with pytest.raises(ValueError, match="class_scales learns the scales of prior='class-means'"):
+        ModelConfig(decoder_conditioning=True, num_classes=C, class_scales=True)
+
