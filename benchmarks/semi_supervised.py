@@ -87,13 +87,13 @@ def main() -> None:
                      "epoch_seconds": sum(row["epoch_seconds"] for row in metrics) / len(metrics),
                      "train_wall_seconds": train_seconds})
     table = ["| labels | accuracy (model) | accuracy (q(y\\|x)) | NLL, K=100 | baseline | target | epochs | "
-             "s / epoch |", "|---|---|---|---|---|---|---|---|"]
+             "s / epoch | training, wall |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         guide = "" if row["accuracy_guide"] is None else f"{row['accuracy_guide']:.1%}"
         target = "" if row["target"] is None else f">= {row['target']:.0%}"
         table.append(f"| {row['labeled']} | {row['accuracy']:.1%} | {guide} | {row['nll']:.2f} ± "
                      f"{row['nll_stderr']:.2f} | {row['baseline_accuracy']:.1%} ({row['baseline']}) | {target} | "
-                     f"{row['epochs']} | {row['epoch_seconds']:.1f} |")
+                     f"{row['epochs']} | {row['epoch_seconds']:.1f} | {row['train_wall_seconds'] / 60:.1f} min |")
     results = Path(__file__).parent / "results" / f"semi-supervised-{args.dataset}-{machine_name(device.type)}"
     results.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     results.with_suffix(".md").write_text("\n".join(table) + "\n")
