@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                   label_guide={"default": None,  # default: classifier with --labeled N > 0
                                "help": help_text(ModelConfig, "label_guide") + " (default: classifier with "
                                                                                "--labeled N > 0, else none)"},
+                  classifier_net={"default": None,  # default: conv with the classifier guide
+                                  "help": help_text(ModelConfig, "classifier_net") + " (default: conv with "
+                                                                                     "--label-guide classifier)"},
                   class_means_init={"default": None,  # default: close with --labeled 0
                                     "help": help_text(ModelConfig, "class_means_init") + " (default: "
                                             f"{CLUSTERING_MEANS_INIT:g} with --labeled 0, else "
@@ -280,6 +283,7 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
                          f"read them); add --decoder-conditioning, or use --prior class-means")
     clustering = args.labeled == 0  # no labels: y left to the model, the means started close, scales learned
     label_guide = args.label_guide or ("classifier" if args.labeled else "none")  # labels to guess, some kept
+    classifier_net = args.classifier_net or ("conv" if label_guide == "classifier" else "mlp")
     means_init = args.class_means_init
     if means_init is None:
         means_init = CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT
@@ -287,7 +291,7 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if class_scales is None:
         class_scales = clustering and prior == "class-means"
     return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, label_guide=label_guide,
-                     class_means_init=means_init, class_scales=class_scales,
+                     classifier_net=classifier_net, class_means_init=means_init, class_scales=class_scales,
                      grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
                      num_classes=data.num_classes if conditional else None)
 

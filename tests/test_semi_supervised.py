@@ -14,7 +14,7 @@ from pyrovae import ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
 from pyrovae.data import HIDDEN, DataConfig, Split, from_arrays, hide_labels, load_dataset
 from pyrovae.evaluate import accuracy
-from pyrovae.nets import inverse_softplus
+from pyrovae.nets import ConvClassifier, MLPClassifier, inverse_softplus
 from pyrovae.priors import ClassMeansPrior
 from pyrovae.semi_supervised import (
     LABELED_PASSES,
@@ -212,6 +212,7 @@ def test_fifty_labels_beat_logistic_regression_on_the_same_labels(semi_supervise
 
     config = json.loads((semi_supervised_run / "config.json").read_text())
     assert config["data"]["labeled"] == 50 and config["model"]["label_guide"] == "classifier"
+    assert config["model"]["classifier_net"] == "conv"  # the default with labels to guess
     assert not config["model"]["class_scales"]  # learned scales are the clustering default only
     data = load_dataset(DataConfig(**config["data"]))
     kept = data.train.y != HIDDEN
@@ -254,6 +255,25 @@ def test_the_classifier_guide_needs_a_model_that_reads_labels():
         ModelConfig(label_guide="classifier")
     with pytest.raises(ValueError, match="vamp prior runs the encoder on pseudo-inputs without labels"):
         ModelConfig(prior="vamp", decoder_conditioning=True, num_classes=3, label_guide="classifier")
+
+
+@pytest.mark.parametrize("image_shape", [(1, 28, 28), (1, 8, 8), (3, 7, 13), (1, 1, 5)])
+def test_the_conv_classifier_takes_images_of_any_size_and_channels(image_shape):
+    config = ModelConfig(image_shape=image_shape, z_dim=2, hidden=(8,), prior="class-means", num_classes=C,
+                         label_guide="classifier", classifier_net="conv")
+    vae = build_vae(config)
+    assert isinstance(vae.classifier, ConvClassifier)
+    x = torch.rand(2, 4, math.prod(image_shape))
+    assert vae.classifier(x).shape == (2, 4, C)  # leading dimensions kept, as for the encoders
+    assert vae.classify(x[0]).shape == (4,)
+
+
+def test_the_classifier_net_belongs_to_the_classifier_guide():
+    with pytest.raises(ValueError, match="classifier_net='conv' builds the classifier q\\(y\\|x\\), which only "
+                                         "label_guide='classifier' has"):
+        ModelConfig(prior="class-means", num_classes=C, classifier_net="conv")
+    saved_before = ModelConfig(prior="class-means", num_classes=C, label_guide="classifier")  # no classifier_net
+    assert isinstance(build_vae(saved_before).classifier, MLPClassifier)
 
 
 def test_reconstructions_of_a_model_with_a_classifier_use_its_own_labels(images):
