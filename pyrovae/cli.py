@@ -26,7 +26,7 @@ from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
 from pyrovae.footprint import OutOfMemory, check_model_fits
 from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
-from pyrovae.semi_supervised import visible_labels
+from pyrovae.semi_supervised import CONV_CLASSIFIER_BELOW, default_classifier_net, visible_labels
 from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
 from pyrovae.tensorboard import check_installed, write_run_events
@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                   label_guide={"default": None,  # default: classifier with --labeled N > 0
                                "help": help_text(ModelConfig, "label_guide") + " (default: classifier with "
                                                                                "--labeled N > 0, else none)"},
-                  classifier_net={"default": None,  # default: conv with the classifier guide
+                  classifier_net={"default": None,  # default: conv with few labels per class
                                   "help": help_text(ModelConfig, "classifier_net") + " (default: conv with "
-                                                                                     "--label-guide classifier)"},
+                                          f"--labeled N below {CONV_CLASSIFIER_BELOW} per class, else mlp)"},
                   class_means_init={"default": None,  # default: close with --labeled 0
                                     "help": help_text(ModelConfig, "class_means_init") + " (default: "
                                             f"{CLUSTERING_MEANS_INIT:g} with --labeled 0, else "
@@ -283,7 +283,10 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
                          f"read them); add --decoder-conditioning, or use --prior class-means")
     clustering = args.labeled == 0  # no labels: y left to the model, the means started close, scales learned
     label_guide = args.label_guide or ("classifier" if args.labeled else "none")  # labels to guess, some kept
-    classifier_net = args.classifier_net or ("conv" if label_guide == "classifier" else "mlp")
+    classifier_net = args.classifier_net
+    if classifier_net is None:
+        few = label_guide == "classifier" and args.labeled is not None
+        classifier_net = default_classifier_net(args.labeled, data.num_classes) if few else "mlp"
     means_init = args.class_means_init
     if means_init is None:
         means_init = CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT

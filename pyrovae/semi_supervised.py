@@ -30,6 +30,7 @@ import torch
 from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
+from pyrovae.build import Net
 from pyrovae.data import HIDDEN, Dataset, Split, as_floats, binarize_afresh
 from pyrovae.evaluate import evaluating
 from pyrovae.priors import ClassMeansPrior
@@ -92,6 +93,23 @@ def default_labeled_fraction(num_labeled: int, num_unlabeled: int) -> float:
     least, most = LABELED_FRACTION_RANGE
     share = LABELED_PASSES * num_labeled / (num_unlabeled + LABELED_PASSES * num_labeled)
     return min(most, max(least, share))
+
+
+CONV_CLASSIFIER_BELOW = 50
+"""Labels per class below which the classifier q(y|x) is convolutional by default."""
+
+
+def default_classifier_net(num_labeled: int, num_classes: int) -> Net:
+    """The net of q(y|x) for ``num_labeled`` kept labels: conv with fewer than :data:`CONV_CLASSIFIER_BELOW` per
+    class, else mlp.
+
+    With few labels per class the convolutions' shared filters and pooling generalize much
+    better: on Fashion-MNIST, 20 epochs, 10 labels per class, the model's test accuracy rose
+    from 67.8% to 73.8%. With 100 per class the model's accuracy stayed at 80.2% while an
+    epoch took half as long again (the conv net costs ten times the MLP's 784-400-10 per
+    image), so the MLP stays there.
+    """
+    return "conv" if num_labeled < CONV_CLASSIFIER_BELOW * num_classes else "mlp"
 
 
 @dataclasses.dataclass

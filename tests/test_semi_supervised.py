@@ -17,8 +17,10 @@ from pyrovae.evaluate import accuracy
 from pyrovae.nets import ConvClassifier, MLPClassifier, inverse_softplus
 from pyrovae.priors import ClassMeansPrior
 from pyrovae.semi_supervised import (
+    CONV_CLASSIFIER_BELOW,
     LABELED_PASSES,
     LabelMix,
+    default_classifier_net,
     default_labeled_fraction,
     place_class_means,
     visible_labels,
@@ -212,7 +214,7 @@ def test_fifty_labels_beat_logistic_regression_on_the_same_labels(semi_supervise
 
     config = json.loads((semi_supervised_run / "config.json").read_text())
     assert config["data"]["labeled"] == 50 and config["model"]["label_guide"] == "classifier"
-    assert config["model"]["classifier_net"] == "conv"  # the default with labels to guess
+    assert config["model"]["classifier_net"] == "conv"  # the default with 5 labels per class
     assert not config["model"]["class_scales"]  # learned scales are the clustering default only
     data = load_dataset(DataConfig(**config["data"]))
     kept = data.train.y != HIDDEN
@@ -266,6 +268,13 @@ def test_the_conv_classifier_takes_images_of_any_size_and_channels(image_shape):
     x = torch.rand(2, 4, math.prod(image_shape))
     assert vae.classifier(x).shape == (2, 4, C)  # leading dimensions kept, as for the encoders
     assert vae.classify(x[0]).shape == (4,)
+
+
+def test_the_classifier_is_convolutional_by_default_while_labels_per_class_are_few():
+    assert default_classifier_net(num_labeled=100, num_classes=10) == "conv"  # 10 per class
+    assert default_classifier_net(num_labeled=10 * CONV_CLASSIFIER_BELOW - 1, num_classes=10) == "conv"
+    assert default_classifier_net(num_labeled=10 * CONV_CLASSIFIER_BELOW, num_classes=10) == "mlp"
+    assert default_classifier_net(num_labeled=1000, num_classes=10) == "mlp"
 
 
 def test_the_classifier_net_belongs_to_the_classifier_guide():
