@@ -277,6 +277,14 @@ def test_the_classifier_is_convolutional_by_default_while_labels_per_class_are_f
     assert default_classifier_net(num_labeled=1000, num_classes=10) == "mlp"
 
 
+@pytest.mark.parametrize("labeled,net", [(50, "conv"), (500, "mlp")])
+def test_the_cli_picks_the_classifier_net_by_the_labels_per_class(tmp_path, labeled, net):
+    out = tmp_path / "run"
+    assert main(["train", "--conditional", "--labeled", str(labeled), "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["classifier_net"] == net
+
+
 def test_the_classifier_net_belongs_to_the_classifier_guide():
     with pytest.raises(ValueError, match="classifier_net='conv' builds the classifier q\\(y\\|x\\), which only "
                                          "label_guide='classifier' has"):
