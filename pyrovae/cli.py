@@ -26,7 +26,7 @@ from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
 from pyrovae.footprint import OutOfMemory, check_model_fits
 from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
-from pyrovae.semi_supervised import CONV_CLASSIFIER_BELOW, default_classifier_net, visible_labels
+from pyrovae.semi_supervised import CONV_CLASSIFIER_BELOW, few_label_defaults, visible_labels
 from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
 from pyrovae.stopping import TrainingInterrupted
 from pyrovae.tensorboard import check_installed, write_run_events
@@ -281,20 +281,9 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
-    clustering = args.labeled == 0  # no labels: y left to the model, the means started close, scales learned
-    label_guide = args.label_guide or ("classifier" if args.labeled else "none")  # labels to guess, some kept
-    classifier_net = args.classifier_net
-    if classifier_net is None:
-        few = label_guide == "classifier" and args.labeled is not None
-        classifier_net = default_classifier_net(args.labeled, data.num_classes) if few else "mlp"
-    means_init = args.class_means_init
-    if means_init is None:
-        means_init = CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT
-    class_scales = args.class_scales
-    if class_scales is None:
-        class_scales = clustering and prior == "class-means"
-    return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, label_guide=label_guide,
-                     classifier_net=classifier_net, class_means_init=means_init, class_scales=class_scales,
+    defaults = few_label_defaults(args.labeled, data.num_classes, prior, args.label_guide)
+    chosen = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
+    return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, **(defaults | chosen),
                      grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
                      num_classes=data.num_classes if conditional else None)
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyro.distributions as dist
 import torch
 from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
-from pyrovae.build import Net
+from pyrovae.build import CLUSTERING_MEANS_INIT, LABELLED_MEANS_INIT, LabelGuide, Net, Prior
 from pyrovae.data import HIDDEN, Dataset, Split, as_floats, binarize_afresh
 from pyrovae.evaluate import evaluating
 from pyrovae.priors import ClassMeansPrior
@@ -110,6 +110,27 @@ def default_classifier_net(num_labeled: int, num_classes: int) -> Net:
     image), so the MLP stays there.
     """
     return "conv" if num_labeled < CONV_CLASSIFIER_BELOW * num_classes else "mlp"
+
+
+def few_label_defaults(num_labeled: int | None, num_classes: int, prior: Prior = "class-means",
+                       label_guide: LabelGuide | None = None) -> dict[str, Any]:
+    """The :class:`~pyrovae.build.ModelConfig` settings that suit ``num_labeled`` kept labels (``None``: all of
+    them), as ``pyrovae train --labeled N`` picks them; pass them on,
+    ``ModelConfig(prior="class-means", num_classes=C, **few_label_defaults(N, C))``.
+
+    - ``label_guide``: ``classifier`` (the M2 guide) with labels to guess, ``none`` with every
+      label kept or none (clustering), unless given;
+    - ``classifier_net``: :func:`default_classifier_net` for the classifier guide;
+    - ``class_means_init`` and ``class_scales``: with no label kept, the class means start
+      close and each class learns its scales (see :class:`~pyrovae.priors.ClassMeansPrior`).
+    """
+    clustering = num_labeled == 0
+    label_guide = label_guide or ("classifier" if num_labeled else "none")
+    guessed = label_guide == "classifier" and num_labeled is not None
+    return {"label_guide": label_guide,
+            "classifier_net": default_classifier_net(num_labeled, num_classes) if guessed else "mlp",
+            "class_means_init": CLUSTERING_MEANS_INIT if clustering else LABELLED_MEANS_INIT,
+            "class_scales": clustering and prior == "class-means"}
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ from pyrovae.semi_supervised import (
     LabelMix,
     default_classifier_net,
     default_labeled_fraction,
+    few_label_defaults,
     place_class_means,
     visible_labels,
 )
@@ -275,6 +276,19 @@ def test_the_classifier_is_convolutional_by_default_while_labels_per_class_are_f
     assert default_classifier_net(num_labeled=10 * CONV_CLASSIFIER_BELOW - 1, num_classes=10) == "conv"
     assert default_classifier_net(num_labeled=10 * CONV_CLASSIFIER_BELOW, num_classes=10) == "mlp"
     assert default_classifier_net(num_labeled=1000, num_classes=10) == "mlp"
+
+
+def test_python_users_get_the_few_label_defaults_of_the_cli():
+    assert few_label_defaults(100, 10) == {"label_guide": "classifier", "classifier_net": "conv",
+                                           "class_means_init": 3.0, "class_scales": False}
+    assert few_label_defaults(1000, 10)["classifier_net"] == "mlp"
+    assert few_label_defaults(0, 10) == {"label_guide": "none", "classifier_net": "mlp", "class_means_init": 0.3,
+                                         "class_scales": True}
+    assert few_label_defaults(0, 10, prior="standard")["class_scales"] is False  # only the class means learn scales
+    assert few_label_defaults(None, 10)["label_guide"] == "none"  # every label kept: nothing to guess
+    assert few_label_defaults(100, 10, label_guide="none")["classifier_net"] == "mlp"  # no classifier to build
+    config = ModelConfig(prior="class-means", num_classes=10, **few_label_defaults(100, 10))
+    assert isinstance(build_vae(config).classifier, ConvClassifier)
 
 
 @pytest.mark.parametrize("labeled,net", [(50, "conv"), (500, "mlp")])
