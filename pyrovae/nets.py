@@ -65,7 +65,12 @@ def inverse_softplus(value: float) -> float:
 
 
 def label_table(num_classes: int, net: nn.Sequential) -> nn.Embedding | None:
-    """For ``net`` read on ``[h, one_hot(y)]``: the first layer's one-hot columns, one row per class (none if 0)."""
+    """For ``net`` read on ``[h, one_hot(y)]``: the first layer's one-hot columns, one row per class (none if 0).
+
+    The rows start N(0, 1), as ``nn.Embedding`` starts them, about 30 times larger than
+    ``nn.Linear`` would: with 100 Fashion-MNIST labels the M2 model classified ten points
+    better for it (docs/benchmarks.md, ``plain_m2.py``).
+    """
     return nn.Embedding(num_classes, net[0].out_features) if num_classes else None
 
 
