@@ -51,6 +51,8 @@ def log_normal(z: torch.Tensor, loc: torch.Tensor | float, scale: torch.Tensor |
 
 
 class PlainM2(nn.Module):
+    """The M2 model and guide of the module's docstring as three nets and the class means."""
+
     def __init__(self, x_dim: int = 784, num_classes: int = 10, hidden: int = 400, z_dim: int = 50,
                  label_init: str = "normal"):
         super().__init__()
