@@ -37,7 +37,9 @@ import torch
 from run import machine_name  # noqa: I001 (benchmarks/run.py, beside this script)
 
 import pyrovae
-from pyrovae.train import ELBOS, SVIStep, resolve_device
+from pyrovae.settings import resolve_device
+from pyrovae.training.config import ELBOS
+from pyrovae.training.step import SVIStep
 
 ROWS = {
     "diagonal + ELBO": dict(model={}, elbo="trace", particles=1, estimator="standard"),

@@ -38,8 +38,8 @@ from canonical_pyro import CanonicalVAE  # noqa: E402
 from plain_vae import PlainVAE  # noqa: E402
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset  # noqa: E402
-from pyrovae.data import DataNotFoundError, from_arrays  # noqa: E402
-from pyrovae.evaluate import (  # noqa: E402
+from pyrovae.data.datasets import DataNotFoundError, from_arrays  # noqa: E402
+from pyrovae.inference.evaluate import (  # noqa: E402
     DEFAULT_MEMORY_BUDGET,
     chunk_shape,
     log_importance_weights,
@@ -47,7 +47,7 @@ from pyrovae.evaluate import (  # noqa: E402
     vae_sampler,
 )
 from pyrovae.memory import bytes_allocated  # noqa: E402
-from pyrovae.train import resolve_device  # noqa: E402
+from pyrovae.settings import resolve_device  # noqa: E402
 
 DECODER_FLOPS_PER_SAMPLE = 2 * (50 * 400 + 400 * 784)
 

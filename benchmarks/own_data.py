@@ -51,8 +51,8 @@ from run import machine_name  # noqa: E402
 
 from pyrovae import ModelConfig, TrainConfig, build_vae, fit  # noqa: E402
 from pyrovae.cli import main as pyrovae  # noqa: E402
-from pyrovae.data import DataConfig, load_dataset  # noqa: E402
-from pyrovae.streaming import StreamedSplit, default_workers, readers  # noqa: E402
+from pyrovae.data.datasets import DataConfig, load_dataset  # noqa: E402
+from pyrovae.data.streaming import StreamedSplit, default_workers, readers  # noqa: E402
 
 SIDE = 32
 CLASSES = 10

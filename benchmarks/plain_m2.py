@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyrovae.data import HIDDEN, DataConfig, as_floats, binarize_afresh, load_dataset
-from pyrovae.evaluate import accuracy
+from pyrovae.data.datasets import HIDDEN, DataConfig, as_floats, binarize_afresh, load_dataset
+from pyrovae.inference.evaluate import accuracy
 
 LOG_2PI = math.log(2 * math.pi)
 

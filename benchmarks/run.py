@@ -39,7 +39,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyrovae.lock import RunLock
+from pyrovae.runs.lock import RunLock
 
 HERE = Path(__file__).parent
 EPOCH_TARGETS = {"canonical": 0.90, "plain": 1.35}  # pyrovae's epoch time over each reference's, at most

@@ -27,10 +27,11 @@ import pyro
 import torch
 
 from pyrovae import DataConfig, ModelConfig, build_vae, load_dataset
-from pyrovae.data import DataNotFoundError
+from pyrovae.data.datasets import DataNotFoundError
 from pyrovae.distributed import join, shard, wait_for_all
-from pyrovae.objectives import TraceELBO
-from pyrovae.train import SVIStep, resolve_device
+from pyrovae.inference.objectives import TraceELBO
+from pyrovae.settings import resolve_device
+from pyrovae.training.step import SVIStep
 
 
 def training_images(device: torch.device) -> torch.Tensor:

@@ -33,9 +33,9 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
 from pyrovae.cli import main as pyrovae
-from pyrovae.data import HIDDEN, DataConfig, as_floats, load_dataset
-from pyrovae.evaluate import accuracy
-from pyrovae.train import resolve_device
+from pyrovae.data.datasets import HIDDEN, DataConfig, as_floats, load_dataset
+from pyrovae.inference.evaluate import accuracy
+from pyrovae.settings import resolve_device
 
 TARGETS = {"fashion-mnist": {100: 0.76, 1000: 0.83, 0: 0.58}}
 """The accuracy each label count should reach on a dataset (cluster accuracy for 0 labels)."""

@@ -48,8 +48,10 @@ from pyrovae import (  # noqa: E402
     load_dataset,
     negative_elbo,
 )
-from pyrovae.data import as_floats  # noqa: E402
-from pyrovae.train import ELBOS, SVIStep, resolve_device  # noqa: E402
+from pyrovae.data.datasets import as_floats  # noqa: E402
+from pyrovae.settings import resolve_device  # noqa: E402
+from pyrovae.training.config import ELBOS  # noqa: E402
+from pyrovae.training.step import SVIStep  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:

@@ -41,8 +41,9 @@ from run import machine_name  # noqa: E402
 from svi_step import default_vae, fashion_mnist, taking_turns  # noqa: E402
 
 from pyrovae import TrainConfig, fit  # noqa: E402
-from pyrovae.tensorboard import EventLog, picture_epoch  # noqa: E402
-from pyrovae.train import Trainer, resolve_device  # noqa: E402
+from pyrovae.report.tensorboard import EventLog, picture_epoch  # noqa: E402
+from pyrovae.settings import resolve_device  # noqa: E402
+from pyrovae.training.loop import Trainer  # noqa: E402
 
 TARGET = 0.03
 """Most share of an epoch's time that writing the events may take."""

@@ -3,7 +3,7 @@
     python docs/make_readme_picture.py          # seconds on a quiet 2-core CPU
 
 Trains a VAE with a 2-D latent on scikit-learn's 8x8 digits, then shows its decoded prior samples beside the
-decoded grid over [-2, 2]^2 of its latent space, both from :mod:`pyrovae.plots`.
+decoded grid over [-2, 2]^2 of its latent space, both from :mod:`pyrovae.report.plots`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pyro
 
 import pyrovae
-from pyrovae import plots
+from pyrovae.report import plots
 
 
 def readme_picture(epochs: int) -> plots.NotebookFigure:

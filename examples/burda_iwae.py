@@ -24,7 +24,9 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae.train import ELBOS, SVIStep, resolve_device
+from pyrovae.settings import resolve_device
+from pyrovae.training.config import ELBOS
+from pyrovae.training.step import SVIStep
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "digits"])

@@ -10,7 +10,7 @@ import argparse
 import pyro
 
 import pyrovae
-from pyrovae.train import resolve_device
+from pyrovae.settings import resolve_device
 
 
 def example_parser(doc: str, epochs: int, dataset: str = "mnist") -> argparse.ArgumentParser:

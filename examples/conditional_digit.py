@@ -8,8 +8,8 @@ each) and prints the test accuracy of classifying by likelihood, argmax_y p(x|y)
 """
 
 import pyrovae
-from pyrovae import plots
-from pyrovae.evaluate import class_log_prior
+from pyrovae.inference.evaluate import class_log_prior
+from pyrovae.report import plots
 
 from common import example_parser, load
 

@@ -11,7 +11,7 @@ model first, or reads one trained by `pyrovae train` with --run.
 import pyro
 
 import pyrovae
-from pyrovae.train import resolve_device
+from pyrovae.settings import resolve_device
 
 from common import example_parser, load
 

@@ -7,7 +7,7 @@ MNIST by default (give --data-dir when offline); --dataset digits or fashion-mni
 """
 
 import pyrovae
-from pyrovae import plots
+from pyrovae.report import plots
 
 from common import example_parser, load
 

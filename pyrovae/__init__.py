@@ -5,12 +5,15 @@ optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`, and
 :func:`log_likelihood`, the importance-sampled log p(x)).
 """
 
-from pyrovae.build import ModelConfig, build_vae
-from pyrovae.data import DataConfig, DataNotFoundError, Dataset, from_arrays, load_dataset
-from pyrovae.evaluate import evaluation_report, log_importance_weights, log_likelihood, negative_elbo
-from pyrovae.runs import CheckpointError, LoadedRun, RunDir, load_run
-from pyrovae.train import TrainConfig, fit
-from pyrovae.vae import VAE
+from pyrovae.data.datasets import DataConfig, DataNotFoundError, Dataset, from_arrays, load_dataset
+from pyrovae.inference.evaluate import evaluation_report, log_importance_weights, log_likelihood, negative_elbo
+from pyrovae.model.build import build_vae
+from pyrovae.model.config import ModelConfig
+from pyrovae.model.vae import VAE
+from pyrovae.runs.load import LoadedRun, load_run
+from pyrovae.runs.rundir import CheckpointError, RunDir
+from pyrovae.training.config import TrainConfig
+from pyrovae.training.loop import fit
 
 __version__ = "0.3.0"
 

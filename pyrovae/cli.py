@@ -18,20 +18,41 @@ import numpy as np
 import pyro
 import torch
 
-from pyrovae import __version__, plots
-from pyrovae.build import CLUSTERING_MEANS_INIT, LABEL_PRIORS, LABELLED_MEANS_INIT, ModelConfig, build_vae
-from pyrovae.data import DataConfig, Dataset, Split, as_floats, load_dataset
+from pyrovae import __version__
+from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_dataset
+from pyrovae.data.label_mix import visible_labels
 from pyrovae.distributed import from_main, join, wait_for_all
-from pyrovae.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
-from pyrovae.footprint import OutOfMemory, check_model_fits
-from pyrovae.runs import CHECKPOINT, EVAL, RunDir, default_run_dir, load_run
-from pyrovae.semi_supervised import CONV_CLASSIFIER_BELOW, few_label_defaults, visible_labels
-from pyrovae.settings import add_arguments, check_positive, flag, from_args, help_text, in_flags
-from pyrovae.stopping import TrainingInterrupted
-from pyrovae.tensorboard import check_installed, write_run_events
-from pyrovae.train import DEVICES, TrainConfig, check_training, fit, resolve_device
-from pyrovae.vae import VAE
+from pyrovae.inference.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
+from pyrovae.memory import OutOfMemory
+from pyrovae.model.build import build_vae
+from pyrovae.model.config import (
+    CLUSTERING_MEANS_INIT,
+    CONV_CLASSIFIER_BELOW,
+    LABEL_PRIORS,
+    LABELLED_MEANS_INIT,
+    ModelConfig,
+    few_label_defaults,
+)
+from pyrovae.model.vae import VAE
+from pyrovae.report import plots
+from pyrovae.report.tensorboard import check_installed, write_run_events
+from pyrovae.runs.load import load_run
+from pyrovae.runs.rundir import CHECKPOINT, EVAL, RunDir, default_run_dir
+from pyrovae.settings import (
+    DEVICES,
+    add_arguments,
+    check_positive,
+    flag,
+    from_args,
+    help_text,
+    in_flags,
+    resolve_device,
+)
+from pyrovae.training.config import TrainConfig
+from pyrovae.training.loop import fit
+from pyrovae.training.preflight import check_model_fits, check_training
+from pyrovae.training.stopping import TrainingInterrupted
 
 RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
 SAMPLE_CHUNK = 10_000

@@ -4,18 +4,24 @@ The importance-sampled log-likelihood splits its work into chunks that fit a mem
 budget. Rather than guess what a user's prior or likelihood allocates per sample, it
 runs a tiny probe under :class:`AllocationCounter` and scales up. The count sums every
 new tensor created, freed or not, so it bounds the peak from above. Training's memory
-estimate (:mod:`pyrovae.footprint`) follows the tensors' lives too, to find the peak.
+estimate (:mod:`pyrovae.training.preflight`) follows the tensors' lives too, to find the peak.
 """
+
 
 from __future__ import annotations
 
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+import psutil
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from pyrovae.settings import SettingError
 
 
 class AllocationCounter(TorchDispatchMode):
@@ -61,3 +67,85 @@ def allocations(fn: Callable[[], Any]) -> AllocationCounter:
 def bytes_allocated(fn: Callable[[], Any]) -> int:
     """The bytes ``fn()`` allocates in all (an upper bound on its peak memory)."""
     return allocations(fn).bytes
+
+
+PROBE_SIZES = (2, 4)
+"""The two small sizes at which :func:`linear_bytes` runs its probe."""
+
+
+ALLOCATOR_FAILURE = re.compile(r"out of memory|can't allocate memory|you tried to allocate", re.IGNORECASE)
+"""How allocators word a failed allocation in a plain ``RuntimeError`` (the CPU's ``alloc_cpu.cpp``, CUDA's)."""
+
+
+class TooBig(SettingError):
+    """A setting asks for more memory than the device has; raised before any work."""
+
+
+class OutOfMemory(MemoryError):
+    """Memory ran out while working, although the estimate allowed the settings; says what was kept.
+
+    ``settings`` are those the message suggests lowering.
+    """
+
+    def __init__(self, message: str, settings: Collection[str] = ()):
+        super().__init__(message)
+        self.settings = tuple(settings)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation: ``torch.OutOfMemoryError``, ``MemoryError`` or an allocator's
+    ``RuntimeError``."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and ALLOCATOR_FAILURE.search(str(error)) is not None)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a new allocation can still get on ``device``.
+
+    On a GPU, what the driver reports free plus what PyTorch's caching allocator holds
+    unused; on the CPU, the RAM the operating system reports available.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return psutil.virtual_memory().available
+
+
+def where(device: torch.device) -> str:
+    """The device as a message names it."""
+    return "this machine" if device.type == "cpu" else f"the GPU {device}"
+
+
+def in_bytes(count: float) -> str:
+    """``count`` bytes in decimal units, two or three significant digits: ``310 GB``, ``12,800 TB``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            value = count / size
+            return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
+    return f"{count / 1e3:.3g} kB"
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    """The bytes of ``module``'s parameters (one copy)."""
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def peak_at(step: Callable[[int], Any], size: float) -> float:
+    """About the most bytes ``step(size)`` holds at once, from probes at two small sizes.
+
+    When the probes run the same operators in the same order, the live bytes at each
+    moment are fixed + per_unit * size, a line through the two probes' values, and the
+    peak at ``size`` is the largest of those lines there. (A peak of the probes alone would
+    miss it: at a few examples the gradients outweigh the activations.) When the operators
+    change with the size (Pyro's enumeration picks its contraction order by the shapes),
+    the line goes through all that each probe allocated, freed or not: an upper bound.
+    """
+    step(PROBE_SIZES[0])  # a first call may run one-off operators
+    small, large = (allocations(lambda n=n: step(n)) for n in PROBE_SIZES)
+
+    def at_size(at_small: float, at_large: float) -> float:
+        return at_small + (at_large - at_small) * (size - PROBE_SIZES[0]) / (PROBE_SIZES[1] - PROBE_SIZES[0])
+
+    if len(small.timeline) == len(large.timeline):
+        return max(map(at_size, small.timeline, large.timeline))
+    return at_size(small.bytes, large.bytes)

@@ -1,7 +1,7 @@
 """Settings written once, on dataclass fields; the CLI flags and the ``config.json`` checks follow from them.
 
-A settings class (:class:`~pyrovae.build.ModelConfig`, :class:`~pyrovae.data.DataConfig`,
-:class:`~pyrovae.train.TrainConfig`) declares each setting as a field: the annotation is its
+A settings class (:class:`~pyrovae.model.config.ModelConfig`, :class:`~pyrovae.data.datasets.DataConfig`,
+:class:`~pyrovae.training.config.TrainConfig`) declares each setting as a field: the annotation is its
 type (``Literal[...]`` for a choice of names), the default its default, and :func:`setting`
 adds the help text. From that, :func:`add_arguments` makes one ``--flag`` per field and
 :func:`from_args` builds the class from the parsed flags; :func:`settings_from_json` reads a
@@ -26,6 +26,7 @@ stands alone. Other words are left as they are, so prose like "the prior" never 
 a flag, and names without a flag (``num_classes``) stay Python.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,9 @@ import re
 import types
 import typing
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
+
+import torch
 
 Settings = TypeVar("Settings")
 
@@ -252,3 +255,20 @@ def settings_from_json(cls: type[Settings], values: Any, where: str) -> Settings
         return cls(**values)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+DEVICES = get_args(Device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    check_choice("device", name, DEVICES)
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but PyTorch sees no CUDA GPU; use device='cpu' or "
+                         "device='auto'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)

@@ -13,10 +13,10 @@ import torch
 
 from pyrovae import ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
-from pyrovae.data import IDX_FILES, DataConfig, from_arrays
-from pyrovae.evaluate import evaluation_report, log_likelihood, negative_elbo
-from pyrovae.plots import samples_figure
-from pyrovae.runs import CheckpointError, RunDir
+from pyrovae.data.datasets import IDX_FILES, DataConfig, from_arrays
+from pyrovae.inference.evaluate import evaluation_report, log_likelihood, negative_elbo
+from pyrovae.report.plots import samples_figure
+from pyrovae.runs.rundir import CheckpointError, RunDir
 from pyrovae.settings import settings_from_json
 
 NO_GPU = not torch.cuda.is_available()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pyrovae import VAE, cli
 from pyrovae.cli import build_parser, main
-from pyrovae.runs import RunDir
+from pyrovae.runs.rundir import RunDir
 
 
 def run_cli(*args, cwd=None, env=None):

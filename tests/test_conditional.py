@@ -8,7 +8,7 @@ from sklearn.svm import SVC
 
 from pyrovae import DataConfig, ModelConfig, build_vae, load_dataset
 from pyrovae.cli import main
-from pyrovae.evaluate import class_log_prior, class_scores, classify, negative_elbo
+from pyrovae.inference.evaluate import class_log_prior, class_scores, classify, negative_elbo
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import data as data_module
-from pyrovae.data import (
+from pyrovae.data import datasets as data_module
+from pyrovae.data.datasets import (
     DataConfig,
     DataNotFoundError,
     as_floats,

@@ -13,7 +13,7 @@ import torch
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset
 from pyrovae.distributed import SINGLE, Processes, shard
-from pyrovae.train import Trainer
+from pyrovae.training.loop import Trainer
 
 WORKER = """
 import sys

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyrovae.flows import FlowPosterior
-from pyrovae.nets import inverse_softplus
-from pyrovae.objectives import IWAEBound
+from pyrovae.inference.objectives import IWAEBound
+from pyrovae.model.nets import inverse_softplus
+from pyrovae.model.posteriors import FlowPosterior
 
 D, Z, SIGMA, COPIES = 3, 2, 0.5, 2000
 X = torch.tensor([1.0, -0.5, 2.0])

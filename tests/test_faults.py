@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, train
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
-from pyrovae.data import load_dataset
-from pyrovae.runs import CheckpointError, RunDir, load_run
-from pyrovae.stopping import TrainingInterrupted
+from pyrovae.data.datasets import load_dataset
+from pyrovae.runs.load import load_run
+from pyrovae.runs.rundir import CheckpointError, RunDir
+from pyrovae.training.step import SVIStep
+from pyrovae.training.stopping import TrainingInterrupted
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # random bytes as a pickle
 
@@ -32,7 +34,8 @@ STEPS_PER_EPOCH = 11  # 1347 digits training images in batches of 128
 
 KILLING_RUN = """
 import os, signal, sys
-from pyrovae import cli, train
+from pyrovae import cli
+from pyrovae.training.step import SVIStep
 
 mode, at = sys.argv[1], int(sys.argv[2])
 count = [0]
@@ -48,13 +51,13 @@ if mode == "save":  # die halfway through writing checkpoint number `at` to disk
         return real_write(fd, data)
     os.write = write
 else:  # send signal `mode` to ourselves during training step number `at`
-    real_step = train.SVIStep.__call__
+    real_step = SVIStep.__call__
     def step(self, *args, **kwargs):
         count[0] += 1
         if count[0] == at:
             os.kill(os.getpid(), getattr(signal, mode))
         return real_step(self, *args, **kwargs)
-    train.SVIStep.__call__ = step
+    SVIStep.__call__ = step
 raise SystemExit(cli.main(sys.argv[3:]))
 """
 
@@ -160,8 +163,7 @@ def test_ctrl_c_in_python_raises_after_saving_and_resume_finishes_the_epoch(tmp_
     straight = model()
     fit(straight, data, config, run_dir=tmp_path / "straight", progress=False)
 
-    from pyrovae import train
-    real_step, calls = train.SVIStep.__call__, []
+    real_step, calls = SVIStep.__call__, []
 
     def step(self, *args, **kwargs):
         calls.append(1)
@@ -169,7 +171,7 @@ def test_ctrl_c_in_python_raises_after_saving_and_resume_finishes_the_epoch(tmp_
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.SVIStep, "__call__", step)
+    monkeypatch.setattr(SVIStep, "__call__", step)
     with pytest.raises(TrainingInterrupted, match="SIGINT received: training stopped in epoch 1 after step 4"):
         fit(model(), data, config, run_dir=tmp_path / "stopped", progress=False)
     monkeypatch.undo()
@@ -358,7 +360,7 @@ def test_skip_nonfinite_skips_up_to_n_bad_batches_then_stops(tmp_path):
 ], ids=["torch-out-of-memory", "cpu-allocator"])
 def test_out_of_memory_stops_training_in_one_line_and_resume_continues_exactly(uninterrupted, tmp_path, error,
                                                                                monkeypatch, capsys):
-    out, steps, real_step = tmp_path / "run", [], train.SVIStep.__call__
+    out, steps, real_step = tmp_path / "run", [], SVIStep.__call__
 
     def step(self, *args, **kwargs):  # memory runs out once, at step 5 of epoch 2
         steps.append(1)
@@ -366,7 +368,7 @@ def test_out_of_memory_stops_training_in_one_line_and_resume_continues_exactly(u
             raise error
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.SVIStep, "__call__", step)
+    monkeypatch.setattr(SVIStep, "__call__", step)
     assert main([*TRAIN, "--out", str(out)]) == 2
     monkeypatch.undo()
     err = capsys.readouterr().err
@@ -382,6 +384,6 @@ def test_an_error_that_is_not_out_of_memory_is_not_taken_for_one(tmp_path, monke
     def step(self, *args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)")
 
-    monkeypatch.setattr(train.SVIStep, "__call__", step)
+    monkeypatch.setattr(SVIStep, "__call__", step)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         main([*TRAIN, "--out", str(tmp_path / "run")])

@@ -8,11 +8,11 @@ from test_log_likelihood import SIGMA, D, Z, exact_log_marginal, factor_analysis
 from torch import nn
 
 from pyrovae import VAE, ModelConfig, build_vae
-from pyrovae.evaluate import log_likelihood, negative_elbo
-from pyrovae.flows import FlowPosterior, location
-from pyrovae.likelihoods import GaussianLikelihood
-from pyrovae.nets import MLPEncoder
-from pyrovae.objectives import IWAEBound
+from pyrovae.inference.evaluate import log_likelihood, negative_elbo
+from pyrovae.inference.objectives import IWAEBound
+from pyrovae.model.likelihoods import GaussianLikelihood
+from pyrovae.model.nets import MLPEncoder
+from pyrovae.model.posteriors import FlowPosterior, location
 
 
 def test_a_flow_of_identities_gives_the_diagonal_guides_numbers_exactly():

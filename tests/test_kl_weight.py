@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, from_arrays, load_dataset
-from pyrovae.kl_weight import MIN_KL_WEIGHT, KLSchedule
-from pyrovae.objectives import MeanFieldELBO, TraceELBO
+from pyrovae.inference.kl_weight import MIN_KL_WEIGHT, KLSchedule
+from pyrovae.inference.objectives import MeanFieldELBO, TraceELBO
 
 
 def parts_at(vae, x, weight, elbo):

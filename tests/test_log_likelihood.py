@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from pyrovae import VAE, evaluate
-from pyrovae.evaluate import (
+from pyrovae import VAE
+from pyrovae.inference import evaluate
+from pyrovae.inference.evaluate import (
     chunk_shape,
     log_importance_weights,
     log_likelihood,
@@ -16,9 +17,9 @@ from pyrovae.evaluate import (
     negative_elbo,
     vae_sampler,
 )
-from pyrovae.likelihoods import GaussianLikelihood
-from pyrovae.nets import MLPEncoder, inverse_softplus
-from pyrovae.objectives import IWAEBound
+from pyrovae.inference.objectives import IWAEBound
+from pyrovae.model.likelihoods import GaussianLikelihood
+from pyrovae.model.nets import MLPEncoder, inverse_softplus
 
 Z, D, SIGMA = 2, 5, 0.7
 

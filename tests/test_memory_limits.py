@@ -19,23 +19,15 @@ from pyrovae import (
     TrainConfig,
     build_vae,
     fit,
-    footprint,
     from_arrays,
     load_dataset,
     log_likelihood,
-    train,
 )
 from pyrovae.cli import main
-from pyrovae.footprint import (
-    OutOfMemory,
-    TooBig,
-    check_model_fits,
-    flow_bytes,
-    is_out_of_memory,
-    model_bytes,
-    parameter_bytes,
-)
-from pyrovae.importance import ImportanceSampler
+from pyrovae.inference.importance import ImportanceSampler
+from pyrovae.memory import OutOfMemory, TooBig, is_out_of_memory, parameter_bytes
+from pyrovae.training import preflight
+from pyrovae.training.preflight import check_model_fits, flow_bytes, model_bytes
 
 QUICK = ["--epochs", "1", "--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
 
@@ -96,22 +88,22 @@ def images():
 def test_the_refusal_names_the_batch_size_when_it_is_what_grew(images, monkeypatch):
     vae = build_vae(ModelConfig(image_shape=(1, 8, 8), hidden=(32,)))
     small = TrainConfig(batch_size=8)
-    adam_and_step = 2 * parameter_bytes(vae) + train.step_bytes(vae, images, small, 8)
-    monkeypatch.setattr(train, "free_bytes", lambda device: adam_and_step * 1.5)
-    train.check_step_fits(vae, images, small)  # fits
+    adam_and_step = 2 * parameter_bytes(vae) + preflight.step_bytes(vae, images, small, 8)
+    monkeypatch.setattr(preflight, "free_bytes", lambda device: adam_and_step * 1.5)
+    preflight.check_step_fits(vae, images, small)  # fits
     with pytest.raises(TooBig, match=r"^batch_size=512 needs about [\d.]+ [kMG]B per step; this machine has [\d.]+ "
                                      r"[kMG]B free; lower batch_size$") as refused:
-        train.check_step_fits(vae, images, TrainConfig(batch_size=512))
+        preflight.check_step_fits(vae, images, TrainConfig(batch_size=512))
     assert refused.value.setting == "batch_size"
     with pytest.raises(TooBig, match=r"^particles=64 needs .* at batch_size=8; .*; lower particles or batch_size$"):
-        train.check_step_fits(vae, images, TrainConfig(batch_size=8, particles=64))
+        preflight.check_step_fits(vae, images, TrainConfig(batch_size=8, particles=64))
     conditional = build_vae(ModelConfig(image_shape=(1, 8, 8), hidden=(32,), prior="class-means", num_classes=3))
     with pytest.raises(TooBig, match=r"^batch_size=512 needs"):
-        train.check_step_fits(conditional, images, TrainConfig(batch_size=512))
+        preflight.check_step_fits(conditional, images, TrainConfig(batch_size=512))
 
 
 def test_a_model_refused_by_formula_names_its_largest_setting(monkeypatch):
-    monkeypatch.setattr(footprint, "free_bytes", lambda device: 10**9)
+    monkeypatch.setattr(preflight, "free_bytes", lambda device: 10**9)
     check_model_fits(ModelConfig(hidden=(400, 400)), torch.device("cpu"))
     with pytest.raises(TooBig, match=r"^hidden=300000 needs about [\d.]+ GB .* has 1 GB free; lower hidden$"):
         check_model_fits(ModelConfig(hidden=(400, 300_000), z_dim=20), torch.device("cpu"))
@@ -124,7 +116,7 @@ def test_the_probe_changes_no_parameter_and_no_random_stream(images):
     vae = build_vae(ModelConfig(image_shape=(1, 8, 8), hidden=(32,)))
     weights = {name: value.clone() for name, value in vae.state_dict().items()}
     state = torch.get_rng_state()
-    train.check_step_fits(vae, images, TrainConfig(particles=3))
+    preflight.check_step_fits(vae, images, TrainConfig(particles=3))
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(value, weights[name]) for name, value in vae.state_dict().items())
     assert all(p.grad is None for p in vae.parameters())
@@ -206,8 +198,9 @@ PEAK_OF_TRAINING = r"""
 import json, re, sys
 from pathlib import Path
 import psutil, torch
-from pyrovae import ModelConfig, TrainConfig, build_vae, fit, from_arrays, train
-from pyrovae.footprint import parameter_bytes
+from pyrovae import ModelConfig, TrainConfig, build_vae, fit, from_arrays
+from pyrovae.training import preflight
+from pyrovae.memory import parameter_bytes
 
 torch.set_num_threads(1)
 net, elbo, particles, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -215,7 +208,7 @@ x = (torch.rand(2 * batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)
 data = from_arrays(x, torch.zeros(len(x), dtype=torch.long))
 vae = build_vae(ModelConfig(net=net, z_dim=50))
 config = TrainConfig(epochs=1, batch_size=batch, elbo=elbo, particles=particles)
-estimate = train.ADAM_MOMENTS * parameter_bytes(vae) + train.step_bytes(vae, data, config, batch)
+estimate = preflight.ADAM_MOMENTS * parameter_bytes(vae) + preflight.step_bytes(vae, data, config, batch)
 before = psutil.Process().memory_info().rss
 fit(vae, data, config, progress=False, verbose=False)
 # VmHWM, this process's peak RSS (ru_maxrss would also count the parent's pages forked before exec)
@@ -242,7 +235,7 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_measured_peak():
 def test_fit_refuses_before_creating_its_run_directory(tmp_path, monkeypatch):
     data = load_dataset(DataConfig())
     vae = build_vae(ModelConfig(image_shape=data.image_shape, hidden=(16,)))
-    monkeypatch.setattr(train, "free_bytes", lambda device: 1000)
+    monkeypatch.setattr(preflight, "free_bytes", lambda device: 1000)
     with pytest.raises(TooBig):
         fit(vae, data, TrainConfig(epochs=1), run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

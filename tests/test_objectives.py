@@ -4,8 +4,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyrovae.objectives import MeanFieldELBO, TraceELBO
-from pyrovae.train import SVIStep
+from pyrovae.inference.objectives import MeanFieldELBO, TraceELBO
+from pyrovae.training.step import SVIStep
 
 
 def loss_and_grads(elbo, vae, x, seed=3):

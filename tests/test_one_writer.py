@@ -17,8 +17,8 @@ import time
 import pytest
 
 from pyrovae.cli import main
-from pyrovae.lock import RunLock
-from pyrovae.runs import RunDir
+from pyrovae.runs.lock import RunLock
+from pyrovae.runs.rundir import RunDir
 
 TRAIN = ["train", "--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
 
@@ -132,13 +132,14 @@ def test_of_two_writers_started_together_one_proceeds_and_the_other_exits_2(tmp_
 
 SAVING_COPIES = """
 import sys, shutil
-from pyrovae import cli, runs
+from pyrovae import cli
+from pyrovae.runs.rundir import RunDir
 copies = sys.argv[1]
-real_save = runs.RunDir.save_checkpoint
+real_save = RunDir.save_checkpoint
 def save(self, state):
     real_save(self, state)
     shutil.copy(self.file("checkpoint.pt"), f"{copies}/{state['epoch']}.pt")
-runs.RunDir.save_checkpoint = save
+RunDir.save_checkpoint = save
 raise SystemExit(cli.main(sys.argv[2:]))
 """
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pyrovae.cli import main
-from pyrovae.data import DataConfig, from_arrays, load_dataset
+from pyrovae.data.datasets import DataConfig, from_arrays, load_dataset
 
 QUICK = ["--epochs", "1", "--hidden", "16", "--z-dim", "2", "--batch-size", "16", "--threads", "1", "--no-progress",
          "--device", "cpu"]

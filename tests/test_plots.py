@@ -9,10 +9,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset, plots
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset
 from pyrovae.cli import main
-from pyrovae.latents import active_units, encoder_means, kl_per_dimension, principal_directions
-from pyrovae.runs import RunDir
+from pyrovae.report import plots
+from pyrovae.report.latents import active_units, encoder_means, kl_per_dimension, principal_directions
+from pyrovae.runs.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_training_curves_tick_whole_epochs():
 
 
 def test_pictures_neither_switch_the_backend_nor_use_pyplot(tmp_path):
-    code = ("import sys, matplotlib; matplotlib.use('svg'); from pyrovae import plots; "
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from pyrovae.report import plots; "
             "rows = [{'epoch': 1, 'train_loss': 2.0, 'val_neg_elbo': 2.5}]; "
             f"plots.save(plots.training_curves_figure(rows), {str(tmp_path / 'curves.png')!r}); "
             "assert 'matplotlib.pyplot' not in sys.modules; assert matplotlib.get_backend() == 'svg'")

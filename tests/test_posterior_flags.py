@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from pyrovae.build import ModelConfig
 from pyrovae.cli import main
-from pyrovae.plots import PICTURES
+from pyrovae.model.config import ModelConfig
+from pyrovae.report.plots import PICTURES
 from pyrovae.settings import settings_from_json
-from pyrovae.train import TrainConfig
+from pyrovae.training.config import TrainConfig
 
 QUICK = ["--epochs", "1", "--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
 

@@ -8,16 +8,16 @@ import torch.nn.functional as F
 from pyro import poutine
 
 from pyrovae import ModelConfig, TrainConfig, build_vae, evaluation_report, fit, from_arrays
-from pyrovae.build import build_likelihood, build_prior
-from pyrovae.likelihoods import (
+from pyrovae.inference.objectives import MeanFieldELBO, TraceELBO
+from pyrovae.model.build import build_likelihood, build_prior
+from pyrovae.model.likelihoods import (
     ContinuousBernoulliLikelihood,
     DiscretizedLogistic,
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from pyrovae.nets import MIN_SCALE, MLPEncoder
-from pyrovae.objectives import MeanFieldELBO, TraceELBO
-from pyrovae.priors import PRIORS
+from pyrovae.model.nets import MIN_SCALE, MLPEncoder
+from pyrovae.model.priors import PRIORS
 
 Z, D, C, B = 3, 16, 4, 5
 LOG_2PI = math.log(2 * math.pi)

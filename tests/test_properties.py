@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pyrovae import VAE, ModelConfig, TrainConfig, build_vae
-from pyrovae.data import read_idx
-from pyrovae.evaluate import log_importance_weights, log_likelihood, negative_elbo
-from pyrovae.likelihoods import GaussianLikelihood
-from pyrovae.runs import CheckpointError, RunDir
+from pyrovae.data.datasets import read_idx
+from pyrovae.inference.evaluate import log_importance_weights, log_likelihood, negative_elbo
+from pyrovae.model.likelihoods import GaussianLikelihood
+from pyrovae.runs.rundir import CheckpointError, RunDir
 from pyrovae.settings import settings_from_json
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

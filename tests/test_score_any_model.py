@@ -11,7 +11,7 @@ from pyro.infer import config_enumerate
 from torch import nn
 
 from pyrovae import log_likelihood, negative_elbo
-from pyrovae.importance import ImportanceSampler
+from pyrovae.inference.importance import ImportanceSampler
 
 D, H, Z = 16, 8, 3
 

@@ -12,20 +12,13 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyrovae import ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
-from pyrovae.data import HIDDEN, DataConfig, Split, from_arrays, hide_labels, load_dataset
-from pyrovae.evaluate import accuracy
-from pyrovae.nets import ConvClassifier, MLPClassifier, inverse_softplus
-from pyrovae.priors import ClassMeansPrior
-from pyrovae.semi_supervised import (
-    CONV_CLASSIFIER_BELOW,
-    LABELED_PASSES,
-    LabelMix,
-    default_classifier_net,
-    default_labeled_fraction,
-    few_label_defaults,
-    place_class_means,
-    visible_labels,
-)
+from pyrovae.data.datasets import HIDDEN, DataConfig, Split, from_arrays, hide_labels, load_dataset
+from pyrovae.data.label_mix import LABELED_PASSES, LabelMix, default_labeled_fraction, visible_labels
+from pyrovae.inference.evaluate import accuracy
+from pyrovae.inference.semi_supervised import place_class_means
+from pyrovae.model.config import CONV_CLASSIFIER_BELOW, default_classifier_net, few_label_defaults
+from pyrovae.model.nets import ConvClassifier, MLPClassifier, inverse_softplus
+from pyrovae.model.priors import ClassMeansPrior
 
 C = 3
 
@@ -325,10 +318,10 @@ def test_k_means_places_one_class_mean_on_each_group_of_encoded_images():
 
 
 def test_clustering_places_the_class_means_after_the_first_epoch_only(monkeypatch):
-    import pyrovae.train
+    import pyrovae.training.loop
 
     placed = []
-    monkeypatch.setattr(pyrovae.train, "place_class_means", lambda vae, x, seed: placed.append(len(x)))
+    monkeypatch.setattr(pyrovae.training.loop, "place_class_means", lambda vae, x, seed: placed.append(len(x)))
     x, y = np.random.default_rng(0).random((60, 4, 4)).astype(np.float32), np.arange(60) % C
     for labeled, calls in ((0, [54]), (6, [])):
         placed.clear()

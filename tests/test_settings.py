@@ -13,8 +13,8 @@ import pytest
 import pyrovae
 from pyrovae import DataConfig, ModelConfig, TrainConfig, cli
 from pyrovae.cli import FROM_DATA, build_parser, main
-from pyrovae.data import load_dataset
-from pyrovae.runs import RunDir
+from pyrovae.data.datasets import load_dataset
+from pyrovae.runs.rundir import RunDir
 from pyrovae.settings import (
     SettingError,
     add_arguments,

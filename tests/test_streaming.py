@@ -14,9 +14,9 @@ from PIL import Image
 
 from pyrovae import ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
-from pyrovae.data import DataConfig, load_dataset
+from pyrovae.data.datasets import DataConfig, load_dataset
+from pyrovae.data.streaming import StreamedSplit
 from pyrovae.settings import SettingError
-from pyrovae.streaming import StreamedSplit
 
 RNG = np.random.default_rng(0)
 

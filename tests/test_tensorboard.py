@@ -19,9 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, cli, fit, load_dataset
 from pyrovae.cli import main
-from pyrovae.latents import encoder_means
-from pyrovae.runs import RunDir, load_run
-from pyrovae.tensorboard import EMBEDDING_TAG, INSTALL, picture_epoch
+from pyrovae.report.latents import encoder_means
+from pyrovae.report.tensorboard import EMBEDDING_TAG, INSTALL, picture_epoch
+from pyrovae.runs.load import load_run
+from pyrovae.runs.rundir import RunDir
 
 EPOCHS, EVERY, Z_DIM = 5, 2, 3
 PICTURE_EPOCHS = [1, 2, 4, 5]  # the first, every second, the last

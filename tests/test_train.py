@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, from_arrays, load_dataset, load_run
-from pyrovae.evaluate import negative_elbo
-from pyrovae.runs import CheckpointError, RunDir
+from pyrovae.inference.evaluate import negative_elbo
+from pyrovae.runs.rundir import CheckpointError, RunDir
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from pyro import poutine
 
 from pyrovae import ModelConfig, build_vae
-from pyrovae.evaluate import log_likelihood
-from pyrovae.hierarchy import TwoLayerVAE
-from pyrovae.objectives import IWAEBound, TraceELBO
+from pyrovae.inference.evaluate import log_likelihood
+from pyrovae.inference.objectives import IWAEBound, TraceELBO
+from pyrovae.model.two_layer import TwoLayerVAE
 
 
 def gaussian_log_density(value, loc, scale):

@@ -9,8 +9,8 @@ from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 
 from pyrovae import ModelConfig, build_vae
-from pyrovae.nets import MIN_SCALE
-from pyrovae.objectives import MeanFieldELBO
+from pyrovae.inference.objectives import MeanFieldELBO
+from pyrovae.model.nets import MIN_SCALE
 
 
 def test_model_and_guide_sites_have_the_documented_shapes(small_vae, binary_batch):

@@ -6,8 +6,8 @@ copy per step. Images are floats in [0, 1] (or any finite values, for tables), o
 pixels kept as uint8, a quarter of float32's memory, and scaled to [0, 1] where they are used:
 a training batch as it is drawn, an evaluation split as it is scored (:func:`as_floats`). A
 training split too large for memory is streamed from its files instead
-(:mod:`pyrovae.streaming`). Users' own files and torchvision's dataset classes are read by
-:mod:`pyrovae.sources`.
+(:mod:`pyrovae.data.streaming`). Users' own files and torchvision's dataset classes are read by
+:mod:`pyrovae.data.sources`.
 
 IDX files are parsed by torchvision's MNIST reader. Hand-written around it, where torchvision
 has no call for it: finding the four files in a flat folder (``--data-dir``, the Debian folder
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from pyrovae.footprint import free_bytes, in_bytes
+from pyrovae.data.sources import TORCHVISION_PREFIX, Source, arrays_of, labels_of, materialize, read_source, resized
+from pyrovae.data.streaming import MEMORY_SHARE, Storage, StreamedSplit, default_workers, streams
+from pyrovae.memory import free_bytes, in_bytes
 from pyrovae.settings import SettingError, check_choices, setting
-from pyrovae.sources import TORCHVISION_PREFIX, Source, arrays_of, labels_of, materialize, read_source, resized
-from pyrovae.streaming import MEMORY_SHARE, Storage, StreamedSplit, default_workers, streams
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 """The bundled datasets' names; ``dataset`` also takes a path or ``torchvision:NAME``."""
@@ -181,7 +181,7 @@ class Dataset:
     dynamic_binarization: bool = False
     config: DataConfig | None = None
     provenance: dict[str, Any] | None = None
-    """What was read, as :func:`pyrovae.sources.read_source` describes it (a run saves it in ``config.json``)."""
+    """What was read, as :func:`pyrovae.data.sources.read_source` describes it (a run saves it in ``config.json``)."""
 
     @property
     def num_classes(self) -> int:

@@ -6,7 +6,7 @@ Generative model p(x, z | y) = p(z | y) p(x | z), one site per variable inside t
     x ~ likelihood(decoder(z[, y]))   # Bernoulli(logits) by default
 
 and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)), or that Gaussian pushed through a
-normalizing flow (a ``posterior`` of :mod:`pyrovae.flows`). ``Trace_ELBO`` turns the
+normalizing flow (a ``posterior`` of :mod:`pyrovae.model.posteriors`). ``Trace_ELBO`` turns the
 pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y))
 (Kingma & Welling 2014).
 
@@ -35,10 +35,10 @@ from pyro import poutine
 from torch import nn
 
 if TYPE_CHECKING:
-    from pyrovae.build import ModelConfig
-from pyrovae.flows import DiagonalPosterior, location
-from pyrovae.likelihoods import BernoulliLikelihood
-from pyrovae.priors import StandardNormalPrior
+    from pyrovae.model.config import ModelConfig
+from pyrovae.model.likelihoods import BernoulliLikelihood
+from pyrovae.model.posteriors import DiagonalPosterior, location
+from pyrovae.model.priors import StandardNormalPrior
 
 
 def data_plate(x: torch.Tensor, data_size: int | None = None) -> pyro.plate:
@@ -65,9 +65,9 @@ class VAE(nn.Module):
         decoder_conditioning: also feed one-hot ``y`` to the decoder (the classic CVAE).
         classifier: maps images to the logits of q(y|x); with one, the guide of an
             unlabelled image is q(y|x) q(z|x, y), and the encoder must read ``y`` too.
-        config: the :class:`~pyrovae.build.ModelConfig` this VAE was built from, if any.
+        config: the :class:`~pyrovae.model.config.ModelConfig` this VAE was built from, if any.
         posterior: maps the encoder's outputs to q(z|x); defaults to the diagonal Gaussian
-            N(loc, diag scale^2) (:class:`~pyrovae.flows.DiagonalPosterior`).
+            N(loc, diag scale^2) (:class:`~pyrovae.model.posteriors.DiagonalPosterior`).
 
     :meth:`model` and :meth:`guide` take the same arguments: ``kl_weight`` (a positive
     float or a 0-dim tensor, 1 by default) scales the latent site; ``data_size`` (``None``
@@ -207,7 +207,7 @@ class VAE(nn.Module):
         """Raise ``ValueError`` naming the problem if ``x`` cannot be this model's ``x``."""
         if torch.is_tensor(x) and x.dtype == torch.uint8:
             raise ValueError(f"{name} are uint8 pixels; scale them to [0, 1] floats first, with "
-                             f"pyrovae.data.as_floats(x) (x / 255)")
+                             f"pyrovae.data.datasets.as_floats(x) (x / 255)")
         if not torch.is_tensor(x) or not x.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {type(x).__name__} "
                              f"{getattr(x, 'dtype', '')}; convert with torch.as_tensor(x, dtype=torch.float32)")

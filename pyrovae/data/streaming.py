@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pyrovae.footprint import TooBig, in_bytes
+from pyrovae.memory import TooBig, in_bytes
 from pyrovae.settings import SettingError
 
 log = logging.getLogger(__name__)

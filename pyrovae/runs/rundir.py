@@ -6,16 +6,15 @@ the entries a pyrovae checkpoint has. Every file is written whole (:mod:`pyrovae
 a crash, a reader or a full disk sees the old checkpoint or the new one, never half of one.
 ``config.json`` is read through :func:`~pyrovae.settings.settings_from_json`: known keys
 and types only. The one exception to whole files: TensorBoard's event files in
-``tensorboard/``, which grow while training runs (:mod:`pyrovae.tensorboard`).
+``tensorboard/``, which grow while training runs (:mod:`pyrovae.report.tensorboard`).
 
 One process at a time writes a run: :meth:`RunDir.writing` holds the directory's lock
-(:mod:`pyrovae.lock`) while it does. Readers (``evaluate``, ``sample``, :func:`load_run`) take no lock.
+(:mod:`pyrovae.runs.lock`) while it does. Readers (``evaluate``, ``sample``, :func:`load_run`) take no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -28,13 +27,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from pyrovae.build import ModelConfig, build_vae
-from pyrovae.data import DataConfig, Dataset, load_dataset
+from pyrovae.data.datasets import DataConfig, Dataset, load_dataset
+from pyrovae.data.sources import check_unchanged
 from pyrovae.files import append_line, cannot_write, temporary_name, write_atomically
-from pyrovae.lock import RunLock
+from pyrovae.model.vae import VAE
+from pyrovae.runs.lock import RunLock
 from pyrovae.settings import SettingError, settings_from_json
-from pyrovae.sources import check_unchanged
-from pyrovae.vae import VAE
 
 Settings = TypeVar("Settings")
 
@@ -49,7 +47,7 @@ TENSORBOARD = "tensorboard"
 CONFIG_SECTIONS = ("model", "data", "train", "source")
 CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "rng": dict, "kl_weight": torch.Tensor,
                       "metrics": list, "skipped": int, "partial": (dict, type(None))}
-"""What :func:`~pyrovae.train.fit` saves: the trained state, the metrics history up to ``epoch``,
+"""What :func:`~pyrovae.training.loop.fit` saves: the trained state, the metrics history up to ``epoch``,
 the count of skipped non-finite batches, and ``partial``, the position in an interrupted epoch."""
 
 
@@ -91,7 +89,7 @@ class RunDir:
 
         No other process may be writing the folder; it must be writable (or creatable), and
         hold no earlier run unless it is resumed (``resume``) or replaced (``overwrite``).
-        Messages name the settings of :func:`~pyrovae.train.fit`: ``run_dir``, ``resume``,
+        Messages name the settings of :func:`~pyrovae.training.loop.fit`: ``run_dir``, ``resume``,
         ``overwrite``.
         """
         if resume and overwrite:
@@ -120,7 +118,7 @@ class RunDir:
 
     @contextlib.contextmanager
     def writing(self, setting: str = "run_dir") -> Iterator[RunDir]:
-        """Be the one process writing this run while inside; a second one gets :class:`~pyrovae.lock.RunInUse`.
+        """Be the one process writing this run while inside; a second one gets :class:`~pyrovae.runs.lock.RunInUse`.
 
         The lock file goes beside the folder (its parent folders are created for it). If
         the folder did not exist when the lock was taken and no checkpoint is in it when an
@@ -196,8 +194,8 @@ class RunDir:
     def load_data(self) -> Dataset:
         """The dataset the run was trained on, as ``config.json`` describes it, on the CPU.
 
-        Refused with :class:`~pyrovae.sources.SourceChanged` when the data read now differ from
-        what the run recorded (shape, dtype or content hash; see :mod:`pyrovae.sources`).
+        Refused with :class:`~pyrovae.data.sources.SourceChanged` when the data read now differ from
+        what the run recorded (shape, dtype or content hash; see :mod:`pyrovae.data.sources`).
         """
         data = load_dataset(self.settings(DataConfig, "data"))
         recorded = self.read_config().get("source")
@@ -277,38 +275,3 @@ def _check_checkpoint(state: Any, path: Path) -> None:
         raise CheckpointError(f"{path} has model weights that are not tensors; train again or restore a copy")
 
 
-@dataclasses.dataclass
-class LoadedRun:
-    """A trained run, read back by :func:`load_run`."""
-
-    vae: VAE
-    """The trained model, in eval mode, on the device asked for."""
-    data: Dataset | None
-    """The dataset as the run configured it (splits, binarization, hidden labels), on the same device; ``None``
-    when loaded with ``data=False``."""
-    metrics: list[dict[str, Any]]
-    """The rows of ``metrics.jsonl``, one per epoch."""
-    config: dict[str, Any]
-    """``config.json`` as a dict, section by section: ``model``, ``data``, ``train``..."""
-
-
-def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = True) -> LoadedRun:
-    """Read a run directory back: its VAE, dataset, metrics and config, as a notebook cell wants them.
-
-    ``data=False`` skips the dataset (``pyrovae sample`` needs none, and mnist may not be on
-    this machine). A folder that is not a run, a damaged file, or a run trained in Python on
-    arrays (no data settings) with ``data=True`` raise :class:`CheckpointError` naming the file;
-    data files that cannot be found raise :class:`~pyrovae.data.DataNotFoundError`.
-    """
-    run = RunDir(path)
-    config = run.read_config()
-    model_config = run.settings(ModelConfig, "model")
-    if data and config.get("data") is None:
-        raise CheckpointError(f"{run.file(CONFIG)} has no data settings (the run was trained in Python on arrays); "
-                              f"load it with data=False and bring the arrays yourself")
-    state = run.load_checkpoint(map_location=device)
-    metrics = run.read_metrics()
-    vae = build_vae(model_config)
-    run.restore(state, vae)
-    dataset = run.load_data().to(device) if data else None
-    return LoadedRun(vae=vae.to(device).eval(), data=dataset, metrics=metrics, config=config)

@@ -3,7 +3,7 @@
 An encoder maps flattened images ``x`` of shape ``(..., D)`` to the parameters
 ``(loc, scale)`` of the Gaussian posterior q(z|x) (or q(z|x, y), built with
 ``num_classes``; built with ``context_dim``, also the context h(x) of a flow posterior,
-see :mod:`pyrovae.flows`); a decoder maps latents ``z`` of shape ``(..., Z)`` to
+see :mod:`pyrovae.model.posteriors`); a decoder maps latents ``z`` of shape ``(..., Z)`` to
 ``(..., out_features)`` raw outputs (logits for a Bernoulli likelihood); a classifier
 maps images to the logits of q(y|x). Leading batch dimensions are kept, so the same nets
 serve a minibatch ``(B, D)`` and a stack of importance samples ``(K, B, Z)``.

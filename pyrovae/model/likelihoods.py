@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
-from pyrovae.nets import MIN_SCALE, gaussian_parameters, inverse_softplus
+from pyrovae.model.nets import MIN_SCALE, gaussian_parameters, inverse_softplus
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace", "discretized-logistic")
 """Names of the built-in likelihoods, as ``--likelihood`` takes them."""

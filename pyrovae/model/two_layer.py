@@ -2,7 +2,7 @@
 
 Generative model and guide, each layer a sample site in the data plate::
 
-    z2 ~ prior(y)                        # the top layer: N(0, I), or any prior of pyrovae.priors
+    z2 ~ prior(y)                        # the top layer: N(0, I), or any prior of pyrovae.model.priors
     z1 ~ N(mu(z2), diag sigma(z2)^2)     # p(z1|z2), from an MLP of z2
     x  ~ likelihood(decoder(z1))         # p(x|z1)
 
@@ -23,12 +23,12 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyrovae.flows import DiagonalPosterior, location
-from pyrovae.vae import VAE, data_plate
+from pyrovae.model.posteriors import DiagonalPosterior, location
+from pyrovae.model.vae import VAE, data_plate
 
 
 class TwoLayerVAE(VAE):
-    """A :class:`~pyrovae.vae.VAE` with two stochastic layers: p(z2|y) p(z1|z2) p(x|z1), q(z1|x) q(z2|z1).
+    """A :class:`~pyrovae.model.vae.VAE` with two stochastic layers: p(z2|y) p(z1|z2) p(x|z1), q(z1|x) q(z2|z1).
 
     Args:
         encoder, decoder, posterior: as for :class:`VAE`, between x and the lower layer z1.

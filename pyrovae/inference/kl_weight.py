@@ -1,8 +1,8 @@
 """The weight w of the KL term during training: beta, linear warm-up, or automatic balance.
 
 The objective is E_q[-log p(x|z)] + w KL(q(z|x) || p(z)); w = 1 is the ELBO. The model
-and guide apply w with ``poutine.scale`` on the latent site (see :class:`~pyrovae.vae.VAE`),
-and :func:`~pyrovae.train.fit` sets it before every step from a :class:`KLSchedule`.
+and guide apply w with ``poutine.scale`` on the latent site (see :class:`~pyrovae.model.vae.VAE`),
+and :func:`~pyrovae.training.loop.fit` sets it before every step from a :class:`KLSchedule`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ KL term is nothing for all practical purposes (it stands for w = 0)."""
 
 @dataclasses.dataclass
 class KLSchedule:
-    """How w evolves (the fields are :class:`~pyrovae.train.TrainConfig`'s KL settings).
+    """How w evolves (the fields are :class:`~pyrovae.training.config.TrainConfig`'s KL settings).
 
     - ``kl_weight``: a constant weight, the beta of Canziani & LeCun's lecture notes
       (Higgins et al. 2017).

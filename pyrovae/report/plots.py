@@ -5,7 +5,7 @@ Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for n
 :data:`PICTURES`. Random draws use a fixed seed, so a run's pictures are reproducible.
 The image grids are also :class:`Tiles` of their own (:func:`sample_tiles`,
 :func:`reconstruction_tiles`, :func:`manifold_tiles`), for pictures of your own and for
-:mod:`pyrovae.tensorboard`, which logs them as images.
+:mod:`pyrovae.report.tensorboard`, which logs them as images.
 
 The figures are built directly, without pyplot: no global figure state to close, and no
 backend chosen for the program that imports this module. Image grids are torchvision's
@@ -27,17 +27,17 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pyrovae.data import Split, as_floats
+from pyrovae.data.datasets import Split, as_floats
 from pyrovae.files import write_atomically
-from pyrovae.latents import (
+from pyrovae.model.vae import VAE
+from pyrovae.randomness import seeded
+from pyrovae.report.latents import (
     ACTIVE_UNIT_THRESHOLD,
     active_units,
     encoder_means,
     kl_per_dimension,
     principal_directions,
 )
-from pyrovae.randomness import seeded
-from pyrovae.vae import VAE
 
 log = logging.getLogger(__name__)
 

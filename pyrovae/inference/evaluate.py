@@ -1,7 +1,7 @@
 """Evaluation in nats per example: the negative ELBO, the importance-sampled log-likelihood, classification.
 
-Both estimators read the traces of a model and a guide (:mod:`pyrovae.importance`), so
-they take a :class:`~pyrovae.vae.VAE`, ``negative_elbo(vae, x, y)``, or any Pyro model and
+Both estimators read the traces of a model and a guide (:mod:`pyrovae.inference.importance`), so
+they take a :class:`~pyrovae.model.vae.VAE`, ``negative_elbo(vae, x, y)``, or any Pyro model and
 guide, ``log_likelihood(model, guide, x, model_args=..., model_kwargs=...)``: the first
 argument's type picks the form. With K draws z_k ~ q(z|x),
 
@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrovae.distributed import SINGLE, Processes, gather_objects, my_blocks
-from pyrovae.footprint import OutOfMemory, is_out_of_memory
-from pyrovae.importance import ImportanceSampler
-from pyrovae.memory import bytes_allocated
+from pyrovae.inference.importance import ImportanceSampler
+from pyrovae.memory import OutOfMemory, bytes_allocated, is_out_of_memory
+from pyrovae.model.vae import VAE
 from pyrovae.randomness import derived_seed, seeded, unchanged
-from pyrovae.vae import VAE
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def log_importance_weights(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = N
     """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, B)``, for a :class:`VAE`.
 
     Densities are unscaled: a KL weight passed to the model for training does not change
-    what is evaluated here. Any model and guide: :class:`~pyrovae.importance.ImportanceSampler`.
+    what is evaluated here. Any model and guide: :class:`~pyrovae.inference.importance.ImportanceSampler`.
     """
     return vae_sampler(vae, x, y).log_weights(slice(None), num_particles)
 
@@ -81,7 +80,7 @@ def negative_elbo(model: Callable, guide: Callable, x: torch.Tensor, *, batch_si
     """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)].
 
     ``model(x, *model_args, **model_kwargs)`` and ``guide`` alike are any Pyro functions
-    with their examples' sites in the plate ``data_plate`` (see :mod:`pyrovae.importance`).
+    with their examples' sites in the plate ``data_plate`` (see :mod:`pyrovae.inference.importance`).
     The first form, ``negative_elbo(vae, x, y=None, batch_size=1000, num_particles=1)``,
     takes a :class:`VAE` and checks its inputs.
     """
@@ -142,7 +141,7 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *, num_sam
     Uses ``num_samples`` draws z_k ~ q(z|x) per example. ``model(x, *model_args,
     **model_kwargs)`` and ``guide`` alike are plain Pyro functions whose examples' sites lie
     in the plate ``data_plate``; a probe checks that contract before any long work (see
-    :mod:`pyrovae.importance`). The work is split along the data plate into chunks of
+    :mod:`pyrovae.inference.importance`). The work is split along the data plate into chunks of
     particles and examples that each allocate at most ``memory_budget`` bytes (measured on
     a probe) and combined with a running logsumexp.
 

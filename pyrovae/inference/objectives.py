@@ -32,7 +32,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
-from pyrovae.importance import sum_over_plates
+from pyrovae.inference.importance import sum_over_plates
 from pyrovae.settings import SettingError
 
 ESTIMATORS = ("standard", "stl", "dreg")
@@ -204,7 +204,7 @@ class IWAEBound(RenyiELBO):
     with the K particles vectorized (a plate left of every plate of the model). The
     logsumexp runs over the particle dim of each example's own weights, never over the
     batch sum; the weights are summed over every plate inside ``data_plate`` (see
-    :mod:`pyrovae.importance`), so any model whose examples' sites lie in that plate works.
+    :mod:`pyrovae.inference.importance`), so any model whose examples' sites lie in that plate works.
     K = 1 is the ELBO. A ``poutine.scale`` inside the data plate (the KL weight) weighs its
     sites' log densities inside the weights; the data plate's own scale (the dataset size
     over the batch size, when the model is told it) multiplies the bound. Returns the loss on

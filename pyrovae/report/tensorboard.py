@@ -6,7 +6,7 @@ Written with torch's :class:`~torch.utils.tensorboard.SummaryWriter` when traini
 
 - every epoch's row of ``metrics.jsonl`` as scalars ``metrics/<name>``, stepped by epoch;
 - at the first and the last epoch and every ``tensorboard_every`` epochs between, the sample
-  and reconstruction grids of :mod:`pyrovae.plots` as images ``pictures/samples`` and
+  and reconstruction grids of :mod:`pyrovae.report.plots` as images ``pictures/samples`` and
   ``pictures/reconstructions``, and a histogram ``posterior_mean/z<i>`` of E_q[z_i | x] over the
   validation images for every latent dimension i;
 - at the end, the posterior means of up to :data:`EMBEDDING_MAX` validation images in the
@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from pyrovae.data import Split, as_floats
-from pyrovae.latents import encoder_means
-from pyrovae.plots import reconstruction_tiles, sample_tiles
-from pyrovae.runs import TENSORBOARD
-from pyrovae.vae import VAE
+from pyrovae.data.datasets import Split, as_floats
+from pyrovae.model.vae import VAE
+from pyrovae.report.latents import encoder_means
+from pyrovae.report.plots import reconstruction_tiles, sample_tiles
+from pyrovae.runs.rundir import TENSORBOARD
 
 INSTALL = "pip install pyrovae[tensorboard]"
 """The command that adds the optional ``tensorboard`` package."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyrovae.nets import inverse_softplus
+from pyrovae.model.nets import inverse_softplus
 
 PRIORS = ("standard", "class-means", "mixture", "vamp")
 """Names of the built-in priors, as ``--prior`` takes them."""

@@ -1,6 +1,6 @@
 """What the encoder learned: posterior means, KL per latent dimension, active units, principal directions.
 
-These are the numbers behind the latent-space pictures of :mod:`pyrovae.plots`, kept
+These are the numbers behind the latent-space pictures of :mod:`pyrovae.report.plots`, kept
 apart from the drawing so notebooks and tests can use them directly.
 """
 
@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import kl_divergence
 
-from pyrovae.vae import VAE
+from pyrovae.model.vae import VAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 """Burda et al. (2015): unit i is active when Cov_x(E_q[z_i | x]) exceeds this."""

@@ -4,7 +4,7 @@
 opens it as a :class:`Source`: its train and test splits as torch datasets of ``(example,
 label)`` pairs, where an example is an image ``(C, H, W)`` (or a row ``(D,)`` of a table) of
 uint8 pixels or floats. A folder of images and a ``.npy`` file are opened lazily, so that
-training can stream them (:mod:`pyrovae.streaming`); the others are read whole. Image
+training can stream them (:mod:`pyrovae.data.streaming`); the others are read whole. Image
 sources are resized and centre-cropped to ``image_size`` by torchvision's transforms. A
 source without a test split of its own gets one held out with a fixed seed.
 :func:`materialize` reads a split into one array, filled in place: no second copy.
@@ -318,7 +318,7 @@ def check_fits(count: int, channels: int, image_size: int, bytes_per_value: int)
     """Refuse an ``image_size`` whose images would not fit in the free memory, before resizing any."""
     import torch
 
-    from pyrovae.footprint import TooBig, free_bytes, in_bytes, where
+    from pyrovae.memory import TooBig, free_bytes, in_bytes, where
 
     needed, free = count * channels * image_size ** 2 * (bytes_per_value + 4), free_bytes(torch.device("cpu"))
     if needed > free:  # the resized pixels, and their float copy for training

@@ -1,0 +1,139 @@
+"""Learning from few labels: a labelled subset, minibatches that mix it in, and the semi-supervised objective.
+
+With labelled images (x, y) and unlabelled images x, the conditional VAE maximizes
+(Kingma, Rezende, Mohamed & Welling 2014, "Semi-supervised learning with deep generative
+models", eq. 9)
+
+    sum_(x,y) ELBO(x, y) + sum_x ELBO(x) - aux_weight * sum_(x,y) [-log q(y|x)],
+
+where ELBO(x, y) bounds log p(x|y) (the model reads the label; pi_y is a constant while pi
+stays uniform) and ELBO(x) bounds log p(x) = log sum_y pi_y p(x|y), the label enumerated and
+summed out exactly by ``TraceEnum_ELBO``. The last term trains the classifier q(y|x) of the
+M2 guide on the labels too; it weighs every labelled image by aux_weight, by default Kingma
+et al.'s 0.1 N, N the training images.
+
+The labelled subset is drawn by :func:`pyrovae.data.datasets.hide_labels`, which writes the hidden
+labels -1, as scikit-learn's semi-supervised estimators do. Without any label (clustering),
+:func:`place_class_means` moves the class means onto k-means clusters of the encoded
+training images after a first epoch, as VaDE (Jiang et al. 2017) starts its mixture.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyro.distributions as dist
+import torch
+from pyro.infer import ELBO, TraceEnum_ELBO
+from torch import nn
+
+from pyrovae.data.datasets import HIDDEN, Dataset, as_floats
+from pyrovae.inference.evaluate import evaluating
+from pyrovae.model.priors import ClassMeansPrior
+from pyrovae.model.vae import VAE
+
+KINGMA_AUX_WEIGHT = 0.1
+"""Kingma et al. (2014) weigh the classification term by 0.1 x the number of training images."""
+
+
+def learns_from_few_labels(vae: VAE, data: Dataset) -> bool:
+    """Whether ``vae`` reads labels and some of the training labels are hidden."""
+    return vae.conditional and bool((data.train.y == HIDDEN).any())
+
+
+def place_class_means(vae: VAE, x: torch.Tensor, seed: int, batch_size: int = 4096) -> None:
+    """Set the class means mu_y of ``vae``'s prior to k-means centroids of the posterior means of ``x`` (uint8
+    pixels or floats).
+
+    Without labels nothing ties a class to a region of z but the random draw of its mean.
+    After a first epoch the encoder already groups similar images, so, as VaDE (Jiang et al.
+    2017) starts its mixture from one fitted to the encoded data, the centroids of k-means
+    (k = the number of classes, seeded by ``seed``) become the means, one on each group.
+    """
+    from sklearn.cluster import KMeans  # imported when clustering starts: scikit-learn is slow to import
+
+    if not isinstance(vae.prior, ClassMeansPrior):
+        raise ValueError(f"place_class_means sets the means of the class-means prior, not of "
+                         f"{type(vae.prior).__name__}")
+    with evaluating(vae):
+        loc = torch.cat([vae.encode(as_floats(chunk))[0] for chunk in x.split(batch_size)])
+    kmeans = KMeans(vae.prior.num_classes, n_init=10, random_state=seed).fit(loc.cpu().numpy())
+    with torch.no_grad():
+        vae.prior.means.copy_(torch.as_tensor(kmeans.cluster_centers_))
+
+
+class SemiSupervisedParts(NamedTuple):
+    """A mixed minibatch's terms, each summed over its images (detached), and the images counted."""
+
+    labeled: torch.Tensor
+    """-ELBO(x, y) summed over the labelled images."""
+    unlabeled: torch.Tensor
+    """-ELBO(x), y summed out, over the unlabelled images."""
+    aux: torch.Tensor
+    """-log q(y|x) summed over the labelled images (0 without a classifier)."""
+    num_labeled: torch.Tensor
+    num_unlabeled: torch.Tensor
+
+
+class SemiSupervisedLoss(nn.Module):
+    """The semi-supervised objective of a minibatch as a module, scaled to the whole training set.
+
+    ``forward(x_labeled, y_labeled, x_unlabeled, kl_weight=w)`` returns the loss to minimize,
+    ``(N_l / B_l) sum [-ELBO(x, y) - aux_weight log q(y|x)] + (N_u / B_u) sum -ELBO(x)``,
+    and its :class:`SemiSupervisedParts`. ``elbo``, one of :mod:`pyrovae.inference.objectives`, scores the
+    labelled images (nothing is enumerated there); ``TraceEnum_ELBO`` the unlabelled ones.
+    """
+
+    def __init__(self, vae: VAE, elbo: ELBO, num_labeled: int, num_unlabeled: int, aux_weight: float,
+                 num_particles: int = 1):
+        super().__init__()
+        self.vae, self.elbo = vae, elbo
+        self.enumerated = TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                                         max_plate_nesting=1)
+        self.num_labeled, self.num_unlabeled = num_labeled, num_unlabeled
+        self.aux_weight = aux_weight if vae.classifier is not None else 0.0
+
+    def forward(self, x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: torch.Tensor, *,
+                kl_weight: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, SemiSupervisedParts]:
+        zero = x_unlabeled.new_zeros(())
+        loss_labeled = aux = zero
+        if len(x_labeled):
+            loss_labeled = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x_labeled, y_labeled,
+                                                    kl_weight=kl_weight, data_size=self.num_labeled).loss
+            if self.vae.classifier is not None:
+                logits = self.vae.classifier(x_labeled)
+                aux = -dist.Categorical(logits=logits).log_prob(y_labeled).sum()
+        loss_unlabeled = self.enumerated.differentiable_loss(self.vae.model, self.vae.guide, x_unlabeled,
+                                                             kl_weight=kl_weight, data_size=self.num_unlabeled)
+        labeled_scale = self.num_labeled / max(len(x_labeled), 1)
+        loss = loss_labeled + loss_unlabeled + self.aux_weight * labeled_scale * aux
+        unlabeled_scale = self.num_unlabeled / len(x_unlabeled)
+        parts = SemiSupervisedParts(loss_labeled.detach() / labeled_scale, loss_unlabeled.detach() / unlabeled_scale,
+                                    aux.detach(), zero + len(x_labeled), zero + len(x_unlabeled))
+        return loss, parts
+
+    @torch.no_grad()
+    def unlabeled_loss(self, x: torch.Tensor, batch_size: int = 500) -> float:
+        """-ELBO(x), y summed out, summed over the images ``x`` (taken ``batch_size`` at a time)."""
+        return sum(self.enumerated.loss(self.vae.model, self.vae.guide, x[i:i + batch_size])
+                   for i in range(0, len(x), batch_size))
+
+    def epoch_metrics(self, totals: torch.Tensor) -> dict[str, float]:
+        """Per-image means from the summed :class:`SemiSupervisedParts` of an epoch, and the objective per image.
+
+        ``loss_labeled`` is the mean -ELBO(x, y) of the labelled images, ``loss_unlabeled``
+        the mean -ELBO(x) of the unlabelled ones, ``loss_aux`` the classifier's mean
+        -log q(y|x) on the labelled images (the first and last are left out without labelled
+        images), and ``train_loss`` the objective per training image,
+        (N_l (loss_labeled + aux_weight loss_aux) + N_u loss_unlabeled) / N. ``totals`` ends with
+        the images seen, which the parts count themselves.
+        """
+        labeled, unlabeled, aux, seen_labeled, seen_unlabeled = totals[:5].tolist()
+        row = {"loss_unlabeled": unlabeled / seen_unlabeled}
+        if seen_labeled:  # none with labeled=0
+            row["loss_labeled"] = labeled / seen_labeled
+            if self.vae.classifier is not None:
+                row["loss_aux"] = aux / seen_labeled
+        total = (self.num_labeled * (row.get("loss_labeled", 0.0) + self.aux_weight * row.get("loss_aux", 0.0))
+                 + self.num_unlabeled * row["loss_unlabeled"])
+        return {"train_loss": total / (self.num_labeled + self.num_unlabeled), **row}

@@ -1,0 +1,92 @@
+"""Building a :class:`VAE` from a :class:`ModelConfig`, the settings a run saves in ``config.json``.
+
+Each choice is a name (``net``, ``prior``, ``likelihood``, ``guide``) looked up here; the decoder's
+output width follows from the likelihood and its input width from the conditioning and the
+number of stochastic layers.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pyrovae.model.config import ModelConfig
+from pyrovae.model.likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    DiscretizedLogisticLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+)
+from pyrovae.model.nets import (
+    ConvClassifier,
+    ConvDecoder,
+    ConvEncoder,
+    MLPClassifier,
+    MLPDecoder,
+    MLPEncoder,
+)
+from pyrovae.model.posteriors import DiagonalPosterior, FlowPosterior, context_size
+from pyrovae.model.priors import ClassMeansPrior, MixturePrior, StandardNormalPrior, VampPrior
+from pyrovae.model.two_layer import TwoLayerVAE
+from pyrovae.model.vae import VAE
+
+
+def build_likelihood(config: ModelConfig) -> nn.Module:
+    """The likelihood module ``config.likelihood`` names."""
+    if config.likelihood == "bernoulli":
+        return BernoulliLikelihood(grayscale_targets=config.grayscale_targets)
+    if config.likelihood == "continuous-bernoulli":
+        return ContinuousBernoulliLikelihood()
+    if config.likelihood == "discretized-logistic":
+        return DiscretizedLogisticLikelihood(config.learn_scale, config.x_dim)
+    family = GaussianLikelihood if config.likelihood == "gaussian" else LaplaceLikelihood
+    return family(config.likelihood_scale, config.learn_scale, config.x_dim)
+
+
+def build_prior(config: ModelConfig, encoder: nn.Module) -> nn.Module:
+    """The prior module ``config.prior`` names (the VampPrior shares ``encoder``)."""
+    if config.prior == "standard":
+        return StandardNormalPrior(config.z_dim)
+    if config.prior == "class-means":
+        return ClassMeansPrior(config.z_dim, config.num_classes, config.class_means_init, config.class_scales)
+    if config.prior == "mixture":
+        return MixturePrior(config.z_dim, config.prior_components)
+    return VampPrior(encoder, config.x_dim, config.prior_components)
+
+
+def build_posterior(config: ModelConfig, z_dim: int) -> nn.Module:
+    """The posterior family ``config.guide`` names, over ``z_dim`` latents."""
+    if config.guide == "diagonal":
+        return DiagonalPosterior()
+    return FlowPosterior(config.guide, z_dim, context_size(config.guide, z_dim), config.flow_layers)
+
+
+def build_vae(config: ModelConfig) -> VAE:
+    """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``) with the nets,
+    prior, likelihood and posterior family that ``config`` names."""
+    likelihood = build_likelihood(config)
+    z_dim = config.lower_dim  # the layer that the encoder and the decoder face
+    decoder_in = z_dim + (config.num_classes if config.decoder_conditioning else 0)
+    nets = dict(hidden=config.hidden, activation=config.activation)
+    encoder_labels = config.num_classes if config.label_guide == "classifier" else 0  # q(z|x, y) beside q(y|x)
+    context_dim = context_size(config.guide, z_dim)
+    if config.net == "mlp":
+        encoder = MLPEncoder(config.x_dim, z_dim, **nets, num_classes=encoder_labels, context_dim=context_dim)
+        decoder = MLPDecoder(decoder_in, likelihood.params_per_pixel * config.x_dim, **nets)
+    else:
+        encoder = ConvEncoder(config.image_shape, z_dim, **nets, num_classes=encoder_labels, context_dim=context_dim)
+        out_channels = likelihood.params_per_pixel * config.image_shape[0]
+        decoder = ConvDecoder(decoder_in, config.image_shape, out_channels, **nets)
+    classifier = None
+    if encoder_labels:
+        classifier = (MLPClassifier(config.x_dim, config.num_classes, **nets) if config.classifier_net == "mlp"
+                      else ConvClassifier(config.image_shape, config.num_classes, activation=config.activation))
+    parts = dict(prior=build_prior(config, encoder), likelihood=likelihood, num_classes=config.num_classes,
+                 decoder_conditioning=config.decoder_conditioning, classifier=classifier, config=config,
+                 posterior=build_posterior(config, z_dim))
+    if config.latent_layers == 1:
+        return VAE(encoder, decoder, config.z_dim, config.x_dim, **parts)
+    upper_encoder = MLPEncoder(z_dim, config.z_dim, **nets, context_dim=context_size(config.guide, config.z_dim))
+    upper_decoder = MLPEncoder(config.z_dim, z_dim, tuple(reversed(config.hidden)), config.activation)  # p(z1|z2)
+    return TwoLayerVAE(encoder, decoder, config.z_dim, config.x_dim, z1_dim=z_dim, upper_encoder=upper_encoder,
+                       upper_decoder=upper_decoder, upper_posterior=build_posterior(config, config.z_dim), **parts)

@@ -1,0 +1,1 @@
+"""What a trained model shows: matplotlib figures, summaries of the latent space, TensorBoard events."""

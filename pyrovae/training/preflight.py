@@ -1,0 +1,191 @@
+"""Will it fit? Memory estimates made before any work, and what running out of memory looks like.
+
+Training holds every parameter four times: the weights, their gradients and Adam's two
+moment estimates. :func:`model_bytes` counts them from a :class:`~pyrovae.model.config.ModelConfig`
+alone, by building the model on PyTorch's ``meta`` device, which allocates nothing, so
+``z_dim=10**9`` is counted in milliseconds instead of failing in the allocator. What one
+step holds at its peak grows with the examples times the particles; :func:`peak_at`
+extrapolates it from two small probes (:func:`~pyrovae.memory.allocations`), as the
+log-likelihood sizes its chunks. Both are compared with
+:func:`free_bytes` of the device, and a setting that cannot fit is refused by
+:class:`TooBig`, naming the setting that grew it most.
+"""
+
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+import torch
+
+from pyrovae.data.datasets import Dataset, as_floats
+from pyrovae.data.label_mix import visible_labels
+from pyrovae.data.streaming import StreamedSplit
+from pyrovae.distributed import SINGLE, Processes
+from pyrovae.inference.evaluate import evaluating
+from pyrovae.inference.semi_supervised import (
+    learns_from_few_labels,
+)
+from pyrovae.memory import (
+    TooBig,
+    free_bytes,
+    in_bytes,
+    parameter_bytes,
+    peak_at,
+    where,
+)
+from pyrovae.model.build import build_posterior, build_vae
+from pyrovae.model.config import ModelConfig
+from pyrovae.model.vae import VAE
+from pyrovae.settings import SettingError
+from pyrovae.training.config import TrainConfig
+from pyrovae.training.step import epoch_batches, training_objective
+
+log = logging.getLogger(__name__)
+
+TRAINING_COPIES = 4
+"""Copies of every parameter that training holds: the weights, their gradients, Adam's two moments."""
+
+
+def model_bytes(config: ModelConfig) -> int:
+    """The bytes training holds for the parameters of the model ``config`` describes (weights, gradients, Adam)."""
+    with torch.device("meta"):  # shapes only: no storage is allocated
+        vae = build_vae(config)
+    return TRAINING_COPIES * parameter_bytes(vae)
+
+
+def flow_bytes(config: ModelConfig) -> int:
+    """The bytes training holds for the parameters of a flow guide's networks, without building them at full size.
+
+    Pyro's autoregressive networks cannot be built on the ``meta`` device, and their layers
+    are all as wide as a multiple of the latent size, so their parameter count is a quadratic
+    in it: counted exactly on small flows of 2, 3 and 4 latents, and extrapolated (Newton's
+    form, from the count's first and second differences).
+    """
+    if config.guide == "diagonal":
+        return 0
+    latent_sizes = [config.z_dim] if config.latent_layers == 1 else [config.z_dim, config.lower_dim]
+    at_2, at_3, at_4 = (parameter_bytes(build_posterior(config, size)) for size in (2, 3, 4))
+    first, second = at_3 - at_2, at_4 - 2 * at_3 + at_2
+    return TRAINING_COPIES * sum(at_2 + first * (z - 2) + second * (z - 2) * (z - 3) // 2 for z in latent_sizes)
+
+
+SIZE_DEFAULTS = {"z_dim": ModelConfig.z_dim, "hidden": max(ModelConfig.hidden),
+                 "prior_components": ModelConfig.prior_components}
+"""The defaults of the model settings that set its memory."""
+
+
+def model_sizes(config: ModelConfig) -> dict[str, int]:
+    """The model settings that set its memory, by name (the widest layer stands for ``hidden``)."""
+    sizes = {"z_dim": config.z_dim, "hidden": max(config.hidden, default=1)}
+    if config.prior in ("mixture", "vamp"):
+        sizes["prior_components"] = config.prior_components
+    return sizes
+
+
+def largest(sizes: Mapping[str, int], defaults: Mapping[str, int]) -> str:
+    """The setting furthest above its default, the likeliest slip of a digit."""
+    return max(sizes, key=lambda name: sizes[name] / defaults[name])
+
+
+def check_model_fits(config: ModelConfig, device: torch.device) -> None:
+    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it.
+
+    A flow guide's networks are counted first (:func:`flow_bytes`), since counting the whole
+    model builds them for real (on the CPU).
+    """
+    sizes, free = model_sizes(config), free_bytes(device)
+    culprit = largest(sizes, SIZE_DEFAULTS)
+    needed = flow_bytes(config)  # first: counting the whole model builds the flows for real
+    if needed <= free:
+        needed = model_bytes(config)
+    if needed > free:
+        raise TooBig(culprit, f"{culprit}={sizes[culprit]} needs about {in_bytes(needed)} for the weights, their "
+                              f"gradients and Adam's moments; {where(device)} has {in_bytes(free)} free; "
+                              f"lower {culprit}")
+
+
+ADAM_MOMENTS = 2
+"""Tensors of a parameter's size that Adam keeps: the running means of the gradient and of its square."""
+
+
+def check_few_labels(config: TrainConfig, processes: Processes) -> None:
+    """Refuse the settings that training with hidden labels cannot honour, before any work."""
+    if config.elbo == "iwae":
+        raise SettingError("elbo", "the iwae bound does not sum out hidden labels; with labeled=N train with "
+                                   "elbo='trace' or elbo='meanfield'")
+    if config.kl_balance is not None:
+        raise SettingError("kl_balance", "kl_balance needs the reconstruction and KL terms of every batch, which "
+                                         "summing out hidden labels does not split; use kl_weight=BETA or "
+                                         "kl_warmup=EPOCHS")
+    if processes.parallel:
+        raise ValueError("training with hidden labels (labeled=N) runs in one process; start it without torchrun")
+
+
+def check_training(vae: VAE, data: Dataset, config: TrainConfig, processes: Processes = SINGLE) -> None:
+    """Refuse, before any work, what training ``vae`` on ``data`` (both on the training device) cannot do:
+    images outside the likelihood's support, bad labels, settings that hidden labels cannot honour, and
+    sizes that do not fit in memory (:func:`check_step_fits`)."""
+    if isinstance(data.train, StreamedSplit):  # uint8 pixels: the first batch shows whether the model reads them
+        vae.check_data(next(data.batches(config.batch_size, shuffle=False))[0], "training images")
+    else:
+        vae.check_data(data.observed_train_images(), "training images")
+    vae.check_data(as_floats(data.val.x), "validation images")
+    vae.check_labels(visible_labels(data.train), "training labels")  # the hidden ones are -1
+    vae.check_labels(data.val.y, "validation labels")
+    if learns_from_few_labels(vae, data):
+        check_few_labels(config, processes)
+        if isinstance(data.train, StreamedSplit):
+            raise SettingError("storage", "training with hidden labels mixes labelled images into every batch from "
+                                          "memory; use storage='memory'")
+    check_step_fits(vae, data, config, processes)
+
+
+def step_bytes(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int) -> float:
+    """About the bytes one training step of ``batch_size`` examples allocates: gradients and activations.
+
+    Measured on probe steps at a few examples and at most two particles, then scaled to
+    ``batch_size`` examples times ``config.particles``. The probes run in eval mode (no
+    training step is taken), change no parameter and draw nothing from the caller's random
+    streams.
+    """
+    probe_particles = min(config.particles, 2)
+    probe_config = dataclasses.replace(config, particles=probe_particles)
+
+    def step(examples: int) -> None:
+        objective, mix = training_objective(vae, data, probe_config, examples)
+        order = torch.arange(len(data.train), device=data.train.y.device)
+        if mix is not None:
+            order = mix.epoch_order(torch.Generator().manual_seed(0))
+        objective(*next(epoch_batches(data, mix, examples, order)))[0].backward()
+
+    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []), evaluating(vae):
+        needed = peak_at(step, batch_size * config.particles / probe_particles)
+    vae.zero_grad(set_to_none=True)
+    return needed
+
+
+def check_step_fits(vae: VAE, data: Dataset, config: TrainConfig, processes: Processes = SINGLE) -> None:
+    """Refuse, before any work, training settings whose steps cannot fit in the device's free memory.
+
+    Training will still allocate Adam's two moments and, every step, the gradients and the
+    activations (:func:`step_bytes`). The refusal names the setting furthest above its default.
+    """
+    batch_size = min(config.batch_size // processes.world_size, len(data.train))
+    needed = ADAM_MOMENTS * parameter_bytes(vae) + step_bytes(vae, data, config, batch_size)
+    free = free_bytes(vae.device)
+    if needed <= free:
+        return
+    sizes = {"batch_size": config.batch_size, "particles": config.particles}
+    if vae.config is not None:
+        sizes |= model_sizes(vae.config)
+    culprit = largest(sizes, {"batch_size": TrainConfig.batch_size, "particles": TrainConfig.particles,
+                              **SIZE_DEFAULTS})
+    if culprit == "batch_size":
+        raise TooBig(culprit, f"batch_size={config.batch_size} needs about {in_bytes(needed)} per step; "
+                              f"{where(vae.device)} has {in_bytes(free)} free; lower batch_size")
+    raise TooBig(culprit, f"{culprit}={sizes[culprit]} needs about {in_bytes(needed)} per step at "
+                          f"batch_size={config.batch_size}; {where(vae.device)} has {in_bytes(free)} free; "
+                          f"lower {culprit} or batch_size", others=("batch_size",))
