@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from tqdm import tqdm
 
 from pyrovae.settings import SettingError
 
@@ -117,12 +118,8 @@ def where(device: torch.device) -> str:
 
 
 def in_bytes(count: float) -> str:
-    """``count`` bytes in decimal units, two or three significant digits: ``310 GB``, ``12,800 TB``."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if count >= size:
-            value = count / size
-            return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
-    return f"{count / 1e3:.3g} kB"
+    """``count`` bytes in SI units, as tqdm writes sizes: ``310GB``, ``1.23kB``."""
+    return tqdm.format_sizeof(count, "B")
 
 
 def parameter_bytes(module: nn.Module) -> int:

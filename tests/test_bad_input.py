@@ -13,7 +13,8 @@ import torch
 
 from pyrovae import ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
-from pyrovae.data.datasets import IDX_FILES, DataConfig, from_arrays
+from pyrovae.data.datasets import DataConfig, from_arrays
+from pyrovae.data.idx import IDX_FILES
 from pyrovae.inference.evaluate import evaluation_report, log_likelihood, negative_elbo
 from pyrovae.report.plots import samples_figure
 from pyrovae.runs.rundir import CheckpointError, RunDir

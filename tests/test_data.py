@@ -1,27 +1,27 @@
 import gzip
-import tempfile
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from pyrovae.data import datasets as data_module
+from pyrovae.data import idx
 from pyrovae.data.datasets import (
     DataConfig,
     DataNotFoundError,
     as_floats,
     binarize_afresh,
     binarize_once,
-    find_idx_files,
     from_arrays,
     load_dataset,
-    read_idx,
 )
+from pyrovae.data.idx import data_root, find_idx_files, read_idx
 
 
 def write_idx(path, array, compress=False):
     array = np.asarray(array)
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
     header = bytes([0, 0, codes[array.dtype], array.ndim])
     header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     opener = gzip.open if compress else open
@@ -51,6 +51,16 @@ def test_read_idx_round_trips_what_was_written(tmp_path, compress):
     write_idx(tmp_path / "ints", ints, compress)
     assert np.array_equal(read_idx(tmp_path / "images"), images)
     assert np.array_equal(read_idx(tmp_path / "ints"), ints)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzipped"])
+@pytest.mark.parametrize("dtype", ["i1", ">i2", ">f4", ">f8"])
+def test_read_idx_reads_every_type_into_a_writable_native_array(tmp_path, compress, dtype):
+    array = (np.arange(24).reshape(2, 3, 4) * 3 - 36).astype(dtype)
+    write_idx(tmp_path / "named-as-plain-whether-gzipped-or-not", array, compress)
+    read = read_idx(tmp_path / "named-as-plain-whether-gzipped-or-not")
+    assert read.shape == (2, 3, 4) and np.array_equal(read, array)
+    assert read.dtype.isnative and read.flags.writeable
 
 
 @pytest.mark.parametrize("content,match", [
@@ -86,30 +96,48 @@ def test_mnist_from_data_dir(tmp_path, compress):
 
 def test_the_system_folder_of_gzipped_files_is_found_without_a_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_module, "SYSTEM_DIRS", {"fashion-mnist": tmp_path / "system"})
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": tmp_path / "system"})
     (tmp_path / "system").mkdir()
-    (tmp_path / "tmp").mkdir()
     arrays = write_fake_mnist(tmp_path / "system", compress=True)
     data = load_dataset(DataConfig(dataset="fashion-mnist", binarize="none", download=False))
     assert torch.equal(data.test.y, torch.tensor(arrays["t10k-labels-idx1-ubyte"], dtype=torch.long))
-    assert list((tmp_path / "tmp").rglob("*-ubyte")) == []  # the decompressed copies are gone
 
 
 def test_missing_files_offline_give_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_module, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {})
 
     def offline(dataset):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(data_module, "_download", offline)
+    monkeypatch.setattr(idx, "_download", offline)
     with pytest.raises(DataNotFoundError) as error:
         find_idx_files("fashion-mnist")
     message = str(error.value)
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
     assert "data_dir=DIR" in message and "download failed" in message
     assert "apt-get install dataset-fashion-mnist" in message
+    assert "\n" not in message
+
+
+def test_the_data_folder_is_pyrovae_data_else_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "data"))
+    assert data_root() == tmp_path / "data"
+    monkeypatch.delenv("PYROVAE_DATA")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if sys.platform.startswith("linux"):
+        assert data_root() == tmp_path / "home" / ".cache" / "pyrovae"
+    else:
+        assert data_root().name in ("pyrovae", "Cache") and str(tmp_path / "home") in str(data_root())
+
+
+def test_a_torchvision_dataset_is_looked_for_in_pyrovae_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError) as error:
+        load_dataset(DataConfig(dataset="torchvision:MNIST", download=False))
+    message = str(error.value)
+    assert f"from {tmp_path / 'data' / 'torchvision'} " in message and "data_dir=DIR" in message
     assert "\n" not in message
 
 
@@ -204,3 +232,51 @@ def test_data_config_rejects_unknown_names():
         DataConfig(binarize="sometimes")
     with pytest.raises(ValueError, match="bundled"):
         DataConfig(dataset="digits", data_dir="/somewhere")
+
+
+def fingerprint(indices):
+    """The first ten indices, their sum, and a sum weighted by position (which pins their order)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return indices[:10].tolist(), int(indices.sum()), int((np.arange(len(indices)) * indices).sum())
+
+
+# Measured on pyrovae 0.3.0: a split that moves changes every result trained on it.
+VALIDATION_SPLITS = [
+    (10, 0.1, ([4], 4, 0), ([1, 7, 5, 3, 9, 0, 8, 6, 2], 41, 168)),
+    (7, 0.4, ([4, 0, 5], 9, 10), ([3, 2, 6, 1], 12, 17)),
+    (1497, 0.1, ([263, 888, 1225, 387, 404, 780, 1216, 280, 192, 1452], 110082, 8057874),
+     ([1425, 953, 159, 580, 669, 486, 947, 1108, 438, 1322], 1009674, 669112932)),
+    (60000, 0.1, ([36044, 10678, 57327, 55074, 21567, 15479, 9481, 43095, 26145, 7479], 179547942, 539394289227),
+     ([11361, 45009, 30176, 22709, 27663, 2435, 27294, 13199, 15478, 52403], 1620422058, 43707831868726)),
+]
+TEST_HOLD_OUTS = [
+    (3, ([2], 2, 0), ([0, 1], 1, 1)),
+    (10, ([4], 4, 0), ([6, 2, 7, 3, 5, 9, 0, 8, 1], 41, 154)),
+    (1000, ([459, 206, 222, 162, 711, 814, 350, 890, 518, 264], 46731, 2268030),
+     ([679, 292, 357, 374, 416, 865, 337, 870, 876, 821], 452769, 202886237)),
+    (50000, ([25461, 5892, 10377, 28814, 9578, 43565, 28804, 22391, 4214, 49155], 124756520, 310240726132),
+     ([24240, 42255, 16704, 18579, 42521, 46870, 10844, 39667, 4728, 33601], 1125218480, 25340798191576)),
+]
+
+
+@pytest.mark.parametrize("count,fraction,held,kept", VALIDATION_SPLITS)
+def test_the_validation_split_holds_out_the_same_images_in_the_same_order(count, fraction, held, kept):
+    data = from_arrays(np.zeros((count, 1), np.float32), np.arange(count), val_fraction=fraction)
+    assert fingerprint(data.val.y) == held and fingerprint(data.train.y) == kept
+
+
+@pytest.mark.parametrize("count,held,kept", TEST_HOLD_OUTS)
+def test_a_source_without_a_test_split_holds_out_the_same_images_in_the_same_order(tmp_path, count, held, kept):
+    from pyrovae.data.sources import labels_of, read_source
+
+    np.savez(tmp_path / "rows.npz", x=np.zeros((count, 1), np.float32), y=np.arange(count))
+    source = read_source(str(tmp_path / "rows.npz"))
+    assert fingerprint(labels_of(source.test)) == held and fingerprint(labels_of(source.train)) == kept
+
+
+def test_the_digits_splits_are_the_same_images_in_the_same_order():
+    data = load_dataset(DataConfig(dataset="digits", binarize="none"))
+    assert fingerprint(data.test.y) == ([6, 5, 5, 0, 4, 4, 8, 4, 9, 2], 1263, 188509)
+    assert fingerprint(data.val.y) == ([9, 6, 6, 4, 8, 7, 8, 7, 9, 7], 761, 54900)
+    assert fingerprint(data.train.y) == ([4, 4, 9, 1, 2, 6, 5, 7, 9, 1], 6046, 4063406)
+    assert round(data.test.x.sum().item() * 16) == 93087  # pixels were 0..16

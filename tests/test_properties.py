@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pyrovae import VAE, ModelConfig, TrainConfig, build_vae
-from pyrovae.data.datasets import read_idx
+from pyrovae.data.idx import read_idx
 from pyrovae.inference.evaluate import log_importance_weights, log_likelihood, negative_elbo
 from pyrovae.model.likelihoods import GaussianLikelihood
 from pyrovae.runs.rundir import CheckpointError, RunDir

@@ -68,7 +68,7 @@ def test_auto_streams_what_exceeds_the_memory_limit_and_says_so(tmp_path, caplog
     with caplog.at_level(logging.WARNING, logger="pyrovae"):
         data = load_dataset(DataConfig(dataset=dataset, memory_limit=1e-6))  # about 1 kB
     assert isinstance(data.train, StreamedSplit)
-    assert "more than the in-memory limit of 1.07 kB (memory_limit): streaming them" in caplog.text
+    assert "more than the in-memory limit of 1.07kB (memory_limit): streaming them" in caplog.text
 
 
 def test_the_cli_reports_where_the_training_images_are(tmp_path, capsys):

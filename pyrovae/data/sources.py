@@ -6,7 +6,9 @@ label)`` pairs, where an example is an image ``(C, H, W)`` (or a row ``(D,)`` of
 uint8 pixels or floats. A folder of images and a ``.npy`` file are opened lazily, so that
 training can stream them (:mod:`pyrovae.data.streaming`); the others are read whole. Image
 sources are resized and centre-cropped to ``image_size`` by torchvision's transforms. A
-source without a test split of its own gets one held out with a fixed seed.
+source without a test split of its own gets one held out by a fixed split
+(:mod:`pyrovae.data.splits`). A torchvision dataset is kept under ``torchvision/`` in pyrovae's
+data folder (:func:`pyrovae.data.idx.data_root`) unless ``data_dir`` names its root.
 :func:`materialize` reads a split into one array, filled in place: no second copy.
 
 Every source also says what was read (:attr:`Source.provenance`: the path, shape, dtype and
@@ -31,13 +33,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from pyrovae.data.idx import data_root
+from pyrovae.data.splits import shuffled_cut
+from pyrovae.memory import TooBig, free_bytes, in_bytes, where
 from pyrovae.settings import SettingError
 
 TORCHVISION_PREFIX = "torchvision:"
 TEST_FRACTION = 0.1
 """The share of a source without a test split of its own that is held out as its test split."""
-HOLD_OUT_SEED = 0
-"""Seed of that hold-out: the same split on every machine."""
 ARRAY_SHAPES = "(N, D), (N, H, W) or (N, C, H, W)"
 CHECK_ROWS = 4096
 """Rows checked at a time for NaN in a float array, so that a memory-mapped file is never read whole."""
@@ -202,7 +205,7 @@ def read_torchvision(name: str, data_dir: str | None, image_size: int | None, do
     if required:
         raise ValueError(f"torchvision's {name} needs {', '.join(required)}, which pyrovae does not choose for you; "
                          f"load it in Python and hand its arrays to pyrovae.from_arrays")
-    root = Path(data_dir or Path.home() / ".cache" / "pyrovae" / "torchvision").expanduser()
+    root = Path(data_dir).expanduser() if data_dir else data_root() / "torchvision"
 
     def split(train: bool) -> Any:
         options: dict[str, Any] = {"transform": _image_transform(image_size)}
@@ -316,10 +319,6 @@ def resized(x: np.ndarray, image_size: int) -> np.ndarray:
 
 def check_fits(count: int, channels: int, image_size: int, bytes_per_value: int) -> None:
     """Refuse an ``image_size`` whose images would not fit in the free memory, before resizing any."""
-    import torch
-
-    from pyrovae.memory import TooBig, free_bytes, in_bytes, where
-
     needed, free = count * channels * image_size ** 2 * (bytes_per_value + 4), free_bytes(torch.device("cpu"))
     if needed > free:  # the resized pixels, and their float copy for training
         raise TooBig("image_size", f"image_size={image_size} makes {count} images of {in_bytes(needed / count)} "
@@ -412,9 +411,8 @@ def _hold_out(examples: Dataset) -> tuple[Subset, Subset]:
     if len(examples) < 3:
         raise ValueError(f"{len(examples)} examples are too few to hold out test and validation images; use at "
                          f"least 3")
-    n_test = max(1, round(len(examples) * TEST_FRACTION))
-    order = np.random.default_rng(HOLD_OUT_SEED).permutation(len(examples))
-    return Subset(examples, order[n_test:]), Subset(examples, order[:n_test])
+    test, train = shuffled_cut(len(examples), max(1, round(len(examples) * TEST_FRACTION)))
+    return Subset(examples, train), Subset(examples, test)
 
 
 def _sha256(chunks: Iterable[Any]) -> str:
