@@ -115,6 +115,12 @@ def test_standard_error_matches_the_spread_over_repeated_datasets():
     assert 0.7 < spread / (sum(stderrs) / len(stderrs)) < 1.4
 
 
+def test_the_standard_error_uses_the_unbiased_spread_and_is_undefined_for_one_value():
+    """(1, 2, 3, 6): mean 3, squared deviations summing to 14, so sqrt(14 / 3) / sqrt(4)."""
+    mean, stderr = mean_and_stderr(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    assert mean == 3.0 and stderr == pytest.approx(math.sqrt(14 / 3) / 2)
+    assert math.isnan(mean_and_stderr(torch.tensor([4.0]))[1])
+
 def test_a_users_own_prior_goes_through_unchanged():
     """A Laplace prior on a 1-D latent: compare with p(x) integrated on a grid."""
     class LaplacePrior(nn.Module):

@@ -11,6 +11,7 @@ from pyro import poutine
 from pyrovae import ModelConfig, build_vae
 from pyrovae.inference.evaluate import log_likelihood
 from pyrovae.inference.objectives import IWAEBound, TraceELBO
+from pyrovae.model.posteriors import PARENTS
 from pyrovae.model.two_layer import TwoLayerVAE
 
 
@@ -61,6 +62,30 @@ def test_every_objective_trains_two_layers(guide):
         assert all(p.grad is not None for p in [*vae.encoder.parameters(), *vae.upper_encoder.parameters(),
                                                 *vae.upper_decoder.parameters(), *vae.decoder.parameters()])
 
+
+@pytest.mark.parametrize("guide", ["diagonal", "iaf"])
+def test_dreg_treats_q_z1_given_x_and_leaves_q_z2_given_z1_to_the_standard_gradient(guide):
+    """q(z2|z1) declares that it reads z1, so DReG leaves it, like the model and the flow, to the standard gradient
+    draw for draw; only the lower encoder, through z1's Gaussian draw, gets DReG's gradient."""
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,), latent_layers=2, guide=guide))
+    x = torch.bernoulli(torch.full((5, 16), 0.4))
+    sites = poutine.trace(vae.guide).get_trace(x).nodes
+    assert sites["z2"]["infer"] == {PARENTS: ("z1",)} and PARENTS not in sites["z1"]["infer"]
+
+    def gradients(estimator):
+        vae.zero_grad()
+        pyro.set_rng_seed(1)
+        bound = IWAEBound(num_particles=4, max_plate_nesting=1, estimator=estimator)
+        bound.loss_and_parts(vae.model, vae.guide, x, kl_weight=0.7).loss.backward()
+        return {name: parameter.grad.clone() for name, parameter in vae.named_parameters()}
+
+    standard, dreg = gradients("standard"), gradients("dreg")
+    for name, gradient in standard.items():
+        if name.startswith("encoder."):
+            assert not torch.allclose(dreg[name], gradient), name
+        else:
+            torch.testing.assert_close(dreg[name], gradient, msg=name)
 
 def test_the_conditional_prior_sits_on_the_top_layer():
     torch.manual_seed(0)

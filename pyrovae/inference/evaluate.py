@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
@@ -228,11 +229,9 @@ def _note_chunks(particles: int, num_samples: int, device: torch.device, memory_
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """The mean of per-example values and its standard error, std / sqrt(N)."""
-    n = len(values)
-    mean = values.mean().item()
-    stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return mean, stderr
+    """The mean of per-example values and its standard error, std / sqrt(N) with the unbiased std (NaN for N < 2)."""
+    stderr = float(scipy.stats.sem(values.cpu().numpy(), ddof=1)) if len(values) > 1 else float("nan")
+    return values.mean().item(), stderr
 
 
 def class_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,

@@ -33,6 +33,7 @@ from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
 from pyrovae.inference.importance import sum_over_plates
+from pyrovae.model.posteriors import PARENTS
 from pyrovae.settings import SettingError
 
 ESTIMATORS = ("standard", "stl", "dreg")
@@ -166,22 +167,6 @@ def _path_log_prob(site: dict) -> torch.Tensor:
     return dist.TransformedDistribution(detached, transforms).log_prob(site["value"])
 
 
-def _reads_other_latents(site: dict, others: list[dict]) -> bool:
-    """Whether a guide site's Gaussian depends on the values of ``others`` (q(z2|z1) reads z1), in autograd's graph."""
-    gaussian, _ = _base_gaussian(site)
-    targets = {other["value"].grad_fn for other in others} - {None}
-    stack = [tensor.grad_fn for tensor in (gaussian.loc, gaussian.scale) if tensor.grad_fn is not None]
-    seen = set()
-    while stack and targets:
-        node = stack.pop()
-        if node in targets:
-            return True
-        if node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
-    return False
-
-
 def _scale_path_gradient(site: dict, normalized: torch.Tensor, kl_weight: float | torch.Tensor) -> None:
     """Multiply the gradient that will reach a guide site's Gaussian draw by 1 - s + s w~_k (w~_k with s = 1).
 
@@ -232,8 +217,11 @@ class IWAEBound(RenyiELBO):
     parameters keep the standard gradient (as if the flow were part of the model over u), so
     no transform is inverted. A guide site whose Gaussian reads another latent (q(z2|z1) of
     two stochastic layers) is likewise left to the standard gradient: scaling its draw's
-    gradient too would scale what flows on to z1 twice. Estimators other than ``standard``
-    need Gaussian guide sites.
+    gradient too would scale what flows on to z1 twice. Such a site declares the latents it
+    reads in its ``infer`` dict, ``infer={PARENTS: ("z1",)}`` (see
+    :data:`~pyrovae.model.posteriors.PARENTS`); a guide's structure is fixed, so it is read
+    from the trace, not searched for in the autograd graph. Estimators other than
+    ``standard`` need Gaussian guide sites.
     """
 
     def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, data_plate: str = "data",
@@ -255,8 +243,7 @@ class IWAEBound(RenyiELBO):
 
         latents = dict(_sample_sites(guide_trace))
         paths = set() if self.estimator == "standard" else {
-            name for name, site in latents.items()
-            if not _reads_other_latents(site, [other for key, other in latents.items() if key != name])}
+            name for name, site in latents.items() if not site["infer"].get(PARENTS)}
         log_q = _total(weighted(site, _path_log_prob(site) if name in paths else site["unscaled_log_prob"])
                        for name, site in latents.items())
         log_p = _total(weighted(site, site["unscaled_log_prob"]) for _, site in _sample_sites(model_trace))

@@ -67,9 +67,9 @@ def inverse_softplus(value: float) -> float:
 def label_table(num_classes: int, net: nn.Sequential) -> nn.Embedding | None:
     """For ``net`` read on ``[h, one_hot(y)]``: the first layer's one-hot columns, one row per class (none if 0).
 
-    The rows start N(0, 1), as ``nn.Embedding`` starts them, about 30 times larger than
-    ``nn.Linear`` would: with 100 Fashion-MNIST labels the M2 model classified ten points
-    better for it (docs/benchmarks.md, ``plain_m2.py``).
+    The rows start N(0, 1), as ``nn.Embedding`` starts them, far larger than ``nn.Linear``'s
+    weights start: the label then weighs in the first layer from the first step, which a
+    model trained with few labels needs to tell the classes apart (see docs/benchmarks.md).
     """
     return nn.Embedding(num_classes, net[0].out_features) if num_classes else None
 

@@ -30,28 +30,47 @@ from typing import Literal
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import ConditionalSplineAutoregressive, conditional_affine_autoregressive
-from pyro.nn import ConditionalAutoRegressiveNN
+from pyro.distributions.transforms import ConditionalAffineAutoregressive, ConditionalSplineAutoregressive
+from pyro.nn import ConditionalAutoRegressiveNN, MaskedLinear
 from torch import nn
 
 GUIDES = ("diagonal", "iaf", "spline")
 """The posterior families, as ``guide=`` names them."""
+PARENTS = "parents"
+"""The ``infer`` key of a guide site that names the reparameterized latents its distribution is computed from, as
+``infer={PARENTS: ("z1",)}`` for q(z2|z1): the path-derivative estimators leave such a site to the standard gradient."""
 SPLINE_BINS = 8
 """Segments of each spline, on [-3, 3] (Pyro's defaults; the identity outside)."""
 
 
-def conditional_quadratic_spline(z_dim: int, context_dim: int) -> ConditionalSplineAutoregressive:
-    """Pyro's conditional autoregressive rational-quadratic spline (Durkan et al. 2019), its network as Pyro's helper
-    makes it (hidden layers of 10 x z_dim), with the three parameter sets a quadratic spline reads: bin widths,
-    heights and knot derivatives. (Pyro's helper ``conditional_spline_autoregressive`` sizes its network for the
-    linear spline's four.)"""
+Flow = tuple[dist.ConditionalTransformModule, ConditionalAutoRegressiveNN]
+"""A conditional autoregressive transform and the network that computes its parameters."""
+
+
+def conditional_affine(z_dim: int, context_dim: int) -> Flow:
+    """Pyro's conditional affine autoregressive transform (the inverse autoregressive flow of Kingma et al. 2016),
+    with the network Pyro's helper ``conditional_affine_autoregressive`` gives it (one hidden layer of 10 x z_dim)."""
+    network = ConditionalAutoRegressiveNN(z_dim, context_dim, [10 * z_dim])
+    return ConditionalAffineAutoregressive(network), network
+
+
+def conditional_quadratic_spline(z_dim: int, context_dim: int) -> Flow:
+    """Pyro's conditional autoregressive rational-quadratic spline (Durkan et al. 2019), with hidden layers of
+    10 x z_dim and the three parameter sets a quadratic spline reads: bin widths, heights and knot derivatives.
+    (Pyro's helper ``conditional_spline_autoregressive`` sizes its network for the linear spline's four.)"""
     network = ConditionalAutoRegressiveNN(z_dim, context_dim, [10 * z_dim, 10 * z_dim],
                                           param_dims=[SPLINE_BINS, SPLINE_BINS, SPLINE_BINS - 1])
-    return ConditionalSplineAutoregressive(z_dim, network, count_bins=SPLINE_BINS, order="quadratic")
+    return ConditionalSplineAutoregressive(z_dim, network, count_bins=SPLINE_BINS, order="quadratic"), network
 
 
-FLOWS = {"iaf": conditional_affine_autoregressive, "spline": conditional_quadratic_spline}
-"""What builds one conditional transform of each flow, ``make(z_dim, context_dim)``."""
+FLOWS = {"iaf": conditional_affine, "spline": conditional_quadratic_spline}
+"""What builds one conditional transform of each flow and its network, ``make(z_dim, context_dim)``."""
+
+
+def output_layer(network: ConditionalAutoRegressiveNN) -> MaskedLinear:
+    """The layer that emits a network's outputs: the last masked linear layer it registers (it has no skip layer)."""
+    *_, last = (module for module in network.modules() if isinstance(module, MaskedLinear))
+    return last
 
 
 def context_size(guide: str, z_dim: int) -> int:
@@ -77,10 +96,13 @@ class FlowPosterior(nn.Module):
     def __init__(self, kind: Literal["iaf", "spline"], z_dim: int, context_dim: int, layers: int = 2):
         super().__init__()
         with _real_tensors():
-            self.transforms = nn.ModuleList(FLOWS[kind](z_dim, context_dim) for _ in range(layers))
-        for transform in self.transforms:  # start at the identity (exactly so for iaf)
-            nn.init.zeros_(transform.nn.layers[-1].weight)
-            nn.init.zeros_(transform.nn.layers[-1].bias)
+            flows = [FLOWS[kind](z_dim, context_dim) for _ in range(layers)]
+        self.transforms = nn.ModuleList(transform for transform, _ in flows)
+        # A plain tuple: the layers are registered once, under ``transforms``.
+        self.output_layers: tuple[MaskedLinear, ...] = tuple(output_layer(network) for _, network in flows)
+        for layer in self.output_layers:  # start at the identity (exactly so for iaf)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor) -> dist.Distribution:
         base = dist.Normal(loc, scale).to_event(1)

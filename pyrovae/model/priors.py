@@ -29,13 +29,16 @@ class StandardNormalPrior(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.register_buffer("loc", torch.zeros(z_dim))
+        self.register_load_state_dict_pre_hook(drop_unit_scale)
 
     def forward(self, y: torch.Tensor | None = None) -> dist.Distribution:
         return dist.Normal(self.loc, 1.0).to_event(1)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.pop(prefix + "scale", None)  # the constant unit scale that older checkpoints hold
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+def drop_unit_scale(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_) -> None:
+    """Drop the constant unit ``scale`` of N(0, I) that checkpoints written during pyrovae 0.1.0's development hold,
+    so that they still load strictly."""
+    state_dict.pop(prefix + "scale", None)
 
 
 class ClassMeansPrior(nn.Module):

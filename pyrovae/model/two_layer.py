@@ -23,7 +23,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyrovae.model.posteriors import DiagonalPosterior, location
+from pyrovae.model.posteriors import PARENTS, DiagonalPosterior, location
 from pyrovae.model.vae import VAE, data_plate
 
 
@@ -72,14 +72,14 @@ class TwoLayerVAE(VAE):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """q(z1|x) q(z2|z1), each a diagonal Gaussian or a flow of one."""
+        """q(z1|x) q(z2|z1), each a diagonal Gaussian or a flow of one; the z2 site declares that it reads z1."""
         pyro.module("encoder", self.encoder)
         pyro.module("posterior", self.posterior)
         pyro.module("upper_encoder", self.upper_encoder)
         pyro.module("upper_posterior", self.upper_posterior)
         with data_plate(x, data_size), poutine.scale(scale=kl_weight):
             z1 = pyro.sample("z1", self.posterior(*self.encoder(x)))
-            pyro.sample("z2", self.upper_posterior(*self.upper_encoder(z1)))
+            pyro.sample("z2", self.upper_posterior(*self.upper_encoder(z1)), infer={PARENTS: ("z1",)})
 
     def _lower_location(self, x: torch.Tensor) -> torch.Tensor:
         """A representative z1 of each image: the location of q(z1|x)."""

@@ -16,11 +16,17 @@ unlabelled images train the model of p(x) = sum_y pi_y p(x|y) (Kingma et al. 201
 guide either leaves y to the model (p(y|z) is then exact), or, with a ``classifier``, is
 M2's q(y|x) q(z|x, y), the classifier's y enumerated in the guide.
 
-Training knobs are arguments, as Pyro's deep Markov model example passes its
-``annealing_factor``: ``kl_weight`` wraps the latent site in ``poutine.scale`` in model
-and guide alike, so it multiplies exactly the KL term (the beta of Canziani & LeCun's
-lecture notes, warm-up, or the balance of Verduzco 2023); ``data_size`` tells the data
-plate how many examples the minibatch stands for. The module holds parameters only.
+Training knobs are arguments of ``model`` and ``guide`` alike, as Pyro's deep Markov model
+example passes its ``annealing_factor``:
+
+- ``kl_weight`` (a positive float or a 0-dim tensor, 1 by default) wraps the latent site in
+  ``poutine.scale``, so it multiplies exactly the KL term (the beta of Canziani & LeCun's
+  lecture notes, warm-up, or the balance of Verduzco 2023);
+- ``data_size`` (``None`` by default), the size of the dataset a minibatch is drawn from,
+  makes the data plate scale the minibatch's log densities by data_size / batch, so the loss
+  estimates the whole dataset's ELBO, the same for one process and for many.
+
+:func:`~pyrovae.fit` passes both; evaluation uses the defaults. The module holds parameters only.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from pyrovae.model.config import ModelConfig
+from pyrovae.model.checks import check_example_labels, check_images, check_labels, check_parts
 from pyrovae.model.likelihoods import BernoulliLikelihood
 from pyrovae.model.posteriors import DiagonalPosterior, location
 from pyrovae.model.priors import StandardNormalPrior
@@ -52,29 +59,21 @@ class VAE(nn.Module):
     """A variational autoencoder built from an encoder, a decoder, a prior and a likelihood.
 
     Args:
-        encoder: maps ``(..., D)`` images to ``(loc, scale)`` of q(z|x) (and the context of a flow
-            ``posterior`` after them).
-        decoder: maps ``(..., Z)`` latents (``(..., Z + C)`` with ``decoder_conditioning``)
-            to the likelihood's raw parameters.
+        encoder: maps ``(..., D)`` images to ``(loc, scale)`` of q(z|x) (and the context of a flow ``posterior``).
+        decoder: maps ``(..., Z)`` latents (``(..., Z + C)`` with ``decoder_conditioning``) to the likelihood's input.
         z_dim: latent size Z.
         x_dim: flattened image size D.
-        prior: returns p(z) (or p(z|y)) as a distribution with event dim 1;
-            defaults to N(0, I).
+        prior: returns p(z) (or p(z|y)) as a distribution with event dim 1; defaults to N(0, I).
         likelihood: maps decoder output to p(x|z); defaults to Bernoulli with logits.
         num_classes: C, the number of label values, for a conditional model.
         decoder_conditioning: also feed one-hot ``y`` to the decoder (the classic CVAE).
-        classifier: maps images to the logits of q(y|x); with one, the guide of an
-            unlabelled image is q(y|x) q(z|x, y), and the encoder must read ``y`` too.
+        classifier: maps images to the logits of q(y|x); with one, the guide of an unlabelled image is
+            q(y|x) q(z|x, y), and the encoder must read ``y`` too.
         config: the :class:`~pyrovae.model.config.ModelConfig` this VAE was built from, if any.
-        posterior: maps the encoder's outputs to q(z|x); defaults to the diagonal Gaussian
-            N(loc, diag scale^2) (:class:`~pyrovae.model.posteriors.DiagonalPosterior`).
+        posterior: maps the encoder's outputs to q(z|x); defaults to the diagonal Gaussian (``DiagonalPosterior``).
 
-    :meth:`model` and :meth:`guide` take the same arguments: ``kl_weight`` (a positive
-    float or a 0-dim tensor, 1 by default) scales the latent site; ``data_size`` (``None``
-    by default), the size of the dataset a minibatch is drawn from, makes the data plate
-    scale the minibatch's log densities by data_size / batch, so the loss estimates the
-    whole dataset's ELBO, the same for one process and for many. :func:`~pyrovae.fit`
-    passes both; evaluation uses the defaults.
+    :meth:`model` and :meth:`guide` take the same keyword arguments, ``kl_weight`` and ``data_size`` (see the module).
+    The inference helpers (:meth:`encode`, :meth:`decode`, ...) return plain tensors, ready for ``.numpy()``.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
@@ -94,11 +93,7 @@ class VAE(nn.Module):
         self.classifier = classifier
         self.config = config
         self.posterior = posterior if posterior is not None else DiagonalPosterior()
-        if self.conditional and not num_classes:
-            raise ValueError("a conditional VAE (label-reading prior or decoder conditioning) needs num_classes")
-        if classifier is not None and not self.conditional:
-            raise ValueError("a classifier q(y|x) needs a conditional VAE: a prior that reads the labels, or "
-                             "decoder conditioning")
+        check_parts(self.conditional, num_classes, classifier is not None)
 
     @property
     def device(self) -> torch.device:
@@ -117,11 +112,8 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``.
-
-        A conditional model without ``y`` draws it, y ~ Categorical(pi), enumerated; the KL
-        weight then weighs y's KL term with z's.
-        """
+        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``. A conditional model without
+        ``y`` draws it, y ~ Categorical(pi), enumerated; the KL weight then weighs y's KL term with z's."""
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
@@ -159,14 +151,10 @@ class VAE(nn.Module):
         one_hot = F.one_hot(y, self.num_classes).to(z.dtype)
         return torch.cat([z, one_hot.expand(*z.shape[:-1], self.num_classes)], dim=-1)
 
-    # The inference helpers return plain tensors (no autograd graph), ready for .numpy().
-
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior parameters ``(loc, scale)``, each ``(B, Z)`` (of a flow guide: of its base Gaussian).
-
-        An encoder of q(z|x, y) reads ``y`` if given, else the classifier's most likely class.
-        """
+        """The posterior parameters ``(loc, scale)``, each ``(B, Z)`` (of a flow guide: of its base Gaussian); an
+        encoder of q(z|x, y) reads ``y`` if given, else the classifier's most likely class."""
         if self.classifier is None:
             return self.encoder(x)[:2]
         return self.encoder(x, self.classify(x) if y is None else y)[:2]
@@ -195,8 +183,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y: int | torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``n`` draws from the prior; ``y`` (one class, or ``n`` labels) for a conditional model."""
-        if isinstance(y, int):
-            y = torch.full((n,), y, dtype=torch.long, device=self.device)
+        y = torch.full((n,), y, dtype=torch.long, device=self.device) if isinstance(y, int) else y
         if y is not None:
             self.check_labels(y, "y")
         prior = self.prior(y)
@@ -205,40 +192,15 @@ class VAE(nn.Module):
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Raise ``ValueError`` naming the problem if ``x`` cannot be this model's ``x``."""
-        if torch.is_tensor(x) and x.dtype == torch.uint8:
-            raise ValueError(f"{name} are uint8 pixels; scale them to [0, 1] floats first, with "
-                             f"pyrovae.data.datasets.as_floats(x) (x / 255)")
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {type(x).__name__} "
-                             f"{getattr(x, 'dtype', '')}; convert with torch.as_tensor(x, dtype=torch.float32)")
-        if x.ndim != 2 or x.shape[1] != self.x_dim:
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)}, but this model expects (N, {self.x_dim}) "
-                f"flattened images; reshape with x.reshape(len(x), -1) or build the model "
-                f"for this image size"
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
+        check_images(x, self.x_dim, name)
         self.likelihood.check_data(x, name)
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None = None, name: str = "data") -> None:
         """Raise ``ValueError`` naming the problem unless ``(x, y)`` can be fed to :meth:`model` and :meth:`guide`."""
         self.check_data(x, name)
-        if self.conditional and y is None:
-            raise ValueError(f"this VAE is conditional: {name} needs labels y, one class per example")
-        if y is not None:
-            if not torch.is_tensor(y) or y.shape != (len(x),):
-                raise ValueError(f"{name}: {len(x)} examples need labels of shape ({len(x)},), got "
-                                 f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
-            self.check_labels(y, f"{name} labels")
+        check_example_labels(x, y, self.conditional, self.num_classes, name)
 
     def check_labels(self, y: torch.Tensor, name: str = "labels") -> None:
         """Raise ``ValueError`` unless ``y`` holds integer classes in [0, num_classes) (conditional models)."""
-        if not self.conditional:
-            return
-        if not torch.is_tensor(y) or y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(f"{name} must be an integer tensor of class labels, got {getattr(y, 'dtype', type(y))}")
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"{name} must lie in [0, {self.num_classes}), got values from {y.min().item()} "
-                             f"to {y.max().item()}; this model was built for {self.num_classes} classes: choose 0 to "
-                             f"{self.num_classes - 1}")
+        if self.conditional:
+            check_labels(y, self.num_classes, name)
