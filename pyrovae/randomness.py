@@ -33,7 +33,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a state from :func:`rng_state`, wherever its tensors were loaded.
 
-    Checkpoints written before pyrovae 0.2 hold torch's state alone; Python's and numpy's then stay as they are.
+    A state that holds torch's generator alone (a checkpoint that saved no other) restores that one;
+    Python's and numpy's generators then stay as they are.
     """
     if "numpy" not in state:
         torch.set_rng_state(state["torch"].cpu())

@@ -164,3 +164,39 @@ def test_the_benchmark_suite_runs_and_writes_its_results(tmp_path):
     assert "ratio_canonical_to_plain" in figures["log_likelihood"]
     assert 0 < figures["lock_seconds"] < 0.01 * figures["svi_step"]["epoch"]["pyrovae_epoch_seconds"]
     assert figures["scaling"]["rows"][1]["processes"] == 2 and "| figure |" in next(tmp_path.glob("*.md")).read_text()
+
+
+def readme_metrics_keys() -> dict[str, set[str]]:
+    """The README's list of ``metrics.jsonl`` keys: its bullets under "The keys of each `metrics.jsonl` row"."""
+    readme = (ROOT / "README.md").read_text()
+    listing = re.search(r"The keys of each `metrics\.jsonl` row[^\n]*\n\n((?:- [^\n]*\n)+)", readme)
+    assert listing, "the README lists the keys of metrics.jsonl"
+    keys = {}
+    for line in listing[1].splitlines():
+        case, names = line[2:].split(":", 1)
+        keys[case] = set(re.findall(r"`([a-z_]+)`", names))
+    return keys
+
+
+def first_metrics_row(tmp_path, few_labels: bool) -> set[str]:
+    import pyrovae
+
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(48, 1, 4, 4, generator=generator).round()
+    y = torch.arange(48) % 2
+    data = pyrovae.from_arrays(x, y, labeled=8 if few_labels else None)
+    labels = {"prior": "class-means", "num_classes": 2, "label_guide": "classifier"} if few_labels else {}
+    vae = pyrovae.build_vae(pyrovae.ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,), **labels))
+    pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=1, batch_size=16, device="cpu"), run_dir=tmp_path / "run",
+                progress=False, verbose=False)
+    return set(json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]))
+
+
+@pytest.mark.parametrize("few_labels", [False, True], ids=["plain", "few-labels"])
+def test_the_readme_lists_the_metrics_that_fit_writes(tmp_path, few_labels):
+    keys = readme_metrics_keys()
+    assert set(keys) == {"every run", "runs without hidden labels, also", "few-label runs (`--labeled N`), also"}
+    expected = keys["every run"] | keys["few-label runs (`--labeled N`), also" if few_labels
+                                        else "runs without hidden labels, also"]
+    assert first_metrics_row(tmp_path, few_labels) == expected

@@ -143,9 +143,9 @@ def test_a_full_disk_stops_training_in_one_line_and_resume_continues_exactly(uni
     monkeypatch.undo()
     err = capsys.readouterr().err
     needed = writes[FULL_DISK[name] - 1]
-    assert re.fullmatch(rf"pyrovae train: error: no space left on the device of {out} for {name.strip('.')}: it "
-                        rf"needs {needed:,} bytes and [\d,]+ are free; .* free some space, then continue exactly "
-                        rf"with `pyrovae train --out {out} --resume`\n", err), err
+    assert err.count("\n") == 1 and err.startswith("pyrovae train: error: no space left"), err
+    assert f"{out} for {name.strip('.')}" in err and f"needs {needed:,} bytes" in err, err  # what, where, how much
+    assert f"`pyrovae train --out {out} --resume`" in err, err  # the way to continue
     assert not list(out.glob("*.tmp"))
     RunDir(out).load_checkpoint()
     assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
@@ -372,10 +372,11 @@ def test_out_of_memory_stops_training_in_one_line_and_resume_continues_exactly(u
     assert main([*TRAIN, "--out", str(out)]) == 2
     monkeypatch.undo()
     err = capsys.readouterr().err
-    assert re.fullmatch(rf"pyrovae train: error: out of memory at epoch 2, step 5 of {STEPS_PER_EPOCH} "
-                        rf"\(--batch-size 128, --particles 1\); {out}/checkpoint.pt still holds the state after "
-                        rf"epoch 1\. Lower --batch-size, --particles, --z-dim or --hidden; continue with --resume "
-                        rf"and --out {out}\n", err), err
+    assert err.count("\n") == 1 and err.startswith("pyrovae train: error: out of memory"), err
+    assert f"epoch 2, step 5 of {STEPS_PER_EPOCH}" in err, err  # where it stopped
+    assert "--batch-size 128" in err and "--particles 1" in err, err  # the settings that decide the memory
+    assert f"{out}/checkpoint.pt" in err and "after epoch 1" in err, err  # what was kept
+    assert "Lower --batch-size" in err and "--resume" in err and f"--out {out}" in err, err  # the fix
     assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
     assert_same_run(out, uninterrupted)
 

@@ -34,9 +34,16 @@ def digest(folder):
     return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sorted(folder.iterdir()))).hexdigest()
 
 
-def in_use(run_dir, command):
-    return (rf"pyrovae {command}: error: {re.escape(str(run_dir))} is in use by another pyrovae process "
-            rf"\(pid \d+, started \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\); wait for it or choose another --out\n")
+def assert_in_use(err, run_dir, command, pid=None):
+    """The refusal is one line naming the command, the run directory, the holder (its pid and start) and the fix."""
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert err.startswith(f"pyrovae {command}: error: "), err
+    assert str(run_dir) in err and "in use" in err, err
+    holder = re.search(r"pid (\d+), started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", err)
+    assert holder, err
+    if pid is not None:
+        assert int(holder[1]) == pid, err
+    assert "--out" in err, err  # the way out: another run directory
 
 
 def test_a_second_writer_is_refused_in_one_line_and_readers_are_not(run, tmp_path, capsys):
@@ -47,8 +54,7 @@ def test_a_second_writer_is_refused_in_one_line_and_readers_are_not(run, tmp_pat
             capsys.readouterr()
             assert main(argv) == 2
             err = capsys.readouterr().err
-            assert re.fullmatch(in_use(run, argv[0]), err), err
-            assert str(os.getpid()) in err
+            assert_in_use(err, run, argv[0], pid=os.getpid())
         assert digest(run) == before  # having written nothing
 
         assert main(["evaluate", str(run), "--elbo-only", "--limit", "20", "--no-progress"]) == 0
@@ -61,7 +67,7 @@ def test_a_second_writer_is_refused_in_one_line_and_readers_are_not(run, tmp_pat
         with RunLock(fresh):
             capsys.readouterr()
             assert main([*TRAIN, "--epochs", "1", "--out", str(fresh)]) == 2
-            assert re.fullmatch(in_use(fresh, "train"), capsys.readouterr().err)
+            assert_in_use(capsys.readouterr().err, fresh, "train", pid=os.getpid())
             assert not fresh.exists()
     assert not run.with_name("run.lock").exists() and not fresh.with_name("fresh.lock").exists()
     (run / "eval.json").unlink()
@@ -98,10 +104,10 @@ def test_a_read_only_run_directory_is_named_in_one_line_and_out_writes_elsewhere
         pytest.skip(f"this machine allows no read-only bind mount: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr
     (evaluate, evaluate_out, plot, plot_out, sample) = json.loads(done.stdout)
-    assert evaluate == [2, f"pyrovae evaluate: error: cannot write {run}/eval.json (Read-only file system); write "
-                           f"it elsewhere with --out FILE\n"]
-    assert plot == [2, f"pyrovae plot: error: cannot write pictures into {run} (Read-only file system); draw them "
-                       f"elsewhere with --out DIR\n"]
+    for (code, err), command, written, fix in ((evaluate, "evaluate", f"{run}/eval.json", "--out FILE"),
+                                               (plot, "plot", str(run), "--out DIR")):
+        assert code == 2 and err.count("\n") == 1 and err.startswith(f"pyrovae {command}: error: "), err
+        assert written in err and "Read-only file system" in err and fix in err, err
     assert [evaluate_out[0], plot_out[0], sample[0]] == [0, 0, 0]
     assert {p.name for p in tmp_path.iterdir()} == {"e.json", "samples.png", "s.png"}
 
@@ -123,7 +129,7 @@ def test_of_two_writers_started_together_one_proceeds_and_the_other_exits_2(tmp_
         writers = [start_training(*args), start_training(*args)]  # within milliseconds of each other
         results = sorted((writer.wait(timeout=600), writer.stderr.read()) for writer in writers)
         assert [code for code, _ in results] == [0, 2], results
-        assert re.fullmatch(in_use(out, "train"), results[1][1]), results[1][1]
+        assert_in_use(results[1][1], out, "train")
         assert [row["epoch"] for row in RunDir(out).read_metrics()] == list(range(1, epochs + 1))
         for writer in writers:
             writer.stdout.close()

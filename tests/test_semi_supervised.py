@@ -230,8 +230,15 @@ def test_sampling_a_class_of_the_semi_supervised_model(semi_supervised_run, tmp_
     assert (semi_supervised_run / "class_samples.png").is_file()
 
 
-def test_clustering_without_labels_is_scored_by_matched_clusters(tmp_path):
+def test_clustering_without_labels_is_scored_by_matched_clusters(tmp_path, monkeypatch):
     out = tmp_path / "clusters"
+    scored = []  # what evaluate's cluster accuracy was computed from, and what it gave
+
+    def recorded(predicted, labels, clusters=False):
+        scored.append((predicted.clone(), labels.clone(), clusters, accuracy(predicted, labels, clusters)))
+        return scored[-1][-1]
+
+    monkeypatch.setattr("pyrovae.inference.evaluate.accuracy", recorded)
     assert main(["train", "--conditional", "--labeled", "0", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["labeled"] == 0  # clustering: y left to the model, the means started close, scales learned
@@ -243,7 +250,17 @@ def test_clustering_without_labels_is_scored_by_matched_clusters(tmp_path):
     result = json.loads((out / "eval.json").read_text())
     assert {"accuracy", "nll"} <= result.keys()
     assert "neg_elbo" not in result and "nll_given_label" not in result  # they need the true label
-    assert 0.1 <= result["accuracy"] <= 1  # the best matching beats the mean over all matchings, 1 / C
+    (predicted, labels, clusters, matched), = scored
+    assert clusters and result["accuracy"] == matched
+    # the Hungarian matching is the best one-to-one matching: no other matching of the same predictions beats it
+    num_classes = int(max(predicted.max(), labels.max())) + 1
+    generator = torch.Generator().manual_seed(0)
+    matchings = [torch.arange(num_classes)] + [torch.randperm(num_classes, generator=generator) for _ in range(50)]
+    others = [(matching[predicted] == labels).float().mean().item() for matching in matchings]
+    assert matched >= max(others) - 1e-12
+    # and no better than giving each cluster its most frequent class, which may give two clusters one class
+    majority = sum(torch.bincount(labels[predicted == c]).max().item() for c in predicted.unique())
+    assert matched <= majority / len(labels) + 1e-12
 
 
 def test_the_classifier_guide_needs_a_model_that_reads_labels():
