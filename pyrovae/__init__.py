@@ -6,6 +6,7 @@ optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`, and
 """
 
 from pyrovae.data.datasets import DataConfig, DataNotFoundError, Dataset, from_arrays, load_dataset
+from pyrovae.defaults import configure
 from pyrovae.inference.evaluate import evaluation_report, log_importance_weights, log_likelihood, negative_elbo
 from pyrovae.model.build import build_vae
 from pyrovae.model.config import ModelConfig
@@ -21,6 +22,6 @@ __all__ = [
     "VAE",
     "evaluation_report",
     "log_likelihood", "ModelConfig", "build_vae", "DataConfig", "Dataset", "DataNotFoundError", "from_arrays",
-    "load_dataset", "TrainConfig", "fit", "negative_elbo", "log_importance_weights", "RunDir",
+    "load_dataset", "configure", "TrainConfig", "fit", "negative_elbo", "log_importance_weights", "RunDir",
     "load_run", "LoadedRun", "CheckpointError",
 ]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,32 +21,30 @@ import torch
 from pyrovae import __version__
 from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_dataset
 from pyrovae.data.label_mix import visible_labels
+from pyrovae.defaults import binarization, configure
 from pyrovae.distributed import from_main, join, wait_for_all
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
-from pyrovae.inference.evaluate import DEFAULT_MEMORY_BUDGET, class_log_prior, evaluation_report
+from pyrovae.inference.evaluate import EvaluateConfig, class_log_prior, evaluation_report
 from pyrovae.memory import OutOfMemory
 from pyrovae.model.build import build_vae
-from pyrovae.model.config import (
-    CLUSTERING_MEANS_INIT,
-    CONV_CLASSIFIER_BELOW,
-    LABEL_PRIORS,
-    LABELLED_MEANS_INIT,
-    ModelConfig,
-    few_label_defaults,
-)
+from pyrovae.model.config import LABEL_PRIORS, ModelConfig
 from pyrovae.model.vae import VAE
 from pyrovae.report import plots
 from pyrovae.report.tensorboard import check_installed, write_run_events
 from pyrovae.runs.load import load_run
 from pyrovae.runs.rundir import CHECKPOINT, EVAL, RunDir, default_run_dir
 from pyrovae.settings import (
+    DEVICE_HELP,
     DEVICES,
+    ArgumentContainer,
     add_arguments,
     check_positive,
     flag,
     from_args,
+    guess,
     help_text,
     in_flags,
+    marked,
     resolve_device,
 )
 from pyrovae.training.config import TrainConfig
@@ -72,59 +70,45 @@ EPILOG_TRAIN = """examples:
 """
 
 
-FROM_DATA = ("image_shape", "num_classes", "grayscale_targets")
+FROM_DATA = marked(ModelConfig, "from_data")
 """ModelConfig fields that ``pyrovae train`` takes from the data (and the likelihood), not from a flag."""
-RESUMABLE = ("epochs", "device", "skip_nonfinite", "compile", "tf32", "tensorboard", "tensorboard_every")
+RESUMABLE = marked(TrainConfig, "resumable")
 """TrainConfig fields whose flags apply when resuming; the rest come from the run's config.json."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="pyrovae",
         description="Variational autoencoders written as Pyro models and guides, trained by SVI.",
         epilog="Run `pyrovae COMMAND --help` for the options of each command.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter  # keeps the descriptions' and examples' line breaks
 
     train = commands.add_parser(
-        "train", help="train a VAE and write a run directory", formatter_class=_Formatter,
+        "train", help="train a VAE and write a run directory", formatter_class=formatter,
         description="Train a VAE by stochastic variational inference. The run directory gets\n"
                     "config.json, checkpoint.pt (after every epoch), metrics.jsonl and, at the\n"
                     "end, the pictures of `pyrovae plot`.", epilog=EPILOG_TRAIN)
     # A flag per settings field, made from the field's type, default and help (pyrovae.settings). Written
-    # here only what is not one field's flag: a default that depends on another flag, an inverted switch,
+    # here only what is not one field's flag: a default that depends on --conditional, an inverted switch,
     # a flag that may stand bare, and --conditional, which sets no field of its own.
-    data = train.add_argument_group("data")
-    add_arguments(data, DataConfig, skip=("download",), binarize={  # default: what --likelihood can score
-        "default": None, "help": help_text(DataConfig, "binarize") + " (default: dynamic for --likelihood "
-                                                                     "bernoulli, none for the others)"})
+    data = train.group("data")
+    add_arguments(data, DataConfig, skip=("download",))
     data.add_argument("--no-download", dest="download", action="store_false",  # download=False
                       help="never download; read the files from data_dir=DIR or the cache only")
-    model = train.add_argument_group("model")
-    add_arguments(model, ModelConfig, skip=FROM_DATA,
+    model = train.group("model")
+    add_arguments(model, ModelConfig,
                   prior={"default": None,  # default: class-means with --conditional
                          "help": help_text(ModelConfig, "prior") + " (default: class-means with --conditional, "
                                                                    "else standard)"},
                   learn_scale={"nargs": "?", "const": "pixel",  # --learn-scale alone: one scale per pixel
-                               "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"},
-                  label_guide={"default": None,  # default: classifier with --labeled N > 0
-                               "help": help_text(ModelConfig, "label_guide") + " (default: classifier with "
-                                                                               "--labeled N > 0, else none)"},
-                  classifier_net={"default": None,  # default: conv with few labels per class
-                                  "help": help_text(ModelConfig, "classifier_net") + " (default: conv with "
-                                          f"--labeled N below {CONV_CLASSIFIER_BELOW} per class, else mlp)"},
-                  class_means_init={"default": None,  # default: close with --labeled 0
-                                    "help": help_text(ModelConfig, "class_means_init") + " (default: "
-                                            f"{CLUSTERING_MEANS_INIT:g} with --labeled 0, else "
-                                            f"{LABELLED_MEANS_INIT:g})"},
-                  class_scales={"action": argparse.BooleanOptionalAction,
-                                "default": None,  # default: on with --labeled 0
-                                "help": help_text(ModelConfig, "class_scales") + " (default: on with --labeled 0)"})
+                               "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"})
     model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
                        help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
                             "(then --decoder-conditioning must carry the labels)")
-    add_arguments(train.add_argument_group("training"), TrainConfig)
-    run = train.add_argument_group("run")
+    add_arguments(train.group("training"), TrainConfig)
+    run = train.group("run")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     run.add_argument("--out", dest="run_dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--resume", action="store_true",
@@ -135,44 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser(
-        "evaluate", help="test negative ELBO and importance-sampled log-likelihood", formatter_class=_Formatter,
+        "evaluate", help="test negative ELBO and importance-sampled log-likelihood", formatter_class=formatter,
         description=f"Compute per-example numbers in nats on a split and write RUN_DIR/{EVAL}: the negative\n"
                     f"ELBO and the importance-sampled negative log-likelihood\n"
                     f"  -log p(x) ~ -(logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K),  z_k ~ q(z|x)\n"
-                    f"(Burda et al. 2015, the number VAE papers report, with K = 5000), each with\n"
-                    f"its standard error, and bits per dimension. Conditional models also get the\n"
+                    f"(Burda et al. 2015, the number VAE papers report, with K = {EvaluateConfig.num_samples}), "
+                    f"each with\nits standard error, and bits per dimension. Conditional models also get the\n"
                     f"accuracy of classification by likelihood. A run still training is scored at its last\n"
                     f"complete checkpoint.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
-    evaluate.add_argument("--split", choices=("test", "val"), default="test", help="the split to evaluate")
-    evaluate.add_argument("--num-samples", type=int, default=5000, metavar="K",
-                          help="importance samples per example, at least 1")
-    evaluate.add_argument("--elbo-only", action="store_true",
-                          help="only the negative ELBO (and, for conditional models, accuracy by ELBO): quick")
-    evaluate.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET / 2**30, metavar="GiB",
-                          help="most memory one chunk of the log-likelihood may allocate")
-    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N images of the split (quicker)")
-    evaluate.add_argument("--batch-size", type=int, default=1000, help="examples per batch of the ELBO")
-    evaluate.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
+    add_arguments(evaluate, EvaluateConfig)
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.add_argument("--out", metavar="FILE", help=f"where to write the results (default: RUN_DIR/{EVAL}), "
                                                         f"e.g. when the run directory is read-only")
 
     sample = commands.add_parser(
-        "sample", help="decode draws from the prior", formatter_class=_Formatter,
+        "sample", help="decode draws from the prior", formatter_class=formatter,
         description="Decode N draws from the prior of a trained run: a .png writes a grid, "
                     "a .npy an (N, D) array of decoded means. A conditional model draws from\n"
                     "p(z|y) for the class --class Y.")
     sample.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     sample.add_argument("--class", dest="label", type=int, metavar="Y",
                         help="generate class Y (conditional models; without it the classes take turns)")
-    sample.add_argument("--n", type=int, default=64, help="number of samples")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
     sample.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: %(default)s)")
 
     plot = commands.add_parser(
-        "plot", help="draw a run's pictures", formatter_class=_Formatter,
+        "plot", help="draw a run's pictures", formatter_class=formatter,
         description="Write a run's pictures into its directory, as `pyrovae train` does at the end:\n"
                     + "".join(f"  {name}.png\n" for name in plots.PICTURES)
                     + "(training_curves needs metrics.jsonl, interpolation labels, class_samples a\n"
@@ -190,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--interpolate", type=int, nargs=2, metavar=("A", "B"),
                       help="interpolation walks from the first test image of class A to one of class B (default: 3 "
                            "and 8 where the test split has them, else its first and last class)")
-    plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws")
-    plot.add_argument("--device", choices=DEVICES, default="auto", help=help_text(TrainConfig, "device"))
+    plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws (default: %(default)s)")
+    plot.add_argument("--device", choices=DEVICES, default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
     plot.add_argument("--tensorboard", action="store_true",
                       help="also write the run's TensorBoard events into DIR/tensorboard, replacing those there: "
                            "every epoch's metrics, and the pictures, posterior-mean histograms and Embedding "
@@ -199,47 +173,65 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", dest="out_dir", metavar="DIR",
                       help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
                            "or still training")
-    flags = _flags(parser)
-    for command in _commands(parser).values():
-        for action in command._actions:
+    parser.commands = {"train": train, "evaluate": evaluate, "sample": sample, "plot": plot}
+    flags = parser.flags
+    for command in parser.commands.values():
+        for action in command.options:
             action.help = in_flags(action.help, flags)  # the settings' help texts speak Python
     return parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line instead of the whole usage, and a guess for a mistyped choice."""
+INVALID_CHOICE = re.compile(r"invalid choice: (?P<value>.+) \(choose from (?P<choices>.+)\)$")
+"""argparse's message about a value that is none of an argument's choices."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line instead of the whole usage, and a guess for a mistyped choice.
+
+    It also keeps what argparse keeps to itself: its subcommands' parsers (``commands``, set
+    by :func:`build_parser`) and the options added to it (``options``), in argument groups too
+    when those come from :meth:`group`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.options: list[argparse.Action] = []  # first: argparse's __init__ adds --help
+        self.commands: dict[str, Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action:
+        action = super().add_argument(*names, **options)
+        self.options.append(action)
+        return action
+
+    def group(self, title: str) -> _Group:
+        """A new argument group titled ``title`` in the help, whose options this parser keeps too."""
+        return _Group(self.add_argument_group(title), self.options)
+
+    @property
+    def flags(self) -> dict[str, argparse.Action]:
+        """The options of every subcommand by the Python name they set: ``run_dir`` is ``--out``."""
+        return {action.dest: action for command in self.commands.values() for action in command.options
+                if action.option_strings}
 
     def error(self, message: str) -> NoReturn:
+        choice = INVALID_CHOICE.search(message)
+        if choice:  # the choices as the help lists them, unquoted, and the closest one
+            names = [name.strip("'") for name in choice["choices"].split(", ")]
+            message = (f"{message[:choice.start()]}invalid choice: {choice['value']} (choose from "
+                       f"{', '.join(names)}){guess(choice['value'].strip(chr(39)), names)}")
         self.exit(2, f"{self.prog}: error: {message}\n")
 
-    def _check_value(self, action: argparse.Action, value: Any) -> None:  # argparse's one check of choices
-        if action.choices is not None and value not in action.choices:
-            close = difflib.get_close_matches(value, list(action.choices), n=1)
-            guess = f"; did you mean {close[0]!r}?" if close else ""
-            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from "
-                                                 f"{', '.join(map(str, action.choices))}){guess}")
 
+class _Group:
+    """An argument group that lists the options added to it in its parser's ``options``."""
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' line breaks; show the default of a flag that takes a value, unless its help says it."""
+    def __init__(self, group: ArgumentContainer, options: list[argparse.Action]):
+        self.group, self.options = group, options
 
-    def _get_help_string(self, action: argparse.Action) -> str:
-        default = action.default
-        if not action.option_strings or action.nargs == 0 or default is None or "(default" in action.help:
-            return action.help
-        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
-        return f"{action.help} (default: {shown})"
-
-
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The subcommands' parsers by name."""
-    return parser._subparsers._group_actions[0].choices
-
-
-def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The options of every subcommand by the Python name they set: ``run_dir`` is ``--out``."""
-    return {action.dest: action for command in _commands(parser).values() for action in command._actions
-            if action.option_strings}
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action:
+        action = self.group.add_argument(*names, **options)
+        self.options.append(action)
+        return action
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -291,50 +283,48 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
     if args.labeled is not None and not (args.conditional or args.decoder_conditioning or args.prior in LABEL_PRIORS):
         raise ValueError(f"--labeled {args.labeled} hides labels from a model that reads them; add --conditional "
                          f"(a model without labels needs no --labeled)")
-    return from_args(DataConfig, args, binarize=args.binarize or ("dynamic" if args.likelihood == "bernoulli"
-                                                                  else "none"))
+    return from_args(DataConfig, args, binarize=args.binarize or binarization(args.likelihood))
 
 
 def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
-    """The model the train flags describe for ``data``; ``--conditional`` defaults the prior to class-means."""
+    """The model the train flags describe for ``data``: ``--conditional`` defaults the prior to class-means, and
+    :func:`~pyrovae.defaults.configure` sets what follows from the other settings, as in Python."""
     prior = args.prior or ("class-means" if args.conditional else "standard")
     conditional = args.conditional or args.decoder_conditioning or prior in LABEL_PRIORS
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
-    defaults = few_label_defaults(args.labeled, data.num_classes, prior, args.label_guide)
-    chosen = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
-    return from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape, **(defaults | chosen),
-                     grayscale_targets=args.likelihood == "bernoulli" and data.config.binarize == "none",
-                     num_classes=data.num_classes if conditional else None)
+    model = from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape,
+                      num_classes=data.num_classes if conditional else None)
+    return configure(model, data.config)[0]
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    check_positive(args, "num_samples", "memory_budget", "limit", "batch_size")
-    processes, device = join(resolve_device(args.device))
+    settings = from_args(EvaluateConfig, args)
+    processes, device = join(resolve_device(settings.device))
     vae = load_run(args.run_dir, device, data=False).vae
     data = RunDir(args.run_dir).load_data()
     out = Path(args.out or Path(args.run_dir) / EVAL)
     why = cannot_write(out.parent)
     if why:
         raise ValueError(f"cannot write {out} ({why}); write it elsewhere with --out FILE")
-    split = getattr(data, args.split)
-    if args.limit is not None:
-        split = Split(split.x[:args.limit], split.y[:args.limit])
-    pyro.set_rng_seed(args.seed)
+    split = getattr(data, settings.split)
+    if settings.limit is not None:
+        split = Split(split.x[:settings.limit], split.y[:settings.limit])
+    pyro.set_rng_seed(settings.seed)
     log_py = class_log_prior(visible_labels(data.train), vae.num_classes) if vae.conditional else None
-    num_samples = None if args.elbo_only else args.num_samples
-    report = evaluation_report(vae, as_floats(split.x), split.y, num_samples, log_py, args.batch_size,
-                               args.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
-                               seed=args.seed, processes=processes, clusters=data.config.labeled == 0)
-    result = {"split": args.split, **report}
+    num_samples = None if settings.elbo_only else settings.num_samples
+    report = evaluation_report(vae, as_floats(split.x), split.y, num_samples, log_py, settings.batch_size,
+                               settings.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
+                               seed=settings.seed, processes=processes, clusters=data.config.labeled == 0)
+    result = {"split": settings.split, **report}
     if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
         write_atomically(out, json.dumps(result, indent=2).encode())
-    print(f"{args.split} split, {len(split)} images, nats per example (± standard error):")
+    print(f"{settings.split} split, {len(split)} images, nats per example (± standard error):")
     if "neg_elbo" in report:
         print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
     if "nll" in report:
-        print(f"  NLL, K={args.num_samples:<6}         {report['nll']:10.3f} ± {report['nll_stderr']:.3f}   "
+        print(f"  NLL, K={settings.num_samples:<6}         {report['nll']:10.3f} ± {report['nll_stderr']:.3f}   "
               f"({report['bits_per_dim']:.4f} bits/dim)")
     if "nll_given_label" in report:
         print(f"  NLL given the label    {report['nll_given_label']:10.3f} ± {report['nll_given_label_stderr']:.3f}")
@@ -420,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         sys.stdout = open(os.devnull, "w")  # for the life of the process
-    notes = _NotesInFlags(args.command, _flags(parser))
+    notes = _NotesInFlags(args.command, parser.flags)
     logging.getLogger("pyrovae").addHandler(notes)
     try:
         if getattr(args, "threads", None) is not None:
@@ -428,11 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, FloatingPointError, NoSpaceError, OutOfMemory) as error:
-        message = in_flags(str(error), _flags(parser), getattr(error, "settings", ()))
+        message = in_flags(str(error), parser.flags, getattr(error, "settings", ()))
         print(f"pyrovae {args.command}: error: {message}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stopped:
-        print(f"pyrovae {args.command}: {in_flags(str(stopped), _flags(parser))}", file=sys.stderr)
+        print(f"pyrovae {args.command}: {in_flags(str(stopped), parser.flags)}", file=sys.stderr)
         return INTERRUPTED
     finally:
         logging.getLogger("pyrovae").removeHandler(notes)

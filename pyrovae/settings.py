@@ -3,7 +3,9 @@
 A settings class (:class:`~pyrovae.model.config.ModelConfig`, :class:`~pyrovae.data.datasets.DataConfig`,
 :class:`~pyrovae.training.config.TrainConfig`) declares each setting as a field: the annotation is its
 type (``Literal[...]`` for a choice of names), the default its default, and :func:`setting`
-adds the help text. From that, :func:`add_arguments` makes one ``--flag`` per field and
+adds the help text and what the CLI does with it (a field ``from_data`` gets no flag; a
+``resumable`` one keeps its flag when a run resumes, see :func:`marked`). From that,
+:func:`add_arguments` makes one ``--flag`` per field and
 :func:`from_args` builds the class from the parsed flags; :func:`settings_from_json` reads a
 section of an untrusted ``config.json`` (known keys and declared types only, then the class's
 own ``__post_init__`` checks, which start with :func:`check_choices`).
@@ -37,7 +39,7 @@ import re
 import types
 import typing
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import torch
 
@@ -57,9 +59,21 @@ class SettingError(ValueError):
         self.settings = (setting, *others)
 
 
-def setting(default: Any, help: str, metavar: str | None = None) -> Any:
-    """A settings field with its default, its help text (also the flag's) and the flag's metavar."""
-    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar})
+Mark = Literal["from_data", "resumable"]
+"""What the CLI does with a field besides its flag: ``from_data``, no flag, the value is the data's; ``resumable``,
+its flag applies when a run resumes, where the other settings come from the run's ``config.json``."""
+
+
+def setting(default: Any, help: str, metavar: str | None = None, *, from_data: bool = False,
+            resumable: bool = False) -> Any:
+    """A settings field with its default, its help text (also the flag's), the flag's metavar and its marks."""
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar, "from_data": from_data,
+                                                        "resumable": resumable})
+
+
+def marked(cls: type, mark: Mark) -> tuple[str, ...]:
+    """The names of the fields of the settings class ``cls`` declared with ``setting(..., mark=True)``."""
+    return tuple(field.name for field in dataclasses.fields(cls) if field.metadata.get(mark))
 
 
 def flag(name: str) -> str:
@@ -99,9 +113,13 @@ def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
     if value in choices:
         return
     names = [str(choice) for choice in choices if choice is not None]
+    raise SettingError(name, f"unknown {name} {value!r}; choose one of {', '.join(names)}{guess(value, names)}")
+
+
+def guess(value: Any, names: Collection[str]) -> str:
+    """``"; did you mean 'NAME'?"`` for the one of ``names`` closest to a mistyped ``value``, or ``""``."""
     close = difflib.get_close_matches(str(value), names, n=1)
-    guess = f"; did you mean {close[0]!r}?" if close else ""
-    raise SettingError(name, f"unknown {name} {value!r}; choose one of {', '.join(names)}{guess}")
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_choices(settings: Any) -> None:
@@ -122,6 +140,12 @@ def check_positive(settings: Any, *names: str) -> None:
 
 # --- the CLI ----------------------------------------------------------------------------------------
 
+class ArgumentContainer(Protocol):
+    """Where :func:`add_arguments` adds flags: an ``argparse.ArgumentParser`` or one of its argument groups."""
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action: ...
+
+
 def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     """``add_argument`` keywords for a field: type, choices or nargs from the annotation; default and help."""
     if not field.metadata.get("help"):
@@ -130,6 +154,8 @@ def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     if field.metadata.get("metavar"):
         options["metavar"] = field.metadata["metavar"]
     kind = _without_none(annotation)
+    if kind is bool and field.default is None:  # unset: a default that depends on other settings
+        return {**options, "action": argparse.BooleanOptionalAction}
     if kind is bool and field.default is False:
         return {**options, "action": "store_true"}
     if typing.get_origin(kind) is Literal:
@@ -141,18 +167,30 @@ def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     raise TypeError(f"no flag for {field.name}: {annotation!r} = {field.default!r}; write the flag by hand")
 
 
-def add_arguments(group: argparse._ActionsContainer, cls: type, skip: Collection[str] = (),
-                  **changes: dict[str, Any]) -> None:
-    """Add a flag for every field of the settings class ``cls`` but those in ``skip`` to ``group``.
+def _with_default(options: dict[str, Any]) -> dict[str, Any]:
+    """The options with the flag's default added to its help, unless it is a switch, unset or said in the help."""
+    default, help = options["default"], options["help"]
+    if default is None or "action" in options or "(default" in help:
+        return options
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    return {**options, "help": f"{help} (default: {shown})"}
+
+
+def add_arguments(group: ArgumentContainer, cls: type, skip: Collection[str] = (),
+                  **changes: dict[str, Any]) -> dict[str, argparse.Action]:
+    """Add a flag for every field of the settings class ``cls`` to ``group``, but those in ``skip`` and those
+    marked ``from_data``; return the flags' actions by field name.
 
     ``changes`` maps a field name to ``add_argument`` keywords that replace the generated ones
-    (e.g. ``learn_scale={"nargs": "?", "const": "pixel"}``).
+    (e.g. ``learn_scale={"nargs": "?", "const": "pixel"}``). A help text gets the flag's
+    default unless it says the default itself.
     """
-    hints = _type_hints(cls)
+    hints, actions = _type_hints(cls), {}
     for field in dataclasses.fields(cls):
-        if field.name not in skip:
-            options = {**_argument(field, hints[field.name]), **changes.get(field.name, {})}
-            group.add_argument(flag(field.name), **options)
+        if field.name not in skip and not field.metadata.get("from_data"):
+            options = _with_default({**_argument(field, hints[field.name]), **changes.get(field.name, {})})
+            actions[field.name] = group.add_argument(flag(field.name), **options)
+    return actions
 
 
 def help_text(cls: type, name: str) -> str:
@@ -261,6 +299,9 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 DEVICES = get_args(Device)
+
+
+DEVICE_HELP = "auto picks CUDA when there is a GPU"
 
 
 def resolve_device(name: str) -> torch.device:

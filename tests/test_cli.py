@@ -108,7 +108,7 @@ def test_missing_dataset_offline_is_one_paragraph_not_a_traceback(tmp_path):
 
 
 def test_help_documents_every_flag_of_the_issues():
-    commands = build_parser()._subparsers._group_actions[0].choices
+    commands = build_parser().commands
     train_help = commands["train"].format_help()
     for flag in ["--dataset", "--data-dir", "--binarize", "--z-dim", "--hidden", "--net", "--elbo",
                  "--epochs", "--batch-size", "--lr", "--device", "--seed", "--out", "--resume",

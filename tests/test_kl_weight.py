@@ -1,9 +1,11 @@
+import dataclasses
+
 import pyro
 import pytest
 import torch
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, from_arrays, load_dataset
-from pyrovae.inference.kl_weight import MIN_KL_WEIGHT, KLSchedule
+from pyrovae.inference.kl_weight import MIN_KL_WEIGHT
 from pyrovae.inference.objectives import MeanFieldELBO, TraceELBO
 
 
@@ -45,19 +47,31 @@ def test_data_size_scales_the_minibatch_to_the_dataset(small_vae, binary_batch):
     assert torch.allclose(dataset, batch * 50 / len(binary_batch))
 
 
+def schedule(**settings):
+    """The KL schedule that TrainConfig makes of its KL settings."""
+    return TrainConfig(device="cpu", **settings).kl_schedule
+
+
 def test_warmup_rises_linearly_to_beta():
-    schedule = KLSchedule(kl_weight=0.5, kl_warmup=2)
-    assert [schedule.scheduled_weight(t) for t in (0, 0.5, 1, 2, 7)] == [MIN_KL_WEIGHT, 0.125, 0.25, 0.5, 0.5]
-    assert KLSchedule(kl_weight=2.0).scheduled_weight(0) == 2.0
+    warmup = schedule(kl_weight=0.5, kl_warmup=2)
+    assert [warmup.scheduled_weight(t) for t in (0, 0.5, 1, 2, 7)] == [MIN_KL_WEIGHT, 0.125, 0.25, 0.5, 0.5]
+    assert schedule(kl_weight=2.0).scheduled_weight(0) == 2.0
+
+
+def test_the_kl_settings_are_declared_once_and_make_one_schedule():
+    config = TrainConfig(device="cpu", kl_weight=0.5, kl_warmup=2)
+    assert config.kl_schedule is config.kl_schedule  # made once, not on every read
+    assert (config.kl_schedule.kl_weight, config.kl_schedule.kl_warmup, config.kl_schedule.kl_balance) == (0.5, 2, None)
+    assert "kl_schedule" not in dataclasses.asdict(config)  # config.json keeps its keys
 
 
 def test_balance_is_seed_004s_update():
-    schedule = KLSchedule(kl_balance=0.1)
-    w = schedule.initial_weight()
+    balance = schedule(kl_balance=0.1)
+    w = balance.initial_weight()
     assert w.item() == pytest.approx(MIN_KL_WEIGHT)
-    w = schedule.balance(torch.tensor(0.5), recon=torch.tensor(80.0), kl=torch.tensor(20.0))
+    w = balance.balance(torch.tensor(0.5), recon=torch.tensor(80.0), kl=torch.tensor(20.0))
     assert w.item() == pytest.approx(0.5 + 0.1 * (80 - 0.5 * 20))
-    floored = schedule.balance(torch.tensor(0.5), recon=torch.tensor(-10.0), kl=torch.tensor(20.0))
+    floored = balance.balance(torch.tensor(0.5), recon=torch.tensor(-10.0), kl=torch.tensor(20.0))
     assert floored.item() == pytest.approx(MIN_KL_WEIGHT)
 
 
@@ -68,7 +82,7 @@ def test_balance_is_seed_004s_update():
 ])
 def test_bad_kl_settings_are_refused(settings, match):
     with pytest.raises(ValueError, match=match):
-        KLSchedule(**settings)
+        TrainConfig(device="cpu", **settings)
 
 
 @pytest.fixture(scope="module")

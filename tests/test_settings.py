@@ -11,9 +11,10 @@ from typing import Literal
 import pytest
 
 import pyrovae
-from pyrovae import DataConfig, ModelConfig, TrainConfig, cli
-from pyrovae.cli import FROM_DATA, build_parser, main
+from pyrovae import DataConfig, ModelConfig, TrainConfig, cli, configure
+from pyrovae.cli import FROM_DATA, RESUMABLE, build_parser, main
 from pyrovae.data.datasets import load_dataset
+from pyrovae.inference.evaluate import EvaluateConfig
 from pyrovae.runs.rundir import RunDir
 from pyrovae.settings import (
     SettingError,
@@ -21,14 +22,15 @@ from pyrovae.settings import (
     check_choices,
     from_args,
     in_flags,
+    marked,
     setting,
     settings_from_json,
 )
 
 SETTINGS = (DataConfig, ModelConfig, TrainConfig)
-COMMANDS = cli._commands(build_parser())
-TRAIN_FLAGS = {action.dest: action for action in COMMANDS["train"]._actions if action.option_strings}
-FLAGS = cli._flags(build_parser())
+COMMANDS = build_parser().commands
+TRAIN_FLAGS = {action.dest: action for action in COMMANDS["train"].options if action.option_strings}
+FLAGS = build_parser().flags
 
 
 @pytest.mark.parametrize("cls", SETTINGS)
@@ -37,21 +39,71 @@ def test_every_setting_has_a_flag_or_comes_from_the_data(cls):
         assert (field.name in TRAIN_FLAGS) != (field.name in FROM_DATA), field.name
 
 
+def test_the_marks_on_the_fields_make_the_cli_lists():
+    assert FROM_DATA == marked(ModelConfig, "from_data") and set(FROM_DATA) == {"image_shape", "num_classes",
+                                                                                 "grayscale_targets"}
+    assert "epochs" in RESUMABLE and "device" in RESUMABLE and "lr" not in RESUMABLE
+    assert not marked(DataConfig, "resumable") and not marked(TrainConfig, "from_data")
+
+
+def train_configs(*argv):
+    """The model and data settings that ``pyrovae train ARGV`` trains on the digits."""
+    args = build_parser().parse_args(["train", *argv])
+    data = cli._data_config(args)
+    return cli._model_config(args, load_dataset(data)), data
+
+
+DIGITS = (1, 8, 8)
+
+
+@pytest.mark.parametrize("argv,model,data", [
+    ([], ModelConfig(image_shape=DIGITS), DataConfig()),
+    (["--likelihood", "gaussian"], ModelConfig(likelihood="gaussian", image_shape=DIGITS), DataConfig()),
+    (["--binarize", "none"], ModelConfig(image_shape=DIGITS), DataConfig(binarize="none")),
+    (["--conditional", "--labeled", "100"], ModelConfig(prior="class-means", num_classes=10, image_shape=DIGITS),
+     DataConfig(labeled=100)),
+    (["--conditional", "--labeled", "0"], ModelConfig(prior="class-means", num_classes=10, image_shape=DIGITS),
+     DataConfig(labeled=0)),
+    (["--conditional", "--labeled", "0", "--class-means-init", "3", "--no-class-scales"],
+     ModelConfig(prior="class-means", num_classes=10, image_shape=DIGITS, class_means_init=3, class_scales=False),
+     DataConfig(labeled=0)),
+], ids=["defaults", "gaussian", "grayscale", "few-labels", "clustering", "clustering-as-told"])
+def test_python_settings_through_configure_are_the_flags_settings(argv, model, data):
+    assert configure(model, data) == train_configs(*argv)
+
+
+def test_configure_chooses_what_follows_from_other_settings():
+    model, data = configure(ModelConfig(likelihood="gaussian"), DataConfig())
+    assert data.binarize == "none" and not model.grayscale_targets
+    model, data = configure(ModelConfig(), DataConfig(binarize="none"))
+    assert model.grayscale_targets  # a Bernoulli likelihood scoring grayscale pixels
+    model, _ = configure(ModelConfig(prior="class-means", num_classes=10), DataConfig(labeled=100))
+    assert (model.label_guide, model.classifier_net) == ("classifier", "conv")
+    model, _ = configure(ModelConfig(prior="class-means", num_classes=10, label_guide="none"), DataConfig(labeled=100))
+    assert (model.label_guide, model.classifier_net) == ("none", "mlp")  # as told; no classifier to build
+    model, _ = configure(ModelConfig(), DataConfig(labeled=100))  # a model that reads no labels
+    assert (model.label_guide, model.class_means_init, model.class_scales) == ("none", 3.0, False)
+    assert configure(*configure(ModelConfig(), DataConfig())) == configure(ModelConfig(), DataConfig())
+
+
+def test_settings_left_unset_get_the_defaults_of_before_where_they_are_used():
+    """Without configure, the data is binarized dynamically and the model built as for every label kept."""
+    assert load_dataset(DataConfig()).config.binarize == "dynamic"
+    config = pyrovae.build_vae(ModelConfig(prior="class-means", num_classes=3, image_shape=(1, 4, 4))).config
+    assert (config.label_guide, config.classifier_net, config.class_means_init, config.class_scales) == (
+        "none", "mlp", 3.0, False)
+
+
 def test_train_without_flags_builds_the_python_defaults():
     args = build_parser().parse_args(["train"])
-    assert cli._data_config(args) == DataConfig()
     assert from_args(TrainConfig, args) == TrainConfig()
-    model = dataclasses.asdict(cli._model_config(args, load_dataset(DataConfig())))
-    default = dataclasses.asdict(ModelConfig())
-    for name in FROM_DATA:
-        del model[name], default[name]
-    assert model == default
+    assert from_args(EvaluateConfig, build_parser().parse_args(["evaluate", "RUN"])) == EvaluateConfig()
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_documents_every_flag_and_each_default_once(command):
     parser = COMMANDS[command]
-    for action in parser._actions:
+    for action in parser.options:
         assert action.help, f"pyrovae {command} {action.option_strings or action.dest} has no help"
     text = parser.format_help()
     assert "(default: None)" not in text and "(default: False)" not in text
@@ -129,12 +181,11 @@ def test_a_mistyped_choice_gets_a_guess():
 # --- messages: Python names in the library, flags in the CLI ------------------------------------------
 
 PYTHON_MESSAGES = [
-    (lambda tmp: TrainConfig(batch_size=0), "batch_size", "^batch_size must be positive, got 0$"),
+    (lambda tmp: TrainConfig(batch_size=0), "batch_size", "^batch_size must be positive, got 0"),
     (lambda tmp: TrainConfig(kl_balance=1e-3, kl_weight=2.0), "kl_balance",
-     "^kl_balance sets the weight itself; use it without kl_weight=2$"),
-    (lambda tmp: ModelConfig(hidden=(8, 0)), "hidden", r"^hidden must hold positive layer sizes, got \[8, 0\]$"),
-    (lambda tmp: DataConfig(data_dir="x"), "data_dir",
-     "drop data_dir=DIR, or use it with dataset='mnist', dataset='fashion-mnist' or torchvision:NAME$"),
+     "^kl_balance sets the weight itself.*without kl_weight=2"),
+    (lambda tmp: ModelConfig(hidden=(8, 0)), "hidden", r"^hidden must hold positive layer sizes, got \[8, 0\]"),
+    (lambda tmp: DataConfig(data_dir="x"), "data_dir", "drop data_dir=DIR, or use it with dataset='mnist'"),
     (lambda tmp: RunDir(tmp / "file").prepare(), "run_dir", "^run_dir .* is a file, not a folder"),
 ]
 
@@ -155,13 +206,10 @@ def test_python_suggestions_are_written_as_arguments(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--batch-size", "0"], "--batch-size must be positive, got 0$"),
-    (["--kl-balance", "1e-3", "--kl-weight", "2"],
-     "--kl-balance sets the weight itself; use it without --kl-weight 2$"),
-    (["--dataset", "digits", "--data-dir", "x"], "drop --data-dir DIR, or use it with --dataset mnist, "
-                                                 "--dataset fashion-mnist or torchvision:NAME$"),
-    (["--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs .*; add --likelihood gaussian or "
-                                                     "--likelihood laplace$"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--kl-balance", "1e-3", "--kl-weight", "2"], "--kl-balance sets the weight itself.*without --kl-weight 2"),
+    (["--dataset", "digits", "--data-dir", "x"], "drop --data-dir DIR, or use it with --dataset mnist"),
+    (["--learn-scale", "--likelihood", "bernoulli"], "--learn-scale pixel needs .*; add --likelihood gaussian"),
     (["--resume", "--overwrite", "--out", "run"], "--resume continues a run and --overwrite replaces it"),
     (["--resume"], "--resume needs --out DIR"),
 ])
@@ -193,19 +241,21 @@ def test_in_flags_rewrites_python_names_and_nothing_else(text, settings, expecte
 
 # --- usage errors and --version -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv,message", [
-    (["train", "--prior", "mixtur"], "pyrovae train: error: argument --prior: invalid choice: 'mixtur' (choose from "
-                                     "standard, class-means, mixture, vamp); did you mean 'mixture'?\n"),
-    (["trian"], "pyrovae: error: argument COMMAND: invalid choice: 'trian' (choose from train, evaluate, sample, "
-                "plot); did you mean 'train'?\n"),
-    (["train", "--z-dim", "two"], "pyrovae train: error: argument --z-dim: invalid int value: 'two'\n"),
-    (["train", "--zdim", "3"], "pyrovae: error: unrecognized arguments: --zdim 3\n"),
+@pytest.mark.parametrize("argv,parts", [
+    (["train", "--prior", "mixtur"], ["pyrovae train: error: ", "--prior", "'mixtur'", "standard, class-means, "
+                                      "mixture, vamp", "did you mean 'mixture'?"]),
+    (["trian"], ["pyrovae: error: ", "'trian'", "train, evaluate, sample, plot", "did you mean 'train'?"]),
+    (["plot", "RUN", "--only", "samples", "manifol"], ["pyrovae plot: error: ", "--only", "did you mean 'manifold'?"]),
+    (["train", "--z-dim", "two"], ["pyrovae train: error: ", "--z-dim", "'two'"]),
+    (["train", "--zdim", "3"], ["pyrovae: error: ", "--zdim"]),
 ])
-def test_a_usage_error_is_one_line_and_exit_2(capsys, argv, message):
+def test_a_usage_error_is_one_line_and_exit_2(capsys, argv, parts):
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
-    assert capsys.readouterr().err == message
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert all(part in err for part in parts), err
 
 
 def test_version(capsys):
@@ -215,9 +265,16 @@ def test_version(capsys):
 
 
 def test_evaluate_flags_default_to_the_python_functions_defaults():
-    """evaluate's flags map to evaluation_report's arguments: the same defaults, written once each side."""
+    """evaluate's flags are EvaluateConfig's fields, whose defaults evaluation_report's arguments take."""
     defaults = {name: parameter.default
                 for name, parameter in inspect.signature(pyrovae.evaluation_report).parameters.items()}
     args = build_parser().parse_args(["evaluate", "RUN"])
     assert args.num_samples == defaults["num_samples"] and args.batch_size == defaults["batch_size"]
     assert args.seed == defaults["seed"] and args.memory_budget * 2**30 == defaults["memory_budget"]
+
+
+def test_the_cli_uses_argparse_through_its_public_api_only():
+    source = open(cli.__file__).read() + open(pyrovae.settings.__file__).read()
+    for private in ("._actions", "._subparsers", "._group_actions", "_check_value", "_ActionsContainer",
+                    "_get_help_string"):
+        assert private not in source, private

@@ -56,9 +56,10 @@ class DataConfig:
                                          "torchvision:NAME dataset", metavar="DIR")
     image_size: int | None = setting(None, "resize (the shorter side) and centre-crop every image to S x S pixels",
                                      metavar="S")
-    binarize: Binarize = setting("dynamic", "dynamic: a fresh Bernoulli draw of every training batch; static: one "
-                                            "fixed draw; none: keep grayscale (the Bernoulli likelihood is then "
-                                            "unnormalized)")
+    binarize: Binarize | None = setting(None, "dynamic: a fresh Bernoulli draw of every training batch; static: "
+                                              "one fixed draw; none: keep grayscale (the Bernoulli likelihood is "
+                                              "then unnormalized) (default: dynamic for likelihood='bernoulli', none "
+                                              "for the others)")
     val_fraction: float = setting(0.1, "fraction of the training images held out for validation")
     download: bool = setting(True, "download mnist or fashion-mnist when its files are not found")
     labeled: int | None = setting(None, "keep N training labels, drawn balanced over the classes, and hide the "
@@ -343,6 +344,8 @@ def load_dataset(config: DataConfig | torch.utils.data.Dataset | torch.Tensor | 
     """
     if not isinstance(config, DataConfig):
         return from_arrays(config, test_x=test)
+    if config.binarize is None:  # no likelihood to ask (pyrovae.configure sets it from one): a fresh draw per batch
+        config = dataclasses.replace(config, binarize="dynamic")
     if config.dataset not in DATASETS:
         source = read_source(config.dataset, config.data_dir, config.image_size, config.download)
         return _from_source(source, config, torch.device(device))

@@ -12,12 +12,14 @@ argument's type picks the form. With K draws z_k ~ q(z|x),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import scipy.stats
 import torch
@@ -28,6 +30,7 @@ from pyrovae.inference.importance import ImportanceSampler
 from pyrovae.memory import OutOfMemory, bytes_allocated, is_out_of_memory
 from pyrovae.model.vae import VAE
 from pyrovae.randomness import derived_seed, seeded, unchanged
+from pyrovae.settings import DEVICE_HELP, Device, check_choices, check_positive, setting
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,25 @@ NO_MEMORY_LEFT = ("out of memory with a sample or two of an image or two; free m
 CPU_CHUNK_BYTES = 64 * 2**20
 """On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower, not faster, as every
 chunk's fresh tensors are page-faulted in anew (measured in benchmarks/log_likelihood.py)."""
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """The settings of an evaluation, as ``pyrovae evaluate`` takes them; the functions below default to them."""
+
+    split: Literal["test", "val"] = setting("test", "the split to evaluate")
+    num_samples: int = setting(5000, "importance samples per example, at least 1", metavar="K")
+    elbo_only: bool = setting(False, "only the negative ELBO (and, for conditional models, accuracy by ELBO): quick")
+    memory_budget: float = setting(DEFAULT_MEMORY_BUDGET / 2**30, "most memory one chunk of the log-likelihood may "
+                                                                   "allocate", metavar="GiB")
+    limit: int | None = setting(None, "only the first N images of the split (quicker)", metavar="N")
+    batch_size: int = setting(1000, "examples per batch of the ELBO")
+    device: Device = setting("auto", DEVICE_HELP)
+    seed: int = setting(0, "seed of the Monte Carlo draws")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_positive(self, "num_samples", "memory_budget", "limit", "batch_size")
 
 
 @contextmanager
@@ -75,9 +97,9 @@ def _check_counts(**counts: int) -> None:
 
 
 @functools.singledispatch
-def negative_elbo(model: Callable, guide: Callable, x: torch.Tensor, *, batch_size: int = 1000,
-                  num_particles: int = 1, model_args: Sequence = (), model_kwargs: dict | None = None,
-                  data_plate: str = "data") -> torch.Tensor:
+def negative_elbo(model: Callable, guide: Callable, x: torch.Tensor, *,
+                  batch_size: int = EvaluateConfig.batch_size, num_particles: int = 1, model_args: Sequence = (),
+                  model_kwargs: dict | None = None, data_plate: str = "data") -> torch.Tensor:
     """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)].
 
     ``model(x, *model_args, **model_kwargs)`` and ``guide`` alike are any Pyro functions
@@ -91,8 +113,8 @@ def negative_elbo(model: Callable, guide: Callable, x: torch.Tensor, *, batch_si
 
 
 @negative_elbo.register
-def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000,
-      num_particles: int = 1) -> torch.Tensor:
+def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
+      batch_size: int = EvaluateConfig.batch_size, num_particles: int = 1) -> torch.Tensor:
     vae.check_inputs(x, y)
     _check_counts(batch_size=batch_size, num_particles=num_particles)
     with evaluating(vae):
@@ -134,7 +156,8 @@ def _in_chunks(estimate: Callable[[slice, int], torch.Tensor], size: int, exampl
 
 
 @functools.singledispatch
-def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *, num_samples: int = 5000,
+def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *,
+                   num_samples: int = EvaluateConfig.num_samples,
                    model_args: Sequence = (), model_kwargs: dict | None = None, data_plate: str = "data",
                    memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
     """Per-example importance-sampled log p(x) in nats, shape ``(N,)``, for any Pyro model and guide.
@@ -155,8 +178,9 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *, num_sam
 
 
 @log_likelihood.register
-def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int = 5000,
-      memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
+def _(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
+      num_samples: int = EvaluateConfig.num_samples, memory_budget: float = DEFAULT_MEMORY_BUDGET,
+      progress: bool = False) -> torch.Tensor:
     _check_estimator(num_samples, memory_budget)
     vae.check_inputs(x, y)
     with evaluating(vae):
@@ -306,8 +330,9 @@ def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples
     return torch.cat([neg_elbo[:, None], scores], dim=1).cpu()
 
 
-def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, num_samples: int | None = 5000,
-                      log_py: torch.Tensor | None = None, batch_size: int = 1000,
+def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
+                      num_samples: int | None = EvaluateConfig.num_samples, log_py: torch.Tensor | None = None,
+                      batch_size: int = EvaluateConfig.batch_size,
                       memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False, seed: int = 0,
                       processes: Processes = SINGLE, clusters: bool = False) -> dict[str, float]:
     """The numbers of ``eval.json``, per example in nats, each with its standard error across examples.

@@ -20,7 +20,7 @@ KL term is nothing for all practical purposes (it stands for w = 0)."""
 
 @dataclasses.dataclass
 class KLSchedule:
-    """How w evolves (the fields are :class:`~pyrovae.training.config.TrainConfig`'s KL settings).
+    """How w evolves; :class:`~pyrovae.training.config.TrainConfig` declares the three settings and makes one.
 
     - ``kl_weight``: a constant weight, the beta of Canziani & LeCun's lecture notes
       (Higgins et al. 2017).
@@ -31,9 +31,9 @@ class KLSchedule:
       per example (Verduzco 2023), so that w * DE is driven towards RE.
     """
 
-    kl_weight: float = 1.0
-    kl_warmup: float = 0.0
-    kl_balance: float | None = None
+    kl_weight: float
+    kl_warmup: float
+    kl_balance: float | None
 
     def __post_init__(self) -> None:
         if not self.kl_weight > 0:

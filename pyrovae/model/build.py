@@ -63,7 +63,9 @@ def build_posterior(config: ModelConfig, z_dim: int) -> nn.Module:
 
 def build_vae(config: ModelConfig) -> VAE:
     """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``) with the nets,
-    prior, likelihood and posterior family that ``config`` names."""
+    prior, likelihood and posterior family that ``config`` names (its unset few-label settings as for every label
+    kept, see :meth:`~pyrovae.model.config.ModelConfig.with_label_defaults`)."""
+    config = config.with_label_defaults()
     likelihood = build_likelihood(config)
     z_dim = config.lower_dim  # the layer that the encoder and the decoder face
     decoder_in = z_dim + (config.num_classes if config.decoder_conditioning else 0)

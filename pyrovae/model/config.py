@@ -53,15 +53,22 @@ LABELLED_MEANS_INIT, CLUSTERING_MEANS_INIT = 3.0, 0.3
 """How far apart the class means start, with labels and without (see :class:`~pyrovae.model.priors.ClassMeansPrior`)."""
 
 
+CONV_CLASSIFIER_BELOW = 50
+"""Labels per class below which the classifier q(y|x) is convolutional by default."""
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Every hyperparameter needed to rebuild a :class:`VAE` (saved as ``config.json``).
 
     A model is conditional when its prior reads labels (``class-means``) or
     ``decoder_conditioning`` feeds them to the decoder; it then needs ``num_classes``.
+    The few-label settings left unset (``None``) depend on how many training labels are kept:
+    :func:`pyrovae.configure` chooses them from the data's settings, and
+    :meth:`with_label_defaults` as for every label kept.
     """
 
-    image_shape: Sequence[int] = setting((1, 28, 28), "(channels, height, width) of the images")
+    image_shape: Sequence[int] = setting((1, 28, 28), "(channels, height, width) of the images", from_data=True)
     z_dim: int = setting(10, "latent size (1 and 2 give pictures of the whole latent space)")
     net: Net = setting("mlp", "mlp, or conv: two stride-2 convolutions, for images of any size and channels")
     hidden: Sequence[int] = setting((400,), "hidden layer sizes of the encoder (the decoder mirrors them)",
@@ -81,20 +88,24 @@ class ModelConfig:
                                                    "by the decoder for every image (discretized-logistic: always "
                                                    "learned, by default by the decoder)")
     grayscale_targets: bool = setting(False, "let the Bernoulli likelihood score grayscale pixels in [0, 1] "
-                                             "(then not a normalized log-likelihood)")
-    num_classes: int | None = setting(None, "the number of labels, which a conditional model needs")
+                                             "(then not a normalized log-likelihood)", from_data=True)
+    num_classes: int | None = setting(None, "the number of labels, which a conditional model needs", from_data=True)
     decoder_conditioning: bool = setting(False, "also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
-    class_means_init: float = setting(LABELLED_MEANS_INIT, "standard deviation S of the draw of the initial class "
-                                                           "means of prior='class-means': apart (3) with labels, "
-                                                           "close (0.3) to cluster without them", metavar="S")
-    class_scales: bool = setting(False, "learn a diagonal scale per class too, p(z|y) = N(mu_y, diag(s_y^2)) (as "
-                                        "VaDE, Jiang et al. 2017), not the unit scale")
-    label_guide: LabelGuide = setting("none", "how the guide of an image without its label treats y: none leaves y "
-                                              "to the model, summed out exactly (p(y|z) is exact); classifier adds "
-                                              "q(y|x), enumerated, and q(z|x, y) (Kingma et al. 2014's M2)")
-    classifier_net: Net = setting("mlp", "the net of the classifier q(y|x) of label_guide='classifier': mlp, or "
-                                         "conv: two 3x3 convolutions with max pooling, which generalize better "
-                                         "from few labelled images")
+    class_means_init: float | None = setting(None, f"standard deviation S of the draw of the initial class means "
+                                                   f"of prior='class-means': apart (3) with labels, close (0.3) to "
+                                                   f"cluster without them (default: {CLUSTERING_MEANS_INIT:g} with "
+                                                   f"labeled=0, else {LABELLED_MEANS_INIT:g})", metavar="S")
+    class_scales: bool | None = setting(None, "learn a diagonal scale per class too, p(z|y) = N(mu_y, diag(s_y^2)) "
+                                              "(as VaDE, Jiang et al. 2017), not the unit scale (default: on with "
+                                              "labeled=0)")
+    label_guide: LabelGuide | None = setting(None, "how the guide of an image without its label treats y: none "
+                                                   "leaves y to the model, summed out exactly (p(y|z) is exact); "
+                                                   "classifier adds q(y|x), enumerated, and q(z|x, y) (Kingma et al. "
+                                                   "2014's M2) (default: classifier with labeled=N > 0, else none)")
+    classifier_net: Net | None = setting(None, f"the net of the classifier q(y|x) of label_guide='classifier': mlp, "
+                                               f"or conv: two 3x3 convolutions with max pooling, which generalize "
+                                               f"better from few labelled images (default: conv with labeled=N below "
+                                               f"{CONV_CLASSIFIER_BELOW} per class, else mlp)")
     guide: Guide = setting("diagonal", "the posterior family q(z|x): diagonal, the encoder's Gaussian; iaf, that "
                                        "Gaussian pushed through inverse autoregressive flows (Kingma et al. 2016); "
                                        "spline, through autoregressive rational-quadratic splines (Durkan et al. "
@@ -117,7 +128,7 @@ class ModelConfig:
         if self.prior_components < 1:
             raise SettingError("prior_components", f"prior_components (K of the mixture and vamp priors) must be "
                                                    f"at least 1, got {self.prior_components}")
-        if not self.class_means_init >= 0:
+        if self.class_means_init is not None and not self.class_means_init >= 0:
             raise SettingError("class_means_init", f"class_means_init is a standard deviation and cannot be negative, "
                                                    f"got {self.class_means_init}")
         if self.class_scales and self.prior != "class-means":
@@ -151,7 +162,7 @@ class ModelConfig:
             name = "guide" if self.guide != "diagonal" else "latent_layers"
             raise SettingError(name, f"the vamp prior mixes the encoder's Gaussians of one stochastic layer; with "
                                      f"{name}={getattr(self, name)!r} choose another prior")
-        if self.classifier_net != "mlp" and self.label_guide != "classifier":
+        if self.classifier_net not in (None, "mlp") and self.label_guide != "classifier":
             raise SettingError("classifier_net", f"classifier_net={self.classifier_net!r} builds the classifier "
                                                  f"q(y|x), which only label_guide='classifier' has")
         if self.label_guide == "classifier" and self.latent_layers == 2:
@@ -176,29 +187,29 @@ class ModelConfig:
             return self.z_dim
         return self.z1_dim if self.z1_dim is not None else 2 * self.z_dim
 
-
-CONV_CLASSIFIER_BELOW = 50
-"""Labels per class below which the classifier q(y|x) is convolutional by default."""
+    def with_label_defaults(self, labeled: int | None = None) -> ModelConfig:
+        """This config with its unset few-label settings chosen by :func:`few_label_defaults` for ``labeled`` kept
+        training labels (``None``: every label); a model that reads no labels is set as for every label."""
+        chosen = few_label_defaults(labeled if self.conditional else None, self.num_classes, self.prior,
+                                    self.label_guide)
+        return dataclasses.replace(self, **{name: value for name, value in chosen.items()
+                                            if getattr(self, name) is None})
 
 
 def default_classifier_net(num_labeled: int, num_classes: int) -> Net:
     """The net of q(y|x) for ``num_labeled`` kept labels: conv with fewer than :data:`CONV_CLASSIFIER_BELOW` per
     class, else mlp.
 
-    With few labels per class the convolutions' shared filters and pooling generalize much
-    better: on Fashion-MNIST, 20 epochs, 10 labels per class, the model's test accuracy rose
-    from 67.8% to 73.8%. With 100 per class the model's accuracy stayed at 80.2% while an
-    epoch took half as long again (the conv net costs ten times the MLP's 784-400-10 per
-    image), so the MLP stays there.
+    With few labels per class the convolutions' shared filters and pooling generalize better;
+    with many, the MLP classifies as well at a tenth of the cost (see docs/benchmarks.md).
     """
     return "conv" if num_labeled < CONV_CLASSIFIER_BELOW * num_classes else "mlp"
 
 
-def few_label_defaults(num_labeled: int | None, num_classes: int, prior: Prior = "class-means",
+def few_label_defaults(num_labeled: int | None, num_classes: int | None, prior: Prior = "class-means",
                        label_guide: LabelGuide | None = None) -> dict[str, Any]:
     """The :class:`~pyrovae.model.config.ModelConfig` settings that suit ``num_labeled`` kept labels (``None``: all of
-    them), as ``pyrovae train --labeled N`` picks them; pass them on,
-    ``ModelConfig(prior="class-means", num_classes=C, **few_label_defaults(N, C))``.
+    them) of ``num_classes``; :func:`pyrovae.configure` sets those left unset from the data's ``labeled``.
 
     - ``label_guide``: ``classifier`` (the M2 guide) with labels to guess, ``none`` with every
       label kept or none (clustering), unless given;

@@ -4,11 +4,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 from pyrovae.inference.kl_weight import KLSchedule
 from pyrovae.inference.objectives import ESTIMATORS, IWAEBound, MeanFieldELBO, TraceELBO
-from pyrovae.settings import Device, SettingError, check_choices, check_positive, resolve_device, setting
+from pyrovae.settings import (
+    DEVICE_HELP,
+    Device,
+    SettingError,
+    check_choices,
+    check_positive,
+    resolve_device,
+    setting,
+)
 
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
 
@@ -29,16 +38,19 @@ PROGRESS_REFRESH_STEPS = 50
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimization settings (saved in ``config.json``); the KL settings make a
-    :class:`~pyrovae.inference.kl_weight.KLSchedule`."""
+    """Optimization settings (saved in ``config.json``); the KL settings make :attr:`kl_schedule`.
 
-    epochs: int = setting(100, "epochs in all, counted from the run's start (when resuming: the total to reach)")
+    The ``resumable`` settings are those a resumed run may change; it keeps the others.
+    """
+
+    epochs: int = setting(100, "epochs in all, counted from the run's start (when resuming: the total to reach)",
+                          resumable=True)
     batch_size: int = setting(128, "examples per step; under torchrun the global batch, split evenly among the "
                                    "processes")
     lr: float = setting(1e-3, "Adam learning rate")
     elbo: Elbo = setting("trace", "trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (closed-form "
                                   "KL); iwae: the importance-weighted bound with particles=K")
-    device: Device = setting("auto", "auto picks CUDA when there is a GPU")
+    device: Device = setting("auto", DEVICE_HELP, resumable=True)
     seed: int = setting(0, "seeds torch, numpy and Pyro")
     kl_weight: float = setting(1.0, "weight of the KL term (1 is the ELBO; beta > 1 a beta-VAE)", metavar="BETA")
     kl_warmup: float = setting(0.0, "raise the KL weight linearly from 0 to kl_weight=BETA over this many epochs",
@@ -59,15 +71,17 @@ class TrainConfig:
                                              "labelled image, with label_guide='classifier' (default: 0.1 x the "
                                              "training images, as Kingma et al. 2014)", metavar="ALPHA")
     skip_nonfinite: int = setting(0, "skip up to N batches whose loss or gradient is NaN or infinite (with 0, the "
-                                     "first one stops training and keeps the last good checkpoint)", metavar="N")
-    compile: bool = setting(False, "torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)")
+                                     "first one stops training and keeps the last good checkpoint)", metavar="N",
+                                  resumable=True)
+    compile: bool = setting(False, "torch.compile the encoder and decoder (slow to start; pays off on long GPU runs)",
+                            resumable=True)
     tf32: bool = setting(False, "let CUDA matmuls and convolutions use TensorFloat-32 (faster on Ampere and later "
-                                "GPUs, ~3 digits)")
+                                "GPUs, ~3 digits)", resumable=True)
     tensorboard: bool = setting(False, "write TensorBoard events into RUN/tensorboard: the metrics every epoch, "
                                        "pictures and histograms of the posterior means, the Embedding Projector at "
-                                       "the end (needs `pip install pyrovae[tensorboard]`)")
+                                       "the end (needs `pip install pyrovae[tensorboard]`)", resumable=True)
     tensorboard_every: int = setting(10, "with tensorboard=True, the pictures and histograms every N epochs (and "
-                                         "at the first and the last)", metavar="N")
+                                         "at the first and the last)", metavar="N", resumable=True)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -84,12 +98,13 @@ class TrainConfig:
             raise SettingError("estimator", f"estimator={self.estimator!r} estimates the gradient of the iwae bound; "
                                             f"add elbo='iwae' (with particles=1 it is the ELBO)")
         resolve_device(self.device)
-        _ = self.kl_schedule  # raises on KL settings that make no schedule
+        _ = self.kl_schedule  # made now, so that KL settings that make no schedule are refused here
         if self.tensorboard:
             from pyrovae.report.tensorboard import check_installed
 
             check_installed()
 
-    @property
+    @functools.cached_property
     def kl_schedule(self) -> KLSchedule:
+        """The KL weight's schedule that ``kl_weight``, ``kl_warmup`` and ``kl_balance`` make (made once)."""
         return KLSchedule(self.kl_weight, self.kl_warmup, self.kl_balance)
