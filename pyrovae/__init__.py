@@ -11,8 +11,9 @@ from pyrovae.inference.evaluate import evaluation_report, log_importance_weights
 from pyrovae.model.build import build_vae
 from pyrovae.model.config import ModelConfig
 from pyrovae.model.vae import VAE
+from pyrovae.runs.checkpoint import CheckpointError
 from pyrovae.runs.load import LoadedRun, load_run
-from pyrovae.runs.rundir import CheckpointError, RunDir
+from pyrovae.runs.rundir import RunDir
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import fit
 

@@ -22,7 +22,7 @@ from pyrovae import __version__
 from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_dataset
 from pyrovae.data.label_mix import visible_labels
 from pyrovae.defaults import binarization, configure
-from pyrovae.distributed import from_main, join, wait_for_all
+from pyrovae.distributed import from_main, join
 from pyrovae.files import NoSpaceError, cannot_write, write_atomically
 from pyrovae.inference.evaluate import EvaluateConfig, class_log_prior, evaluation_report
 from pyrovae.memory import OutOfMemory
@@ -31,8 +31,9 @@ from pyrovae.model.config import LABEL_PRIORS, ModelConfig
 from pyrovae.model.vae import VAE
 from pyrovae.report import plots
 from pyrovae.report.tensorboard import check_installed, write_run_events
-from pyrovae.runs.load import load_run
+from pyrovae.runs.load import load_data, load_run
 from pyrovae.runs.rundir import CHECKPOINT, EVAL, RunDir, default_run_dir
+from pyrovae.runs.writer import RunWriter
 from pyrovae.settings import (
     DEVICE_HELP,
     DEVICES,
@@ -47,9 +48,10 @@ from pyrovae.settings import (
     marked,
     resolve_device,
 )
+from pyrovae.training.callbacks import Callback
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import fit
-from pyrovae.training.preflight import check_model_fits, check_training
+from pyrovae.training.preflight import check_model_fits
 from pyrovae.training.stopping import TrainingInterrupted
 
 RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
@@ -234,19 +236,32 @@ class _Group:
         return action
 
 
+class RunPictures(Callback):
+    """Draws the run's pictures into its directory when training ends (``pyrovae plot`` redraws them)."""
+
+    files = tuple(f"{name}.png" for name in plots.PICTURES)
+
+    def __init__(self, vae: VAE, data: Dataset, run: RunDir, image_shape: Sequence[int]):
+        self.vae, self.data, self.run, self.image_shape = vae, data, run, image_shape
+
+    def training_done(self, trained: list[dict[str, float]]) -> None:
+        plots.save_run_pictures(self.vae, self.data.test, self.image_shape, self.run.path,
+                                metrics=self.run.read_metrics())
+
+
 def _train(args: argparse.Namespace) -> None:
     if args.resume and args.run_dir is None:
         raise ValueError("resume=True needs run_dir=DIR, the run directory to continue")
     processes, _ = join(resolve_device(args.device))
     out = Path(from_main(args.run_dir or default_run_dir(), processes))
     run = RunDir(out)
-    if processes.is_main:
-        run.check(args.resume, args.overwrite)
+    if processes.is_main:  # refused before any data are read; fit checks again, under the run's lock
+        RunWriter(run).check(args.resume, args.overwrite)
     if args.resume:  # the saved settings, and the data they were trained on (refused if they changed)
         model_config = run.settings(ModelConfig, "model")
         train_config = dataclasses.replace(run.settings(TrainConfig, "train"),
                                            **{name: getattr(args, name) for name in RESUMABLE})
-        data = run.load_data()
+        data = load_data(run)
     else:
         train_config = from_args(TrainConfig, args)
         data = load_dataset(_data_config(args), resolve_device(train_config.device))
@@ -255,26 +270,20 @@ def _train(args: argparse.Namespace) -> None:
     check_model_fits(model_config, device)  # by formula, before the model is built
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
-    check_training(vae.to(device), data.to(device), train_config, processes)
-    with run.writing() if processes.is_main else contextlib.nullcontext():  # every input checked: lock, then write
-        if processes.is_main:
-            run.prepare(args.resume, args.overwrite, extra=(f"{name}.png" for name in plots.PICTURES))
-        wait_for_all(processes)
-        if args.resume:
-            print(f"resuming {out} with the settings in its config.json "
-                  f"(only {', '.join(map(flag, RESUMABLE))} apply)")
-        parallel = f" in {processes.world_size} processes" if processes.parallel else ""
-        print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
-              f"on {resolve_device(train_config.device)}{parallel}; training images {data.train.storage()}; "
-              f"run directory: {out}")
-        try:
-            fit(vae, data, train_config, run_dir=out, resume=args.resume, progress=not args.no_progress)
-            if processes.is_main:
-                plots.save_run_pictures(vae, data.test, model_config.image_shape, out, metrics=run.read_metrics())
-        except NoSpaceError as full:
-            then = (f"continue exactly with `pyrovae train --out {out} --resume`" if run.file(CHECKPOINT).exists()
-                    else "train again")
-            raise NoSpaceError(f"{full}; free some space, then {then}") from None
+    if args.resume:
+        print(f"resuming {out} with the settings in its config.json "
+              f"(only {', '.join(map(flag, RESUMABLE))} apply)")
+    parallel = f" in {processes.world_size} processes" if processes.parallel else ""
+    print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
+          f"on {device}{parallel}; training images {data.train.storage()}; run directory: {out}")
+    pictures = [RunPictures(vae, data, run, model_config.image_shape)] if processes.is_main else []
+    try:
+        fit(vae, data, train_config, run_dir=out, resume=args.resume, overwrite=args.overwrite,
+            progress=not args.no_progress, callbacks=pictures)
+    except NoSpaceError as full:
+        then = (f"continue exactly with `pyrovae train --out {out} --resume`" if run.file(CHECKPOINT).exists()
+                else "train again")
+        raise NoSpaceError(f"{full}; free some space, then {then}") from None
     print(f"done: {out}  (next: pyrovae evaluate {out})")
 
 
@@ -303,7 +312,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     settings = from_args(EvaluateConfig, args)
     processes, device = join(resolve_device(settings.device))
     vae = load_run(args.run_dir, device, data=False).vae
-    data = RunDir(args.run_dir).load_data()
+    data = load_data(RunDir(args.run_dir))
     out = Path(args.out or Path(args.run_dir) / EVAL)
     why = cannot_write(out.parent)
     if why:
@@ -386,7 +395,7 @@ def _plot(args: argparse.Namespace) -> None:
     if why:
         raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
     into_run = folder.resolve() == run.path.resolve()
-    with run.writing(setting="out_dir") if into_run else contextlib.nullcontext():
+    with RunWriter(run, setting="out_dir").writing() if into_run else contextlib.nullcontext():
         written = plots.save_run_pictures(vae, data.test, image_shape, folder, metrics=loaded.metrics,
                                           only=args.only, options=options)
         print(f"wrote {', '.join(path.name for path in written)} to {folder}")

@@ -11,6 +11,7 @@ from PIL import Image
 from pyrovae import VAE, cli
 from pyrovae.cli import build_parser, main
 from pyrovae.runs.rundir import RunDir
+from pyrovae.runs.writer import RunWriter
 
 
 def run_cli(*args, cwd=None, env=None):
@@ -84,18 +85,19 @@ def test_resume_from_the_cli_keeps_counting_and_moves_the_old_eval_json_aside(tr
     assert capsys.readouterr().err.count("eval.stale.json") == 1
 
 
-def test_resume_in_python_moves_eval_json_aside_once(tmp_path, capsys):
-    run = RunDir(tmp_path)
+def test_resume_in_python_moves_eval_json_aside_once(tmp_path, caplog):
+    writer = RunWriter(RunDir(tmp_path))
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     (tmp_path / "eval.json").write_text("{}")
-    run.prepare(resume=True)
+    writer.prepare(resume=True)
     assert not (tmp_path / "eval.json").exists() and (tmp_path / "eval.stale.json").is_file()
-    assert f"moved {tmp_path / 'eval.json'} to eval.stale.json" in capsys.readouterr().err
-    run.prepare(resume=True)
-    assert capsys.readouterr().err == ""
+    assert f"moved {tmp_path / 'eval.json'} to eval.stale.json" in caplog.text
+    caplog.clear()
+    writer.prepare(resume=True)
+    assert caplog.text == ""
     (tmp_path / "eval.json").write_text("{}")
-    run.prepare(overwrite=True)  # a fresh start deletes both, as every file of the old run
-    assert not any(tmp_path.iterdir()) and capsys.readouterr().err == ""
+    writer.prepare(overwrite=True)  # a fresh start deletes both, as every file of the old run
+    assert not any(tmp_path.iterdir()) and caplog.text == ""
 
 
 def test_missing_dataset_offline_is_one_paragraph_not_a_traceback(tmp_path):

@@ -335,10 +335,10 @@ def test_k_means_places_one_class_mean_on_each_group_of_encoded_images():
 
 
 def test_clustering_places_the_class_means_after_the_first_epoch_only(monkeypatch):
-    import pyrovae.training.loop
+    import pyrovae.training.callbacks
 
     placed = []
-    monkeypatch.setattr(pyrovae.training.loop, "place_class_means", lambda vae, x, seed: placed.append(len(x)))
+    monkeypatch.setattr(pyrovae.training.callbacks, "place_class_means", lambda vae, x, seed: placed.append(len(x)))
     x, y = np.random.default_rng(0).random((60, 4, 4)).astype(np.float32), np.arange(60) % C
     for labeled, calls in ((0, [54]), (6, [])):
         placed.clear()

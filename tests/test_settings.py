@@ -16,6 +16,7 @@ from pyrovae.cli import FROM_DATA, RESUMABLE, build_parser, main
 from pyrovae.data.datasets import load_dataset
 from pyrovae.inference.evaluate import EvaluateConfig
 from pyrovae.runs.rundir import RunDir
+from pyrovae.runs.writer import RunWriter
 from pyrovae.settings import (
     SettingError,
     add_arguments,
@@ -186,7 +187,7 @@ PYTHON_MESSAGES = [
      "^kl_balance sets the weight itself.*without kl_weight=2"),
     (lambda tmp: ModelConfig(hidden=(8, 0)), "hidden", r"^hidden must hold positive layer sizes, got \[8, 0\]"),
     (lambda tmp: DataConfig(data_dir="x"), "data_dir", "drop data_dir=DIR, or use it with dataset='mnist'"),
-    (lambda tmp: RunDir(tmp / "file").prepare(), "run_dir", "^run_dir .* is a file, not a folder"),
+    (lambda tmp: RunWriter(RunDir(tmp / "file")).check(), "run_dir", "^run_dir .* is a file, not a folder"),
 ]
 
 
@@ -200,7 +201,7 @@ def test_python_messages_name_the_python_argument(tmp_path, call, name, message)
 
 def test_python_suggestions_are_written_as_arguments(tmp_path):
     with pytest.raises(ValueError, match="^resume=True continues a run and overwrite=True replaces it"):
-        RunDir(tmp_path).prepare(resume=True, overwrite=True)
+        RunWriter(RunDir(tmp_path)).check(resume=True, overwrite=True)
     with pytest.raises(ValueError, match="learn_scale='pixel' needs .*; add likelihood='gaussian'"):
         ModelConfig(learn_scale="pixel")
 

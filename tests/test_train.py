@@ -134,3 +134,15 @@ def test_compiled_nets_train_like_the_eager_ones(digits):
     fit(compiled, digits, TrainConfig(epochs=1, device="cpu", compile=True), progress=False)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-4), name
+    assert "forward" not in vars(compiled.encoder) and "forward" not in vars(compiled.decoder)  # as they were
+
+
+def test_fit_leaves_global_state_as_it_found_it(digits, monkeypatch):
+    """The TF32 flags are set for the call only, and compile=True compiles the nets for the call only."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda function: compiled.append(function) or function)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    vae = digits_vae()
+    fit(vae, digits, TrainConfig(epochs=1, device="cpu", tf32=True, compile=True), progress=False, verbose=False)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    assert len(compiled) == 2 and "forward" not in vars(vae.encoder) and "forward" not in vars(vae.decoder)

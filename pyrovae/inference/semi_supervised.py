@@ -27,7 +27,8 @@ import torch
 from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
-from pyrovae.data.datasets import HIDDEN, Dataset, as_floats
+from pyrovae.data.datasets import HIDDEN, Dataset, Split, as_floats
+from pyrovae.distributed import SINGLE, Processes
 from pyrovae.inference.evaluate import evaluating
 from pyrovae.model.priors import ClassMeansPrior
 from pyrovae.model.vae import VAE
@@ -84,6 +85,8 @@ class SemiSupervisedLoss(nn.Module):
     labelled images (nothing is enumerated there); ``TraceEnum_ELBO`` the unlabelled ones.
     """
 
+    Parts = SemiSupervisedParts
+
     def __init__(self, vae: VAE, elbo: ELBO, num_labeled: int, num_unlabeled: int, aux_weight: float,
                  num_particles: int = 1):
         super().__init__()
@@ -111,6 +114,20 @@ class SemiSupervisedLoss(nn.Module):
         parts = SemiSupervisedParts(loss_labeled.detach() / labeled_scale, loss_unlabeled.detach() / unlabeled_scale,
                                     aux.detach(), zero + len(x_labeled), zero + len(x_unlabeled))
         return loss, parts
+
+    @torch.no_grad()
+    def validation_loss(self, val: Split, processes: Processes = SINGLE) -> float:
+        """The negative ELBO per image of ``val`` with its labels hidden too: log p(x), y summed out, as the
+        unlabelled training images are scored (one process only)."""
+        with evaluating(self.vae):
+            return self.unlabeled_loss(as_floats(val.x)) / len(val)
+
+    @staticmethod
+    def summary(metrics: dict[str, float]) -> str:
+        """The epoch's terms, as the progress line shows them."""
+        return ", ".join(f"{name} {metrics[key]:.2f}" for key, name in (
+            ("loss_labeled", "labelled"), ("loss_unlabeled", "unlabelled"), ("loss_aux", "-log q(y|x)"))
+            if key in metrics)
 
     @torch.no_grad()
     def unlabeled_loss(self, x: torch.Tensor, batch_size: int = 500) -> float:

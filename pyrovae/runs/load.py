@@ -1,5 +1,4 @@
-"""Reading a trained run back: its model, data, metrics and config."""
-
+"""Reading a trained run back: its model (weights restored), its data as configured, its metrics and config."""
 
 from __future__ import annotations
 
@@ -9,11 +8,13 @@ from typing import Any
 
 import torch
 
-from pyrovae.data.datasets import Dataset
+from pyrovae.data.datasets import DataConfig, Dataset, load_dataset
+from pyrovae.data.sources import check_unchanged
 from pyrovae.model.build import build_vae
 from pyrovae.model.config import ModelConfig
 from pyrovae.model.vae import VAE
-from pyrovae.runs.rundir import CONFIG, CheckpointError, RunDir
+from pyrovae.runs.checkpoint import Checkpoint, CheckpointError
+from pyrovae.runs.rundir import CHECKPOINT, CONFIG, RunDir
 
 
 @dataclasses.dataclass
@@ -45,9 +46,33 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = 
     if data and config.get("data") is None:
         raise CheckpointError(f"{run.file(CONFIG)} has no data settings (the run was trained in Python on arrays); "
                               f"load it with data=False and bring the arrays yourself")
-    state = run.load_checkpoint(map_location=device)
+    checkpoint = run.load_checkpoint(map_location=device)
     metrics = run.read_metrics()
     vae = build_vae(model_config)
-    run.restore(state, vae)
-    dataset = run.load_data().to(device) if data else None
+    restore(run, checkpoint, vae)
+    dataset = load_data(run).to(device) if data else None
     return LoadedRun(vae=vae.to(device).eval(), data=dataset, metrics=metrics, config=config)
+
+
+def load_data(run: RunDir) -> Dataset:
+    """The dataset ``run`` was trained on, as its ``config.json`` describes it, on the CPU.
+
+    Refused with :class:`~pyrovae.data.sources.SourceChanged` when the data read now differ from
+    what the run recorded (shape, dtype or content hash; see :mod:`pyrovae.data.sources`).
+    """
+    data = load_dataset(run.settings(DataConfig, "data"))
+    recorded = run.read_config().get("source")
+    if recorded is not None and data.provenance is not None:
+        check_unchanged(recorded, data.provenance)
+    return data
+
+
+def restore(run: RunDir, checkpoint: Checkpoint, vae: VAE, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load ``checkpoint``'s weights (and optimizer state) into ``vae``, refusing those of another model."""
+    try:
+        vae.load_state_dict(checkpoint.model)
+        if optimizer is not None:
+            optimizer.load_state_dict(checkpoint.optimizer)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{run.file(CHECKPOINT)} does not match the model of {run.file(CONFIG)} "
+                              f"({type(error).__name__}); train again or restore a copy") from None

@@ -41,7 +41,7 @@ from pyrovae.model.config import ModelConfig
 from pyrovae.model.vae import VAE
 from pyrovae.settings import SettingError
 from pyrovae.training.config import TrainConfig
-from pyrovae.training.step import epoch_batches, training_objective
+from pyrovae.training.step import training_objective
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,9 @@ def step_bytes(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int) ->
     probe_config = dataclasses.replace(config, particles=probe_particles)
 
     def step(examples: int) -> None:
-        objective, mix = training_objective(vae, data, probe_config, examples)
-        order = torch.arange(len(data.train), device=data.train.y.device)
-        if mix is not None:
-            order = mix.epoch_order(torch.Generator().manual_seed(0))
-        objective(*next(epoch_batches(data, mix, examples, order)))[0].backward()
+        objective, plan = training_objective(vae, data, probe_config, examples)
+        order = plan.epoch_order(torch.Generator().manual_seed(0))
+        objective(*next(plan.batches(order)))[0].backward()
 
     with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []), evaluating(vae):
         needed = peak_at(step, batch_size * config.particles / probe_particles)

@@ -3,22 +3,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from typing import Protocol
 
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from torch import nn
 
-from pyrovae.data.datasets import Dataset
+from pyrovae.data.datasets import Dataset, Split, as_floats
 from pyrovae.data.label_mix import LabelMix
-from pyrovae.distributed import SINGLE, Processes, data_parallel
+from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, data_parallel, shard
+from pyrovae.inference.evaluate import negative_elbo
 from pyrovae.inference.objectives import ELBOParts
 from pyrovae.inference.semi_supervised import (
     KINGMA_AUX_WEIGHT,
     SemiSupervisedLoss,
     learns_from_few_labels,
 )
+from pyrovae.model.priors import ClassMeansPrior
 from pyrovae.model.vae import VAE
 from pyrovae.training.config import ELBOS, TrainConfig
 
@@ -31,6 +35,8 @@ class ELBOLoss(nn.Module):
     :class:`~pyrovae.inference.objectives.ELBOParts` summed over the minibatch (detached; the loss
     without the data plate's dataset scaling). DDP then all-reduces the gradients.
     """
+
+    Parts = ELBOParts
 
     def __init__(self, vae: VAE, elbo: pyro.infer.ELBO, data_size: int | None = None):
         super().__init__()
@@ -48,6 +54,17 @@ class ELBOLoss(nn.Module):
         and, last, the examples seen."""
         loss, recon, kl = (totals[:3] / max(totals[3].item(), 1)).tolist()
         return {"train_loss": loss, "recon": recon, "kl": kl}
+
+    @staticmethod
+    def summary(metrics: dict[str, float]) -> str:
+        """The epoch's terms, as the progress line shows them."""
+        return f"recon {metrics['recon']:.2f}, KL {metrics['kl']:.2f}"
+
+    def validation_loss(self, val: Split, processes: Processes = SINGLE) -> float:
+        """The negative ELBO per image of ``val``, each process scoring every world_size-th image."""
+        mine = slice(processes.rank, None, processes.world_size)
+        total = negative_elbo(self.vae, as_floats(val.x[mine]), val.y[mine]).sum().reshape(1)
+        return all_reduce_sum(total, processes).item() / len(val)
 
 
 class SVIStep:
@@ -93,29 +110,72 @@ class SVIStep:
         return parts, finite
 
 
-def training_objective(vae: VAE, data: Dataset, config: TrainConfig,
-                       batch_size: int) -> tuple[ELBOLoss | SemiSupervisedLoss, LabelMix | None]:
-    """The minibatch objective that trains ``vae`` on ``data``, and how its batches mix labels (``None``: they
-    do not, every label is known).
+class BatchPlan(Protocol):
+    """How an epoch's minibatches are drawn: its steps, its shuffled order, and the batches of that order."""
 
-    With hidden labels it is the semi-supervised objective over batches of ``batch_size``
-    mixed images; otherwise the (KL-weighted) negative ELBO that ``config.elbo`` names.
+    steps: int
+    clusters: bool
+    """Whether the class means are learned without any label (and so placed by k-means after a first epoch)."""
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor: ...
+
+    def batches(self, order: torch.Tensor, first: int = 0) -> Iterator[tuple[torch.Tensor, ...]]: ...
+
+    def examples(self, batch: tuple[torch.Tensor, ...]) -> int: ...
+
+
+class ShuffledBatches:
+    """Every label known: ``(x, y)`` minibatches of a shuffled epoch, this process's share of it."""
+
+    clusters = False
+
+    def __init__(self, data: Dataset, batch_size: int, processes: Processes = SINGLE):
+        self.data, self.batch_size, self.processes = data, batch_size, processes
+        self.steps = math.ceil(math.ceil(len(data.train) / processes.world_size) / batch_size)
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        return shard(self.data.shuffled_order(generator), self.processes)
+
+    def batches(self, order: torch.Tensor, first: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self.data.batches(self.batch_size, order=order, first=first)
+
+    def examples(self, batch: tuple[torch.Tensor, ...]) -> int:
+        return len(batch[0])
+
+
+class MixedBatches:
+    """Hidden labels: ``(x_labeled, y_labeled, x_unlabeled)`` minibatches that mix the few labelled images into
+    every step (:class:`~pyrovae.data.label_mix.LabelMix`)."""
+
+    def __init__(self, data: Dataset, mix: LabelMix, clusters: bool):
+        self.data, self.mix, self.clusters = data, mix, clusters
+        self.steps = mix.steps
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        return self.mix.epoch_order(generator)
+
+    def batches(self, order: torch.Tensor, first: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self.mix.batches(self.data, order, first=first)
+
+    def examples(self, batch: tuple[torch.Tensor, ...]) -> int:
+        return len(batch[0]) + len(batch[2])
+
+
+def training_objective(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int,
+                       processes: Processes = SINGLE) -> tuple[ELBOLoss | SemiSupervisedLoss, BatchPlan]:
+    """The minibatch objective that trains ``vae`` on ``data``, and the plan of its batches of ``batch_size``.
+
+    With hidden labels it is the semi-supervised objective over mixed batches; otherwise the
+    (KL-weighted) negative ELBO that ``config.elbo`` names, over shuffled batches.
     """
     name = "trace" if config.elbo == "meanfield" and not vae.closed_form_kl else config.elbo  # see fit's note
     options = {"estimator": config.estimator} if name == "iwae" else {}
     elbo = ELBOS[name](num_particles=config.particles, vectorize_particles=config.particles > 1,
                        max_plate_nesting=1, **options)  # the data plate; particles go left of it
     if not learns_from_few_labels(vae, data):
-        return ELBOLoss(vae, elbo, len(data.train)), None
+        return ELBOLoss(vae, elbo, len(data.train)), ShuffledBatches(data, batch_size, processes)
     mix = LabelMix.of(data.train, batch_size, config.labeled_fraction)
     aux_weight = KINGMA_AUX_WEIGHT * len(data.train) if config.aux_weight is None else config.aux_weight
-    return SemiSupervisedLoss(vae, elbo, len(mix.labeled), len(mix.unlabeled), aux_weight, config.particles), mix
-
-
-def epoch_batches(data: Dataset, mix: LabelMix | None, batch_size: int, order: torch.Tensor,
-                  first: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-    """The minibatches of the epoch ``order`` from step ``first``: ``(x, y)``, or ``(x_labeled, y_labeled,
-    x_unlabeled)`` when ``mix`` mixes labelled and unlabelled images."""
-    if mix is None:
-        return data.batches(batch_size, order=order, first=first)
-    return mix.batches(data, order, first=first)
+    objective = SemiSupervisedLoss(vae, elbo, len(mix.labeled), len(mix.unlabeled), aux_weight, config.particles)
+    clusters = not len(mix.labeled) and isinstance(vae.prior, ClassMeansPrior)
+    return objective, MixedBatches(data, mix, clusters)
