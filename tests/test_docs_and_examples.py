@@ -103,9 +103,9 @@ def known_flags() -> set[str]:
 
     flags = {"--runslow", "--help", "--index-url", "--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint",
              "--rdzv-backend", "--standalone", "--logdir"}
-    flags |= {option for action in build_parser()._actions for option in action.option_strings}
-    for command in build_parser()._subparsers._group_actions[0].choices.values():
-        flags |= {option for action in command._actions for option in action.option_strings}
+    parser = build_parser()
+    for command in (parser, *parser.commands.values()):
+        flags |= {option for action in command.options for option in action.option_strings}
     for script in [*(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
                    *(ROOT / "docs").glob("*.py")]:
         flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", script.read_text()))
