@@ -48,6 +48,7 @@ def build_prior(config: ModelConfig, encoder: nn.Module) -> nn.Module:
     if config.prior == "standard":
         return StandardNormalPrior(config.z_dim)
     if config.prior == "class-means":
+        config = config.with_label_defaults()  # its start, unless set: as with every label kept
         return ClassMeansPrior(config.z_dim, config.num_classes, config.class_means_init, config.class_scales)
     if config.prior == "mixture":
         return MixturePrior(config.z_dim, config.prior_components)
