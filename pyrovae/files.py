@@ -1,11 +1,6 @@
 """Files written whole: a reader, a crash or a full disk never leaves half of one.
 
-:func:`write_atomically` writes to a temporary file beside the target, flushes it to disk
-and renames it over the target, so readers see the old file or the new one. The temporary
-name holds the writer's pid, so processes writing the same file (two ``pyrovae evaluate``)
-never share one. :func:`append_line` adds one whole line or nothing. Either way, a full disk
-(``ENOSPC``, or a quota) leaves the file as it was and raises :class:`NoSpaceError`, which
-names the folder and the bytes the write needed.
+A full disk (or quota) leaves the file as it was and raises :class:`NoSpaceError`.
 """
 
 from __future__ import annotations
@@ -24,8 +19,7 @@ class NoSpaceError(OSError):
 
 
 def temporary_name(path: Path, pid: int | str | None = None) -> Path:
-    """Where :func:`write_atomically` writes ``path`` first: ``NAME.<pid>.tmp`` beside it (``pid="*"``: a glob
-    pattern for any writer's)."""
+    """``NAME.<pid>.tmp`` beside ``path``, where :func:`write_atomically` writes first (``pid="*"``: a glob)."""
     return path.with_name(f"{path.name}.{os.getpid() if pid is None else pid}.tmp")
 
 
@@ -67,14 +61,14 @@ def append_line(path: str | Path, line: str) -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until all of ``data`` is written (a single call may write less, e.g. on a full disk)."""
+    """``os.write`` until all of ``data`` is written (one call may write less)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
 def _no_space(error: OSError, path: Path, needed: int) -> OSError:
-    """A :class:`NoSpaceError` naming the folder and the bytes needed, if ``error`` is a full disk; else ``error``."""
+    """A :class:`NoSpaceError` if ``error`` is a full disk; else ``error``."""
     if error.errno not in FULL:
         return error
     free = shutil.disk_usage(path.parent).free

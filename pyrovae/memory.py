@@ -1,12 +1,8 @@
 """How many bytes a computation allocates, measured by running it, on any device.
 
-The importance-sampled log-likelihood splits its work into chunks that fit a memory
-budget. Rather than guess what a user's prior or likelihood allocates per sample, it
-runs a tiny probe under :class:`AllocationCounter` and scales up. The count sums every
-new tensor created, freed or not, so it bounds the peak from above. Training's memory
-estimate (:mod:`pyrovae.training.preflight`) follows the tensors' lives too, to find the peak.
+Rather than guess what a user's prior or likelihood allocates, a tiny probe runs under :class:`AllocationCounter`
+and the count is scaled up to the real size.
 """
-
 
 from __future__ import annotations
 
@@ -24,14 +20,15 @@ from tqdm import tqdm
 
 from pyrovae.settings import SettingError
 
+PROBE_SIZES = (2, 4)
+"""The two small sizes at which :func:`peak_at` runs its probe."""
+ALLOCATOR_FAILURE = re.compile(r"out of memory|can't allocate memory|you tried to allocate", re.IGNORECASE)
+"""How allocators word a failed allocation in a plain ``RuntimeError`` (the CPU's ``alloc_cpu.cpp``, CUDA's)."""
+
 
 class AllocationCounter(TorchDispatchMode):
-    """Adds up the bytes of the storages each operator creates (views and in-place results excluded).
-
-    ``bytes`` counts every one created; ``timeline`` the bytes of them alive after each
-    operator, each followed until it is freed (a storage's Python object lives exactly as
-    long as the storage does).
-    """
+    """Adds up the bytes of the storages each operator creates (views and in-place results excluded): ``bytes``
+    all of them, ``timeline`` those alive after each operator."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,23 +67,13 @@ def bytes_allocated(fn: Callable[[], Any]) -> int:
     return allocations(fn).bytes
 
 
-PROBE_SIZES = (2, 4)
-"""The two small sizes at which :func:`linear_bytes` runs its probe."""
-
-
-ALLOCATOR_FAILURE = re.compile(r"out of memory|can't allocate memory|you tried to allocate", re.IGNORECASE)
-"""How allocators word a failed allocation in a plain ``RuntimeError`` (the CPU's ``alloc_cpu.cpp``, CUDA's)."""
-
-
 class TooBig(SettingError):
     """A setting asks for more memory than the device has; raised before any work."""
 
 
 class OutOfMemory(MemoryError):
-    """Memory ran out while working, although the estimate allowed the settings; says what was kept.
-
-    ``settings`` are those the message suggests lowering.
-    """
+    """Memory ran out while working, although the estimate allowed the settings (those the message suggests
+    lowering)."""
 
     def __init__(self, message: str, settings: Collection[str] = ()):
         super().__init__(message)
@@ -94,18 +81,13 @@ class OutOfMemory(MemoryError):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a failed allocation: ``torch.OutOfMemoryError``, ``MemoryError`` or an allocator's
-    ``RuntimeError``."""
+    """Whether ``error`` is a failed allocation, whatever its type."""
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError) and ALLOCATOR_FAILURE.search(str(error)) is not None)
 
 
 def free_bytes(device: torch.device) -> int:
-    """Memory a new allocation can still get on ``device``.
-
-    On a GPU, what the driver reports free plus what PyTorch's caching allocator holds
-    unused; on the CPU, the RAM the operating system reports available.
-    """
+    """Memory a new allocation can still get on ``device`` (on a GPU, with what PyTorch's cache holds unused)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -130,12 +112,9 @@ def parameter_bytes(module: nn.Module) -> int:
 def peak_at(step: Callable[[int], Any], size: float) -> float:
     """About the most bytes ``step(size)`` holds at once, from probes at two small sizes.
 
-    When the probes run the same operators in the same order, the live bytes at each
-    moment are fixed + per_unit * size, a line through the two probes' values, and the
-    peak at ``size`` is the largest of those lines there. (A peak of the probes alone would
-    miss it: at a few examples the gradients outweigh the activations.) When the operators
-    change with the size (Pyro's enumeration picks its contraction order by the shapes),
-    the line goes through all that each probe allocated, freed or not: an upper bound.
+    When the probes run the same operators, the live bytes at each moment are fixed + per_unit * size, and the peak
+    is the largest of those lines at ``size``. Otherwise (Pyro's enumeration orders its contraction by the shapes),
+    the line goes through all that each probe allocated: an upper bound.
     """
     step(PROBE_SIZES[0])  # a first call may run one-off operators
     small, large = (allocations(lambda n=n: step(n)) for n in PROBE_SIZES)

@@ -1,11 +1,7 @@
 """Random state: saved with a checkpoint, fixed for a block of draws, or derived from a seed and keys.
 
-A checkpoint's state is Pyro's (:func:`pyro.util.get_rng_state`: torch's CPU generator, Python's
-and numpy's) plus the GPUs' generators, which Pyro's leaves out. Two hand-written steps remain
-around Pyro's calls: numpy's key array travels as an int64 tensor, because
-``torch.load(weights_only=True)`` refuses numpy arrays (and uint32 tensors do not pickle, which
-``torch.distributed.all_gather_object`` needs); and the states are moved back to the CPU on
-restore, where the generators want them after a checkpoint was loaded onto a GPU.
+A checkpoint's state is Pyro's plus the GPUs'. Numpy's key array travels as an int64 tensor, because
+``torch.load(weights_only=True)`` refuses numpy arrays and uint32 tensors do not pickle.
 """
 
 from __future__ import annotations
@@ -31,11 +27,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore a state from :func:`rng_state`, wherever its tensors were loaded.
-
-    A state that holds torch's generator alone (a checkpoint that saved no other) restores that one;
-    Python's and numpy's generators then stay as they are.
-    """
+    """Restore a state from :func:`rng_state` (or torch's alone), wherever its tensors were loaded."""
     if "numpy" not in state:
         torch.set_rng_state(state["torch"].cpu())
     else:

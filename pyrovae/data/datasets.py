@@ -1,14 +1,8 @@
 """Datasets as device-resident tensors: loading, binarization and batching.
 
-Every split is a pair of tensors ``x`` (N, D) and ``y`` (N,) of integer labels, kept on the
-training device; a batch is a slice of a shuffled index, so training makes no host-to-device
-copy per step. Images are floats in [0, 1] (or any finite values, for tables), or 8-bit
-pixels kept as uint8, a quarter of float32's memory, and scaled to [0, 1] where they are used:
-a training batch as it is drawn, an evaluation split as it is scored (:func:`as_floats`). A
-training split too large for memory is streamed from its files instead
-(:mod:`pyrovae.data.streaming`). The IDX files of mnist and fashion-mnist are found and read by
-:mod:`pyrovae.data.idx`; users' own files and torchvision's dataset classes by
-:mod:`pyrovae.data.sources`; the fixed splits are drawn by :mod:`pyrovae.data.splits`.
+Every split is a pair of tensors ``x`` (N, D) and ``y`` (N,) kept on the training device, so a batch is a slice of
+a shuffled index and training makes no host-to-device copy per step. 8-bit pixels stay uint8 (a quarter of
+float32's memory) and are scaled to [0, 1] where they are used (:func:`as_floats`).
 """
 
 from __future__ import annotations
@@ -38,8 +32,7 @@ BINARIZE = get_args(Binarize)
 BINARIZE_SEED = 1234
 """Seed of the one fixed Bernoulli draw of static training data and of every evaluation split."""
 HIDDEN = -1
-"""The label of a training image whose label is hidden (``labeled=N``), as in scikit-learn's semi-supervised
-estimators."""
+"""The label of a training image whose label is hidden (``labeled=N``), as in scikit-learn."""
 
 
 @dataclasses.dataclass
@@ -121,8 +114,7 @@ class Split:
 
     @classmethod
     def from_arrays(cls, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray | None = None) -> Split:
-        """Flatten images ``(N, ...)`` to ``(N, D)``: uint8 pixels as they are, other numbers as float32; missing
-        labels become zeros."""
+        """Images ``(N, ...)`` flattened to ``(N, D)``, uint8 kept, others as float32; missing labels become 0."""
         x = torch.as_tensor(x)
         x = (x if x.dtype == torch.uint8 else x.float()).reshape(len(x), -1)
         y = torch.zeros(len(x), dtype=torch.long) if y is None else torch.as_tensor(y, dtype=torch.long)
@@ -135,22 +127,17 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     def read(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """The images ``x[index]`` of every index in ``batches``, as stored."""
         return (self.x[index] for index in batches)
 
     def storage(self) -> str:
-        """Where the images are, as the start of training reports it."""
         dtype = str(self.x.dtype).removeprefix("torch.")
         return f"held in memory on {self.x.device} ({in_bytes(self.x.nbytes)} as {dtype})"
 
 
 @dataclasses.dataclass
 class Dataset:
-    """Train, validation and test splits plus what the model needs to know about the images.
-
-    ``dynamic_binarization`` means the training images are grayscale here and every
-    training batch is a fresh Bernoulli draw from them (Burda et al. 2015).
-    """
+    """Train, validation and test splits; with ``dynamic_binarization`` every training batch is a fresh Bernoulli
+    draw from the grayscale images (Burda et al. 2015)."""
 
     name: str
     image_shape: tuple[int, int, int]
@@ -171,22 +158,15 @@ class Dataset:
                                    test=self.test.to(device))
 
     def shuffled_order(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A random permutation of the training examples (one epoch's order), on their device.
-
-        Drawn from ``generator`` (a CPU generator) if given, else from torch's global one.
-        """
+        """One epoch's random order of the training examples, drawn from ``generator`` (a CPU one) or torch's."""
         if generator is None:
             return torch.randperm(len(self.train), device=self.train.y.device)
         return torch.randperm(len(self.train), generator=generator).to(self.train.y.device)
 
     def batches(self, batch_size: int, shuffle: bool = True, order: torch.Tensor | None = None,
                 first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training minibatches ``(x, y)``: slices of a shuffled index, scaled to floats, binarized afresh if dynamic.
-
-        ``order`` gives the index, perhaps one process's shard of the examples (default:
-        :meth:`shuffled_order`, or the stored order without ``shuffle``); ``first`` skips that
-        many batches, to finish an interrupted epoch.
-        """
+        """Training minibatches ``(x, y)`` as floats, binarized afresh if dynamic, along ``order`` (perhaps one
+        process's shard); ``first`` skips that many batches, to finish an interrupted epoch."""
         if order is None:
             order = self.shuffled_order() if shuffle else torch.arange(len(self.train), device=self.train.y.device)
         indices = order[first * batch_size:].split(batch_size)
@@ -209,8 +189,7 @@ def as_floats(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_pixels(x: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` unless ``x`` is a (N, D) tensor of uint8 pixels or finite floats (the likelihood
-    checks its own support)."""
+    """Refuse anything but (N, D) uint8 pixels or finite floats (the likelihood checks its own support)."""
     if not (x.is_floating_point() or x.dtype == torch.uint8) or x.ndim != 2:
         raise ValueError(f"{name} must be a tensor of flattened images (N, D), uint8 or float, "
                          f"got {x.dtype} of shape {tuple(x.shape)}")
@@ -219,18 +198,14 @@ def check_pixels(x: torch.Tensor, name: str = "images") -> None:
 
 
 def check_unit_interval(x: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` unless the values of ``x`` lie in [0, 1] (as binarizing needs; uint8 pixels do)."""
+    """Refuse values outside [0, 1], as binarizing needs."""
     if len(x) and x.is_floating_point() and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"{name} have values in [{x.min().item():g}, {x.max().item():g}]; "
                          f"pixels must lie in [0, 1] (divide uint8 images by 255)")
 
 
 def binarize_afresh(x: torch.Tensor) -> torch.Tensor:
-    """A fresh Bernoulli draw of every pixel: 1 with probability x, drawn as u < x for u ~ U[0, 1).
-
-    The same distribution as ``torch.bernoulli(x)``, which draws pixel by pixel on a CPU; this
-    is one vectorized comparison, and it runs on every training batch.
-    """
+    """A fresh Bernoulli draw of every pixel as u < x, u ~ U[0, 1): ``torch.bernoulli``'s law, but vectorized."""
     return (torch.rand_like(x) < x).to(x.dtype)
 
 
@@ -247,15 +222,11 @@ def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
                 image_shape: Sequence[int] | None = None, binarize: str = "none",
                 val_fraction: float = 0.1, name: str = "arrays", labeled: int | None = None,
                 label_seed: int = 0) -> Dataset:
-    """A :class:`Dataset` from in-memory images (``(N, H, W)``, ``(N, C, H, W)`` or a table ``(N, D)``).
+    """A :class:`Dataset` from in-memory images ``(N, H, W)``, ``(N, C, H, W)``, a table ``(N, D)``, or torch
+    datasets of ``(image, label)`` pairs.
 
-    ``train_x`` and ``test_x`` may also be torch datasets of ``(image, label)`` pairs
-    (torchvision's, say), whose labels then come with them. Pixels are uint8 (the training
-    split keeps them so, scaled by 1/255 per batch) or floats: in [0, 1] for the Bernoulli-type
-    likelihoods and for ``binarize``, any finite values for the Gaussian and Laplace ones.
-    The validation split is a fixed random ``val_fraction`` of the training images; without
-    ``test_x`` the test split is the validation split. Missing labels become zeros. With
-    ``labeled``, all but that many training labels are hidden (see :func:`hide_labels`).
+    Pixels are uint8 or floats (in [0, 1] for the Bernoulli-type likelihoods and ``binarize``). The validation
+    split is a fixed random ``val_fraction`` of the training images; without ``test_x`` it is the test split too.
     """
     DataConfig(binarize=binarize, val_fraction=val_fraction, labeled=labeled)  # validates them
     if isinstance(train_x, torch.utils.data.Dataset):
@@ -272,9 +243,7 @@ def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
 
 def _assemble(name: str, image_shape: tuple[int, ...], train: Split | StreamedSplit, val: Split, test: Split,
               binarize: str, labeled: int | None, label_seed: int) -> Dataset:
-    """The :class:`Dataset` of three splits: the validation and test images binarized once unless ``binarize`` is
-    ``"none"``, the training images binarized once if ``"static"``, and all but ``labeled`` training labels
-    hidden."""
+    """The :class:`Dataset` of three splits, binarized as ``binarize`` says and with ``labeled`` labels kept."""
     if binarize != "none" and isinstance(train, Split):
         check_unit_interval(train.x, f"images to binarize (binarize={binarize!r})")
     if binarize != "none":
@@ -299,10 +268,7 @@ def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
 
 
 def hide_labels(split: Split | StreamedSplit, labeled: int, num_classes: int, seed: int) -> Split | StreamedSplit:
-    """``split`` with all but ``labeled`` labels hidden: labeled / num_classes kept per class, drawn with ``seed``.
-
-    The hidden labels are written :data:`HIDDEN`.
-    """
+    """``split`` with all but ``labeled`` labels, balanced over the classes, written :data:`HIDDEN`."""
     if num_classes < 2:
         raise SettingError("labeled", f"labeled={labeled} keeps some labels of a labelled dataset, and this one has "
                                       f"no labels (all its images are of one class); leave labeled unset")
@@ -333,15 +299,8 @@ def hide_labels(split: Split | StreamedSplit, labeled: int, num_classes: int, se
 def load_dataset(config: DataConfig | torch.utils.data.Dataset | torch.Tensor | np.ndarray,
                  test: torch.utils.data.Dataset | torch.Tensor | np.ndarray | None = None,
                  device: torch.device | str = "cpu") -> Dataset:
-    """Load the dataset ``config`` names, on the CPU (move it with :meth:`Dataset.to`).
-
-    Users' own sources may stream their training images (``config.storage``): with
-    ``"auto"``, when they would take more than half the free memory of this machine, or of
-    ``device``, where training will hold them (or more than ``config.memory_limit``). The
-    bundled datasets are held in memory. In place of a config, a user's own training images
-    (a torch dataset of ``(image, label)`` pairs, or an array) and ``test`` images alike are
-    held in memory by :func:`from_arrays`.
-    """
+    """Load the dataset ``config`` names, on the CPU; ``device`` is where training will hold it, for
+    ``storage="auto"``. In place of a config, training and ``test`` images go to :func:`from_arrays`."""
     if not isinstance(config, DataConfig):
         return from_arrays(config, test_x=test)
     if config.binarize is None:  # no likelihood to ask (pyrovae.configure sets it from one): a fresh draw per batch
@@ -371,8 +330,7 @@ def load_dataset(config: DataConfig | torch.utils.data.Dataset | torch.Tensor | 
 
 
 def _from_source(source: Source, config: DataConfig, device: torch.device) -> Dataset:
-    """The :class:`Dataset` of a user's source: the training images in memory or streamed, as :func:`streams`
-    chooses; the validation and test images in memory."""
+    """A user's source, its training images in memory or streamed, as :func:`streams` chooses."""
     keep, held = (index.numpy() for index in validation_indices(len(source.train), config.val_fraction))
     train_examples = Subset(source.train, keep)
     free = min(free_bytes(torch.device("cpu")), free_bytes(device))

@@ -1,10 +1,6 @@
-"""The IDX datasets, mnist and fashion-mnist: where their four files are, and reading them.
+"""The IDX datasets, mnist and fashion-mnist: finding their four files (or downloading them) and reading them.
 
-The files are looked for in one flat folder (``data_dir``, the Debian folder
-/usr/share/datasets/fashion-mnist, or pyrovae's data folder, :func:`data_root`), gzipped or
-not, and downloaded by torchvision's ``MNIST``/``FashionMNIST`` classes when none holds them.
-A file is parsed here with numpy, so that a missing, truncated or foreign file gets a one-line
-error naming it and the fix.
+A file is parsed here with numpy, so that a missing, truncated or foreign file gets a one-line error naming the fix.
 """
 
 from __future__ import annotations
@@ -27,8 +23,7 @@ IDX_FILES = {
 }
 SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-"""The IDX type codes (the third byte of a file) and the big-endian numbers they stand for."""
+IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}  # third byte: dtype
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -37,8 +32,7 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def data_root() -> Path:
-    """Where pyrovae keeps the data it downloads: ``$PYROVAE_DATA``, else the user's cache folder
-    (``~/.cache/pyrovae`` on Linux)."""
+    """Where pyrovae keeps the data it downloads: ``$PYROVAE_DATA``, else the user's cache folder."""
     return Path(os.environ.get("PYROVAE_DATA") or platformdirs.user_cache_dir("pyrovae", appauthor=False))
 
 
@@ -55,8 +49,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _parse_idx(content: bytes, path: Path) -> np.ndarray:
-    """The array of an IDX file's bytes: two zero bytes, a type code, the number of dimensions, each dimension as
-    a big-endian uint32, then the numbers."""
+    """Two zero bytes, a type code, the number of dimensions, each as a big-endian uint32, then the numbers."""
     truncated = ValueError(f"{path} is truncated or corrupt: its size does not match its header; download it again")
     if len(content) < 4:
         raise truncated
@@ -73,10 +66,7 @@ def _parse_idx(content: bytes, path: Path) -> np.ndarray:
 
 
 def _idx_file_in(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return next((folder / name for name in (stem, stem + ".gz") if (folder / name).is_file()), None)
 
 
 def _complete_idx_set(folder: Path) -> dict[str, Path] | None:

@@ -1,6 +1,5 @@
 """Minibatches that mix a few labelled training images into every step, the rest unlabelled."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -12,31 +11,23 @@ import torch
 from pyrovae.data.datasets import HIDDEN, Dataset, Split, as_floats, binarize_afresh
 from pyrovae.settings import SettingError
 
+LABELED_PASSES = 60
+"""Passes over the labelled images per epoch that the default labelled share of a batch aims at."""
+LABELED_FRACTION_RANGE = (0.1, 0.5)
+"""The least and the most default labelled share of a batch."""
+
 
 def visible_labels(split: Split) -> torch.Tensor:
     """The labels of ``split`` that are not hidden."""
     return split.y[split.y != HIDDEN]
 
 
-LABELED_PASSES = 60
-"""Passes over the labelled images per epoch that the default labelled share of a batch aims at."""
-
-
-LABELED_FRACTION_RANGE = (0.1, 0.5)
-"""The least and the most default labelled share of a batch."""
-
-
 def default_labeled_fraction(num_labeled: int, num_unlabeled: int) -> float:
     """The labelled share of a batch that cycles the labelled images :data:`LABELED_PASSES` times an epoch,
-    kept within :data:`LABELED_FRACTION_RANGE`.
+    within :data:`LABELED_FRACTION_RANGE`: P passes need B_l / (B_l + B_u) = P N_l / (N_u + P N_l).
 
-    An epoch of B_u unlabelled and B_l labelled images per step passes (N_u / B_u) B_l / N_l times
-    over the N_l labelled images; P passes need B_l / (B_l + B_u) = P N_l / (N_u + P N_l). With
-    many labels the share is capped, to bound the epoch's steps (half a batch: 53 passes for
-    1,000 labels among 54,000 images). With few, half a batch would cycle them hundreds of
-    times an epoch (540 for 100 labels), and q(y|x) would fit them ever more closely: on
-    Fashion-MNIST with 100 labels that cost 9 points of test accuracy against a tenth of the
-    batch, the least share this default takes.
+    The cap bounds an epoch's steps when labels are many; the floor keeps few labels from being cycled so often
+    that q(y|x) overfits them.
     """
     least, most = LABELED_FRACTION_RANGE
     share = LABELED_PASSES * num_labeled / (num_unlabeled + LABELED_PASSES * num_labeled)
@@ -45,14 +36,9 @@ def default_labeled_fraction(num_labeled: int, num_unlabeled: int) -> float:
 
 @dataclasses.dataclass
 class LabelMix:
-    """How every minibatch mixes labelled and unlabelled training images.
-
-    Each step takes ``labeled_per_batch`` labelled images and ``unlabeled_per_batch``
-    unlabelled ones; an epoch is one pass over the unlabelled images, the labelled ones
-    cycled (oversampled while they are few). The labelled share of a batch is
-    ``labeled_fraction``, or the share of labelled images in the training set if larger.
-    Without ``labeled_fraction`` it is :func:`default_labeled_fraction`.
-    """
+    """How every minibatch mixes labelled and unlabelled training images: an epoch is one pass over the unlabelled
+    ones, the labelled ones cycled. The labelled share of a batch is ``labeled_fraction`` (default:
+    :func:`default_labeled_fraction`), or the labelled share of the training set if larger."""
 
     labeled: torch.Tensor
     unlabeled: torch.Tensor

@@ -1,21 +1,11 @@
 """Users' own data: ``.npy``/``.npz`` arrays, folders of images, and torchvision's dataset classes.
 
-``--dataset`` takes, besides the bundled names, a path or ``torchvision:NAME``; :func:`read_source`
-opens it as a :class:`Source`: its train and test splits as torch datasets of ``(example,
-label)`` pairs, where an example is an image ``(C, H, W)`` (or a row ``(D,)`` of a table) of
-uint8 pixels or floats. A folder of images and a ``.npy`` file are opened lazily, so that
-training can stream them (:mod:`pyrovae.data.streaming`); the others are read whole. Image
-sources are resized and centre-cropped to ``image_size`` by torchvision's transforms. A
-source without a test split of its own gets one held out by a fixed split
-(:mod:`pyrovae.data.splits`). A torchvision dataset is kept under ``torchvision/`` in pyrovae's
-data folder (:func:`pyrovae.data.idx.data_root`) unless ``data_dir`` names its root.
-:func:`materialize` reads a split into one array, filled in place: no second copy.
+:func:`read_source` opens a path or ``torchvision:NAME`` as a :class:`Source` of train and test splits. A folder of
+images and a ``.npy`` file are opened lazily, so that training can stream them; the others are read whole. A source
+without a test split of its own gets a fixed hold-out.
 
-Every source also says what was read (:attr:`Source.provenance`: the path, shape, dtype and
-a SHA-256 of the content: a folder's files, an array file's arrays, a torchvision split's
-pixels and labels). A run saves it in ``config.json``, and resuming or evaluating compares
-it with the data read then (:func:`check_unchanged`), so a run never continues on data that
-changed under it.
+Every source records what was read (:attr:`Source.provenance`, with a SHA-256 of the content); a run saves it, and
+resuming or evaluating refuses data that changed since (:func:`check_unchanged`).
 """
 
 from __future__ import annotations
@@ -51,11 +41,8 @@ class SourceChanged(ValueError):
 
 
 class ArrayExamples(Dataset):
-    """The rows of an array (in memory or memory-mapped) and their labels as ``(example, label)`` pairs: images
-    ``(C, H, W)`` (one channel for an array of ``(H, W)`` images) or rows ``(D,)``.
-
-    ``transform`` (resizing, say) applies to each example as a tensor.
-    """
+    """The rows of an array (perhaps memory-mapped) as ``(example, label)`` pairs: images ``(C, H, W)`` or rows
+    ``(D,)``, each passed through ``transform``."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.x, self.y, self.transform = x, y, transform
@@ -74,12 +61,8 @@ class ArrayExamples(Dataset):
 
 @dataclasses.dataclass
 class Source:
-    """A dataset's train and test splits as torch datasets of ``(example, label)`` pairs.
-
-    ``example_shape`` and ``dtype`` describe one example; ``streamable`` says whether the
-    training split may stay where it is and be read batch by batch (folders of images and
-    ``.npy`` files).
-    """
+    """A dataset's train and test splits as torch datasets of ``(example, label)`` pairs; ``streamable``: the
+    training split may be read batch by batch from its files."""
 
     train: Dataset
     test: Dataset
@@ -89,7 +72,6 @@ class Source:
     streamable: bool = False
 
     def bytes_per_example(self) -> int:
-        """What one example takes in memory, as read."""
         return int(np.prod(self.example_shape)) * self.dtype.itemsize
 
 
@@ -108,8 +90,7 @@ def read_source(dataset: str, data_dir: str | None = None, image_size: int | Non
 
 
 def read_arrays(path: Path, image_size: int | None = None) -> Source:
-    """Images or a table from a ``.npy`` file (``x`` only, memory-mapped) or a ``.npz`` file (``x`` and ``y``, or
-    ``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
+    """Images or a table: ``x`` of a ``.npy`` file (memory-mapped), or ``x`` and ``y`` or both splits' of a ``.npz``."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass the path of a .npy or .npz file")
     try:
@@ -152,11 +133,7 @@ def read_arrays(path: Path, image_size: int | None = None) -> Source:
 
 
 def read_image_folder(path: Path, image_size: int | None) -> Source:
-    """Images in class subfolders (``path/CLASS/IMAGE``), opened by ``torchvision.datasets.ImageFolder``.
-
-    Only the files' headers are read here (to check that the images have one size), with
-    their bytes for the content hash; the pixels are decoded when a split is read.
-    """
+    """Images in class subfolders (``path/CLASS/IMAGE``); only their headers are decoded here, to check sizes."""
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
@@ -185,12 +162,8 @@ def read_image_folder(path: Path, image_size: int | None) -> Source:
 
 
 def read_torchvision(name: str, data_dir: str | None, image_size: int | None, download: bool) -> Source:
-    """A torchvision dataset class by name, read whole: its train and test splits where it has them, else a
-    hold-out.
-
-    The class's signature says what it takes: ``root``, ``train`` or ``split``, and ``download``
-    are passed only where it takes them.
-    """
+    """A torchvision dataset class by name, read whole; ``root``, ``train`` or ``split``, and ``download`` are
+    passed where its signature takes them."""
     import torchvision.datasets
 
     names = [n for n in torchvision.datasets.__all__ if inspect.isclass(getattr(torchvision.datasets, n))]
@@ -208,15 +181,11 @@ def read_torchvision(name: str, data_dir: str | None, image_size: int | None, do
     root = Path(data_dir).expanduser() if data_dir else data_root() / "torchvision"
 
     def split(train: bool) -> Any:
-        options: dict[str, Any] = {"transform": _image_transform(image_size)}
-        if "root" in parameters:
-            options["root"] = str(root)
-        if "download" in parameters:
-            options["download"] = download
-        if "train" in parameters:
-            options["train"] = train
-        elif "split" in parameters:
+        offered = {"root": str(root), "download": download, "train": train}
+        options: dict[str, Any] = {key: value for key, value in offered.items() if key in parameters}
+        if "split" in parameters and "train" not in parameters:
             options["split"] = "train" if train else "test"
+        options["transform"] = _image_transform(image_size)
         try:
             return cls(**options)
         except (RuntimeError, OSError) as error:
@@ -261,12 +230,7 @@ def _expected_files(cls: type, root: Path) -> str:
 
 
 def materialize(examples: Dataset, where: str) -> np.ndarray:
-    """A split read into one array ``(N, *example_shape)``.
-
-    The rows of an array are gathered (a memory-mapped file is read into memory); other
-    sources are read example by example into an array allocated once, so that reading never
-    holds a second copy of the pixels.
-    """
+    """A split read into one array ``(N, *example_shape)``, allocated once: never a second copy of the pixels."""
     base, index = examples, np.arange(len(examples))
     while isinstance(base, Subset):  # a hold-out of a hold-out: compose the indices
         base, index = base.dataset, np.asarray(base.indices)[index]
@@ -277,11 +241,8 @@ def materialize(examples: Dataset, where: str) -> np.ndarray:
 
 
 def arrays_of(dataset: Dataset, image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``(N, C, H, W)`` and integer labels from a torch ``Dataset`` of ``(image, label)`` pairs.
-
-    Images may be PIL images, tensors or arrays; PIL images are converted (and, with
-    ``image_size``, resized and cropped) by torchvision's transforms.
-    """
+    """Images ``(N, C, H, W)`` and integer labels from a torch ``Dataset`` of ``(image, label)`` pairs (PIL
+    images, tensors or arrays)."""
     from PIL.Image import Image
 
     transform, labels = _image_transform(image_size), []
@@ -354,8 +315,7 @@ def _resize_and_crop(image_size: int) -> Any:
 
 
 def _stack(examples: Iterable[Any], count: int, where: str) -> np.ndarray:
-    """One array of ``count`` examples of one shape, allocated once and filled in place; a clear error for mixed
-    sizes or for none."""
+    """One array of ``count`` examples of one shape, allocated once and filled in place."""
     stacked, sizes = None, set()
     for i, example in enumerate(examples):
         example = np.asarray(example)

@@ -1,11 +1,8 @@
-"""The fixed splits: the validation images held out of training, and the test images held out of a dataset without
-a test split of its own.
+"""The fixed splits: validation images held out of training, and test images held out of a dataset without its own.
 
-Each is a random split drawn with :data:`SPLIT_SEED`, so that it holds the same images, in the same order, on every
-machine and in every run; a split that moved would change every result trained on it (``tests/test_data.py`` pins
-them). The validation split is drawn by torch's ``random_split``; the test hold-outs by scikit-learn's
-``train_test_split`` over numpy's PCG64 generator, whose legacy ``RandomState`` permutation numpy keeps unchanged
-across versions.
+Each is drawn with :data:`SPLIT_SEED`, the same images in the same order on every machine and in every run (a split
+that moved would change every result). The test hold-outs use numpy's legacy ``RandomState`` permutation, which
+numpy keeps unchanged across versions.
 """
 
 from __future__ import annotations
@@ -15,12 +12,10 @@ import torch
 from torch.utils.data import random_split
 
 SPLIT_SEED = 0
-"""Seed of every fixed split."""
 
 
 def validation_indices(count: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The indices kept for training and those held out for validation among ``count`` training examples: a fixed
-    random ``fraction`` of them."""
+    """The indices of ``count`` training examples kept for training, and of a fixed random ``fraction`` held out."""
     n_val = max(1, round(count * fraction))
     if n_val >= count:
         raise ValueError(f"cannot hold out {n_val} of {count} examples for validation; "

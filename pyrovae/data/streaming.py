@@ -1,11 +1,7 @@
 """Training images streamed from their files batch by batch, for datasets larger than memory.
 
-A :class:`StreamedSplit` leaves the training images where they are (a folder of images, a
-memory-mapped ``.npy`` file) and reads each minibatch with ``torch.utils.data.DataLoader``
-worker processes, in the order training asks for: the same batches in the same order as an
-in-memory split gives for the same seed, so the two storages train alike. On a GPU the
-batches arrive in pinned memory and are copied without waiting. :func:`streams` chooses the
-storage: in memory while the uint8 pixels fit under the limit, streamed beyond it.
+A :class:`StreamedSplit` reads each minibatch with DataLoader workers in the order training asks for, so it trains
+exactly as an in-memory split would. :func:`streams` chooses the storage.
 """
 
 from __future__ import annotations
@@ -27,8 +23,7 @@ log = logging.getLogger(__name__)
 Storage = Literal["auto", "memory", "stream"]
 STORAGE = get_args(Storage)
 MEMORY_SHARE = 0.5
-"""The share of the free memory that training images may take in memory when no limit is set (the rest is
-left to the model, its steps, and everything else)."""
+"""The share of the free memory that training images may take in memory when no limit is set."""
 
 
 def default_workers() -> int:
@@ -38,8 +33,7 @@ def default_workers() -> int:
 
 @dataclasses.dataclass
 class StreamedSplit:
-    """Training images read batch by batch from ``examples``, a torch dataset of ``(uint8 image, label)`` pairs,
-    with their labels ``y`` (kept in memory, where hidden labels are written)."""
+    """Training images read batch by batch from ``examples``, with their labels ``y`` kept in memory."""
 
     examples: Dataset
     y: torch.Tensor
@@ -62,23 +56,21 @@ class StreamedSplit:
             yield x.to(self.device, non_blocking=True).reshape(len(x), -1)
 
     def storage(self) -> str:
-        """Where the images are, as the start of training reports it."""
         return f"streamed from {self.origin} batch by batch by {readers(self.workers)}"
 
 
 def readers(workers: int) -> str:
-    """Who reads the batches: ``1 DataLoader worker``, ``4 DataLoader workers``, or the main process."""
     return f"{workers} DataLoader worker{'s' * (workers != 1)}" if workers else "the main process"
 
 
 def stack_images(pairs: list[tuple[torch.Tensor, Any]]) -> torch.Tensor:
-    """A batch of images from ``(image, label)`` pairs (the labels come from :attr:`StreamedSplit.y`)."""
+    """A batch of images from ``(image, label)`` pairs."""
     return torch.stack([image for image, _ in pairs])
 
 
 def streams(storage: Storage, needed: float, limit: float, free: float, streamable: bool, workers: int) -> bool:
-    """Whether to stream training images of ``needed`` bytes: as ``storage`` says, or, with ``"auto"``, when they
-    exceed ``limit`` and can be streamed (a note says so). Raises ``SettingError`` for what cannot be done."""
+    """Whether to stream training images of ``needed`` bytes: as ``storage`` says, or with ``"auto"`` above
+    ``limit``."""
     if storage == "stream" and not streamable:
         raise SettingError("storage", "storage='stream' reads uint8 images from a folder of images or a .npy file, "
                                       "and these data are held in memory; use storage='memory' or 'auto'")
