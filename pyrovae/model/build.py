@@ -1,9 +1,4 @@
-"""Building a :class:`VAE` from a :class:`ModelConfig`, the settings a run saves in ``config.json``.
-
-Each choice is a name (``net``, ``prior``, ``likelihood``, ``guide``) looked up here; the decoder's
-output width follows from the likelihood and its input width from the conditioning and the
-number of stochastic layers.
-"""
+"""Building a :class:`VAE` from a :class:`ModelConfig`, the settings a run saves in ``config.json``."""
 
 from __future__ import annotations
 
@@ -17,14 +12,7 @@ from pyrovae.model.likelihoods import (
     GaussianLikelihood,
     LaplaceLikelihood,
 )
-from pyrovae.model.nets import (
-    ConvClassifier,
-    ConvDecoder,
-    ConvEncoder,
-    MLPClassifier,
-    MLPDecoder,
-    MLPEncoder,
-)
+from pyrovae.model.nets import ConvClassifier, ConvDecoder, ConvEncoder, MLPClassifier, MLPDecoder, MLPEncoder
 from pyrovae.model.posteriors import DiagonalPosterior, FlowPosterior, context_size
 from pyrovae.model.priors import ClassMeansPrior, MixturePrior, StandardNormalPrior, VampPrior
 from pyrovae.model.two_layer import TwoLayerVAE
@@ -63,9 +51,8 @@ def build_posterior(config: ModelConfig, z_dim: int) -> nn.Module:
 
 
 def build_vae(config: ModelConfig) -> VAE:
-    """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``) with the nets,
-    prior, likelihood and posterior family that ``config`` names (its unset few-label settings as for every label
-    kept, see :meth:`~pyrovae.model.config.ModelConfig.with_label_defaults`)."""
+    """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``) as ``config``
+    names it, its unset few-label settings as for every label kept."""
     config = config.with_label_defaults()
     likelihood = build_likelihood(config)
     z_dim = config.lower_dim  # the layer that the encoder and the decoder face

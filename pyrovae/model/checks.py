@@ -1,9 +1,7 @@
 """A VAE's checks: whether tensors can be its images ``x`` and labels ``y``, and whether its parts fit together.
 
-Each raises one ``ValueError`` that names the problem and how to fix it, before any model
-sees the data: a wrong shape or dtype would otherwise fail deep inside the networks, and
-NaNs or out-of-range labels would train quietly to nonsense. The likelihood checks its own
-support (the ``check_data`` of each likelihood in :mod:`pyrovae.model.likelihoods`).
+Each raises a ``ValueError`` that names the problem and its fix before any model sees the data, where a wrong
+shape would fail deep in the nets and NaNs or bad labels would train quietly to nonsense.
 """
 
 from __future__ import annotations
@@ -20,19 +18,16 @@ def check_images(x: torch.Tensor, x_dim: int, name: str = "data") -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {type(x).__name__} "
                          f"{getattr(x, 'dtype', '')}; convert with torch.as_tensor(x, dtype=torch.float32)")
     if x.ndim != 2 or x.shape[1] != x_dim:
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}, but this model expects (N, {x_dim}) "
-            f"flattened images; reshape with x.reshape(len(x), -1) or build the model "
-            f"for this image size"
-        )
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, but this model expects (N, {x_dim}) flattened images; "
+                         f"reshape with x.reshape(len(x), -1) or build the model for this image size")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
 
 
 def check_example_labels(x: torch.Tensor, y: torch.Tensor | None, conditional: bool, num_classes: int | None,
                          name: str = "data") -> None:
-    """Raise ``ValueError`` unless ``y`` holds one class of ``num_classes`` per example of ``x`` for a conditional
-    model; a model that reads no labels takes ``y=None``, or any ``(N,)`` tensor, which it ignores."""
+    """Raise ``ValueError`` unless ``y`` holds one class per example of ``x`` (a model that reads no labels takes
+    ``None`` or any ``(N,)`` tensor)."""
     if conditional and y is None:
         raise ValueError(f"this VAE is conditional: {name} needs labels y, one class per example")
     if y is None:

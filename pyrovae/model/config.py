@@ -1,6 +1,5 @@
 """The model's settings, :class:`ModelConfig`, and the defaults that depend on other settings."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -9,50 +8,26 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from pyrovae.model.likelihoods import (
-    LEARN_SCALE,
-    LIKELIHOODS,
-)
-from pyrovae.model.nets import (
-    ACTIVATIONS,
-)
+from pyrovae.model.likelihoods import LEARN_SCALE, LIKELIHOODS
+from pyrovae.model.nets import ACTIVATIONS
 from pyrovae.model.posteriors import GUIDES
 from pyrovae.model.priors import PRIORS
 from pyrovae.settings import SettingError, check_choices, setting
 
 Net = Literal["mlp", "conv"]
-
-
 NETS = get_args(Net)
-
-
 # The names below are listed once, by the modules that implement them.
 Activation = Literal[tuple(ACTIVATIONS)]
-
-
 Prior = Literal[PRIORS]
-
-
 Likelihood = Literal[LIKELIHOODS]
-
-
 LearnScale = Literal[LEARN_SCALE]
-
-
 LabelGuide = Literal["none", "classifier"]
-
-
 Guide = Literal[GUIDES]
-
 
 LABEL_PRIORS = ("class-means",)
 """Built-in priors that read the labels, p(z|y)."""
-
-
 LABELLED_MEANS_INIT, CLUSTERING_MEANS_INIT = 3.0, 0.3
 """How far apart the class means start, with labels and without (see :class:`~pyrovae.model.priors.ClassMeansPrior`)."""
-
-
 CONV_CLASSIFIER_BELOW = 50
 """Labels per class below which the classifier q(y|x) is convolutional by default."""
 
@@ -61,11 +36,8 @@ CONV_CLASSIFIER_BELOW = 50
 class ModelConfig:
     """Every hyperparameter needed to rebuild a :class:`VAE` (saved as ``config.json``).
 
-    A model is conditional when its prior reads labels (``class-means``) or
-    ``decoder_conditioning`` feeds them to the decoder; it then needs ``num_classes``.
-    The few-label settings left unset (``None``) depend on how many training labels are kept:
-    :func:`pyrovae.configure` chooses them from the data's settings, and
-    :meth:`with_label_defaults` as for every label kept.
+    A conditional model (its prior or decoder reads labels) needs ``num_classes``. The few-label settings left
+    unset (``None``) are chosen by :func:`pyrovae.configure` from the data, or by :meth:`with_label_defaults`.
     """
 
     image_shape: Sequence[int] = setting((1, 28, 28), "(channels, height, width) of the images", from_data=True)
@@ -188,8 +160,8 @@ class ModelConfig:
         return self.z1_dim if self.z1_dim is not None else 2 * self.z_dim
 
     def with_label_defaults(self, labeled: int | None = None) -> ModelConfig:
-        """This config with its unset few-label settings chosen by :func:`few_label_defaults` for ``labeled`` kept
-        training labels (``None``: every label); a model that reads no labels is set as for every label."""
+        """This config with its unset few-label settings from :func:`few_label_defaults` for ``labeled`` kept labels
+        (``None``, or a model that reads none: every label)."""
         chosen = few_label_defaults(labeled if self.conditional else None, self.num_classes, self.prior,
                                     self.label_guide)
         return dataclasses.replace(self, **{name: value for name, value in chosen.items()
@@ -197,25 +169,17 @@ class ModelConfig:
 
 
 def default_classifier_net(num_labeled: int, num_classes: int) -> Net:
-    """The net of q(y|x) for ``num_labeled`` kept labels: conv with fewer than :data:`CONV_CLASSIFIER_BELOW` per
-    class, else mlp.
-
-    With few labels per class the convolutions' shared filters and pooling generalize better;
-    with many, the MLP classifies as well at a tenth of the cost (see docs/benchmarks.md).
-    """
+    """The net of q(y|x): conv with fewer than :data:`CONV_CLASSIFIER_BELOW` labels per class, where its shared
+    filters generalize better, else mlp, as good at a tenth of the cost (see docs/benchmarks.md)."""
     return "conv" if num_labeled < CONV_CLASSIFIER_BELOW * num_classes else "mlp"
 
 
 def few_label_defaults(num_labeled: int | None, num_classes: int | None, prior: Prior = "class-means",
                        label_guide: LabelGuide | None = None) -> dict[str, Any]:
-    """The :class:`~pyrovae.model.config.ModelConfig` settings that suit ``num_labeled`` kept labels (``None``: all of
-    them) of ``num_classes``; :func:`pyrovae.configure` sets those left unset from the data's ``labeled``.
+    """The few-label settings that suit ``num_labeled`` kept labels (``None``: all of them) of ``num_classes``.
 
-    - ``label_guide``: ``classifier`` (the M2 guide) with labels to guess, ``none`` with every
-      label kept or none (clustering), unless given;
-    - ``classifier_net``: :func:`default_classifier_net` for the classifier guide;
-    - ``class_means_init`` and ``class_scales``: with no label kept, the class means start
-      close and each class learns its scales (see :class:`~pyrovae.model.priors.ClassMeansPrior`).
+    The M2 classifier guide when there are labels to guess (unless ``label_guide`` is given); with no label kept
+    (clustering), class means that start close and learn their scales.
     """
     clustering = num_labeled == 0
     label_guide = label_guide or ("classifier" if num_labeled else "none")

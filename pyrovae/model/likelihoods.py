@@ -1,9 +1,7 @@
 """Likelihoods p(x|z): map the decoder's raw output to a distribution over ``x`` (event dim 1).
 
-Each likelihood says how many raw outputs it needs per pixel (``params_per_pixel``;
-the decoder's output width follows from it), gives the mean E[x|z] for pictures, and
-checks once, before training, that the data lie in its support: a cheap up-front check
-instead of argument validation on every step.
+Each says how many raw outputs it needs per pixel (``params_per_pixel``), gives the mean E[x|z], and checks
+once, before training, that the data lie in its support, instead of validating arguments on every step.
 """
 
 from __future__ import annotations
@@ -34,11 +32,10 @@ def _check_unit_interval(x: torch.Tensor, name: str, likelihood: str) -> None:
 
 
 class BernoulliLikelihood(nn.Module):
-    """p(x|z) = prod_d Bernoulli(x_d; sigmoid(logits_d)), the decoder giving the logits.
+    """p(x|z) = prod_d Bernoulli(x_d; sigmoid(logits_d)), exact for binary pixels.
 
-    An exact likelihood for binary pixels. With ``grayscale_targets=True`` it also
-    accepts values in [0, 1] (the binary cross-entropy of most VAE code); the result is
-    then not a normalized log-likelihood, so reported nats are not comparable to papers.
+    ``grayscale_targets=True`` also accepts values in [0, 1] (the binary cross-entropy of most VAE code), which
+    is then not a normalized log-likelihood: its nats are not comparable to papers'.
     """
 
     params_per_pixel = 1
@@ -48,31 +45,24 @@ class BernoulliLikelihood(nn.Module):
         self.grayscale_targets = grayscale_targets
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
-        # Support was checked once by check_data; skip the per-step validation.
         return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
-        """E[x|z]: the pixel probabilities."""
         return torch.sigmoid(logits)
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
         """Raise ``ValueError`` if ``x`` lies outside this likelihood's support."""
         _check_unit_interval(x, name, "Bernoulli")
         if not self.grayscale_targets and not torch.all((x == 0) | (x == 1)):
-            raise ValueError(
-                f"{name} has grayscale values, but the Bernoulli likelihood is exact only for "
-                f"binary pixels; binarize the data (binarize='static' or 'dynamic'), use "
-                f"likelihood='continuous-bernoulli', or pass grayscale_targets=True to accept an "
-                f"unnormalized likelihood"
-            )
+            raise ValueError(f"{name} has grayscale values, but the Bernoulli likelihood is exact only for binary "
+                             f"pixels; binarize the data (binarize='static' or 'dynamic'), use "
+                             f"likelihood='continuous-bernoulli', or pass grayscale_targets=True to accept an "
+                             f"unnormalized likelihood")
 
 
 class ContinuousBernoulliLikelihood(nn.Module):
-    """p(x|z) = prod_d CB(x_d; sigmoid(logits_d)), a normalized density on [0, 1].
-
-    The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) is the Bernoulli form
-    with its normalizing constant, so it is a proper likelihood for grayscale pixels.
-    """
+    """p(x|z) = prod_d CB(x_d; sigmoid(logits_d)): the Bernoulli with its normalizing constant, a proper density
+    for grayscale pixels (Loaiza-Ganem & Cunningham 2019)."""
 
     params_per_pixel = 1
 
@@ -90,12 +80,8 @@ class ContinuousBernoulliLikelihood(nn.Module):
 class LocationScaleLikelihood(nn.Module):
     """p(x|z) = prod_d family(x_d; loc_d, scale_d) with the decoder giving ``loc``.
 
-    The scale is fixed (``learn_scale=None``; the variance c = scale^2 of Joseph Rocca,
-    "Understanding Variational Autoencoders (VAEs)" (2019), which weighs reconstruction
-    against the KL), one learned value per pixel (``"pixel"``, needs ``x_dim``), or
-    predicted by the decoder for every image (``"decoder"``, as in "Exploring the theory
-    behind Variational Autoencoders"), which then emits ``2 * D`` outputs: locs, then raw
-    scales.
+    The scale is fixed (``learn_scale=None``; it weighs reconstruction against the KL), learned per pixel
+    (``"pixel"``, needs ``x_dim``), or predicted by the decoder, which then emits locs, then raw scales.
     """
 
     family: type[dist.Distribution]
@@ -116,7 +102,6 @@ class LocationScaleLikelihood(nn.Module):
             self.register_buffer("scale", torch.tensor(float(scale)))
 
     def loc_and_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split the decoder output into the per-pixel location and (positive) scale."""
         if self.learn_scale == "decoder":
             return gaussian_parameters(params)
         if self.learn_scale == "pixel":
@@ -150,14 +135,12 @@ class LaplaceLikelihood(LocationScaleLikelihood):
 class DiscretizedLogistic(TorchDistribution):
     """The mass of each 8-bit pixel's bin under a logistic: Salimans et al. (2017), as in Kingma et al. (2016).
 
-    Pixels ``x`` in [0, 1] are multiples of 1/255. Each value v = 255 x maps to 2v/255 - 1 in
-    [-1, 1], the centre of a bin of half-width 1/255; the end bins reach out to -inf and +inf,
-    so the 256 masses sum to one. With u and l the bin's upper and lower edges standardized by
-    ``loc`` and ``scale``, the mass is sigmoid(u) - sigmoid(l), and for the inner bins
+    A pixel x maps to the centre 2x - 1 of a bin of half-width 1/255 in [-1, 1], the end bins reaching to
+    -inf and +inf. With u and l the bin's edges standardized by ``loc`` and ``scale``, the inner bins'
 
-        log[sigmoid(u) - sigmoid(l)] = u - softplus(u) - softplus(l) + log(1 - exp(l - u)),
+        log[sigmoid(u) - sigmoid(l)] = u - softplus(u) - softplus(l) + log(1 - exp(l - u))
 
-    which stays finite far into both tails; the end bins are log sigmoid(u) and log sigmoid(-l).
+    stays finite far into both tails; the end bins are log sigmoid(u) and log sigmoid(-l).
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
@@ -188,16 +171,14 @@ class DiscretizedLogistic(TorchDistribution):
     @property
     def mean(self) -> torch.Tensor:
         """The logistic's centre, as a pixel in [0, 1] (the bins' mean, but for the end bins' tails)."""
-        return ((self.loc.clamp(-1, 1) + 1) / 2)
+        return (self.loc.clamp(-1, 1) + 1) / 2
 
 
 class DiscretizedLogisticLikelihood(nn.Module):
     """p(x|z) = prod_d DiscretizedLogistic(x_d; loc_d, scale_d) for 8-bit pixels, the decoder giving ``loc``.
 
-    Exactly normalized over the 256 values, so bits per dimension, NLL / (D ln 2), compare
-    with published numbers. The log-scale is predicted by the decoder for every image
-    (``"decoder"``, the default; ``2 * D`` outputs) or is one learned value per pixel
-    (``"pixel"``), clamped below at :data:`MIN_LOG_SCALE`.
+    Exactly normalized, so its bits per dimension compare with published ones. The log-scale, clamped at
+    :data:`MIN_LOG_SCALE`, is predicted by the decoder (``"decoder"``) or learned per pixel (``"pixel"``).
     """
 
     def __init__(self, learn_scale: str = "decoder", x_dim: int | None = None):

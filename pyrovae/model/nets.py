@@ -1,12 +1,8 @@
-"""Encoder and decoder networks: plain ``nn.Module``s that know nothing of Pyro.
+"""Encoder, decoder and classifier networks: plain ``nn.Module``s that know nothing of Pyro.
 
-An encoder maps flattened images ``x`` of shape ``(..., D)`` to the parameters
-``(loc, scale)`` of the Gaussian posterior q(z|x) (or q(z|x, y), built with
-``num_classes``; built with ``context_dim``, also the context h(x) of a flow posterior,
-see :mod:`pyrovae.model.posteriors`); a decoder maps latents ``z`` of shape ``(..., Z)`` to
-``(..., out_features)`` raw outputs (logits for a Bernoulli likelihood); a classifier
-maps images to the logits of q(y|x). Leading batch dimensions are kept, so the same nets
-serve a minibatch ``(B, D)`` and a stack of importance samples ``(K, B, Z)``.
+An encoder maps images ``(..., D)`` to ``(loc, scale)`` of q(z|x) (or q(z|x, y)), and the context of a flow
+posterior; a decoder maps latents ``(..., Z)`` to the likelihood's raw outputs; a classifier maps images to the
+logits of q(y|x). Leading batch dimensions are kept, so the same nets serve ``(B, D)`` and ``(K, B, Z)``.
 """
 
 from __future__ import annotations
@@ -35,9 +31,7 @@ def activation_layer(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}"
-        ) from None
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
 
 
 def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -67,9 +61,8 @@ def inverse_softplus(value: float) -> float:
 def label_table(num_classes: int, net: nn.Sequential) -> nn.Embedding | None:
     """For ``net`` read on ``[h, one_hot(y)]``: the first layer's one-hot columns, one row per class (none if 0).
 
-    The rows start N(0, 1), as ``nn.Embedding`` starts them, far larger than ``nn.Linear``'s
-    weights start: the label then weighs in the first layer from the first step, which a
-    model trained with few labels needs to tell the classes apart (see docs/benchmarks.md).
+    The rows start N(0, 1), far larger than ``nn.Linear``'s weights, so the label weighs in from the first step,
+    which a model trained with few labels needs to tell the classes apart (see docs/benchmarks.md).
     """
     return nn.Embedding(num_classes, net[0].out_features) if num_classes else None
 
@@ -78,9 +71,8 @@ def with_labels(net: nn.Sequential, labels: nn.Embedding | None, h: torch.Tensor
                 y: torch.Tensor | None) -> torch.Tensor:
     """``net`` on ``[h, one_hot(y)]``, as W [h, one_hot(y)] = W_h h + W_y[y]; on ``h`` alone without a table.
 
-    ``h`` passes through the first layer once, however many labels it is paired with:
-    ``y`` of shape ``(C, 1)`` (every class, as enumeration gives them) and ``h`` of shape
-    ``(B, H)`` make ``(C, B, ...)``.
+    ``h`` passes the first layer once, however many labels it meets: enumerated ``y`` of shape ``(C, 1)`` and
+    ``h`` of shape ``(B, H)`` make ``(C, B, ...)``.
     """
     if (y is None) != (labels is None):
         raise ValueError("this encoder reads labels (q(z|x, y)): pass y" if y is None
@@ -91,11 +83,8 @@ def with_labels(net: nn.Sequential, labels: nn.Embedding | None, h: torch.Tensor
 
 
 class MLPEncoder(nn.Module):
-    """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z (+ C)``; q(z|x, y) with ``num_classes``.
-
-    Returns ``(loc, scale)``, and the context of a flow posterior after them when built with
-    ``context_dim`` C > 0.
-    """
+    """q(z|x) parameters from an MLP: ``D -> hidden... -> 2Z (+ C)``, then a flow's context; q(z|x, y) with
+    ``num_classes``."""
 
     def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu",
                  num_classes: int = 0, context_dim: int = 0):
@@ -122,9 +111,8 @@ class MLPClassifier(nn.Module):
 class ConvClassifier(nn.Module):
     """The logits of q(y|x) from two 3x3 convolutions, each followed by 2x2 max pooling, and a dense head.
 
-    With few labelled images a convolutional classifier generalizes better than an MLP: its
-    filters are shared over the image, and pooling forgives small shifts. Works for images of
-    any size and channels (odd sides are pooled up: 28x28 gives maps of 7x7, 8x8 of 2x2).
+    Its shared filters and pooling generalize better than an MLP from few labelled images. Works for images of
+    any size and channels (odd sides are pooled up).
     """
 
     def __init__(self, image_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (128,),
@@ -167,17 +155,15 @@ def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _quarter(side: int) -> int:
-    """A side after two stride-2 convolutions, the image padded to a multiple of 4 first (or after two 2x2
-    poolings that round up)."""
+    """A side after two stride-2 convolutions of the image padded to a multiple of 4, or two 2x2 poolings."""
     return -(-side // 4)
 
 
 class ConvEncoder(nn.Module):
     """q(z|x) (or q(z|x, y)) parameters from two stride-2 convolutions and a dense head.
 
-    Works for images of any size and channels: a 28x28 image becomes 64 feature maps of
-    7x7, an 8x8 image 64 maps of 2x2; sides that 4 does not divide are padded with zeros
-    on the bottom and right first (a 30x30 image gives maps of 8x8).
+    Works for images of any size and channels: sides that 4 does not divide are first padded with zeros on the
+    bottom and right.
     """
 
     def __init__(self, image_shape: Sequence[int], z_dim: int, hidden: Sequence[int] = (400,),
@@ -204,20 +190,16 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The mirror of :class:`ConvEncoder`: dense layers, then two stride-2 transposed convolutions.
+    """The mirror of :class:`ConvEncoder`: dense layers, then two stride-2 transposed convolutions, cropped to
+    the image size and flattened channel-major to ``(..., out_channels * height * width)``."""
 
-    Emits ``out_channels`` maps of the image size (cropped from the padded size, for sides
-    4 does not divide), flattened channel-major to ``(..., out_channels * height * width)``.
-    """
-
-    def __init__(self, z_dim: int, image_shape: Sequence[int], out_channels: int,
-                 hidden: Sequence[int] = (400,), activation: str = "relu",
-                 channels: tuple[int, int] = (32, 64)):
+    def __init__(self, z_dim: int, image_shape: Sequence[int], out_channels: int, hidden: Sequence[int] = (400,),
+                 activation: str = "relu", channels: tuple[int, int] = (32, 64)):
         super().__init__()
         _, h, w = _check_image_shape(image_shape)
         self.height, self.width = h, w
         self.feature_shape = (channels[1], _quarter(h), _quarter(w))
-        self.dense = mlp([z_dim, *reversed(hidden), channels[1] * _quarter(h) * _quarter(w)], activation)
+        self.dense = mlp([z_dim, *reversed(hidden), math.prod(self.feature_shape)], activation)
         self.deconv = nn.Sequential(
             activation_layer(activation),
             nn.Unflatten(1, self.feature_shape),
@@ -227,6 +209,5 @@ class ConvDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        batch_shape = z.shape[:-1]
         out = self.deconv(self.dense(z.reshape(-1, z.shape[-1])))[..., :self.height, :self.width]
-        return out.reshape(*batch_shape, -1)
+        return out.reshape(*z.shape[:-1], -1)

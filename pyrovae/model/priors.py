@@ -1,10 +1,8 @@
-"""Priors p(z) (or p(z|y)): small modules that return a distribution over ``z`` with event dim 1.
+"""Priors p(z) (or p(z|y)): modules that return a distribution over ``z`` with event dim 1.
 
-A prior is called as ``prior(y)`` inside the model's data plate and returns a Pyro
-distribution whose batch shape broadcasts against the plate (``()`` or ``(B,)``) and
-whose event shape is ``(z_dim,)``. Its learnable parameters are ordinary module
-parameters, so SVI trains them with the nets. Any ``nn.Module`` with that contract
-plugs in; set ``needs_labels = True`` on one that reads ``y``.
+A prior is called as ``prior(y)`` inside the model's data plate; its batch shape broadcasts against the plate,
+and SVI trains its parameters with the nets. Any ``nn.Module`` that does so plugs in; set ``needs_labels = True``
+on one that reads ``y``.
 """
 
 from __future__ import annotations
@@ -36,25 +34,17 @@ class StandardNormalPrior(nn.Module):
 
 
 def drop_unit_scale(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_) -> None:
-    """Drop the constant unit ``scale`` of N(0, I) that checkpoints written during pyrovae 0.1.0's development hold,
-    so that they still load strictly."""
+    """Drop the unit ``scale`` that checkpoints from pyrovae 0.1.0's development hold, to load them strictly."""
     state_dict.pop(prefix + "scale", None)
 
 
 class ClassMeansPrior(nn.Module):
     """p(z|y) = N(mu_y, I), one learned mean per class (Su Jianlin 2018, the conditional VAE of eq. 8).
 
-    The KL of the posterior N(mu, sigma^2) to it is
-    1/2 sum_i [(mu_i - mu_y,i)^2 + sigma_i^2 - log sigma_i^2 - 1]. Sampling class y
-    draws z around mu_y, so the decoder generates that class. The means are drawn from
-    N(0, init_scale^2 I). With labels they start apart (3): started at zero, the classes
-    separate only slowly and samples of one class look like its neighbours. Without labels
-    (clustering) they start close (0.3): far apart, the mean nearest the encoder's first
-    outputs takes every image and the others are never used.
-
-    With ``learn_scales`` each class also learns a diagonal scale, p(z|y) = N(mu_y, diag(s_y^2)),
-    as VaDE's mixture does (Jiang et al. 2017): clusters found without labels differ in spread,
-    which one unit scale for all cannot follow.
+    The means start from N(0, init_scale^2 I): apart with labels (3), or the classes separate only slowly;
+    close without them (0.3), or the mean nearest the encoder's first outputs takes every image.
+    ``learn_scales`` learns a diagonal scale per class too, N(mu_y, diag(s_y^2)), as VaDE does (Jiang et al. 2017),
+    for clusters that differ in spread.
     """
 
     needs_labels = True
@@ -97,12 +87,8 @@ class MixturePrior(nn.Module):
 
 
 class VampPrior(nn.Module):
-    """The VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k).
-
-    The mixture of the encoder's own posteriors at K learned pseudo-inputs u_k, kept
-    in the pixel range [0, 1] by a sigmoid. The encoder is shared with the guide (it is
-    the same module, so its parameters are trained once).
-    """
+    """The VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k), the encoder's (the guide's own)
+    posteriors at K learned pseudo-inputs u_k, kept in [0, 1] by a sigmoid."""
 
     needs_labels = False
 

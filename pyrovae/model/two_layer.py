@@ -1,18 +1,8 @@
 """Two stochastic layers (Burda, Grosse & Salakhutdinov 2015): a VAE whose latent code has a code of its own.
 
-Generative model and guide, each layer a sample site in the data plate::
-
-    z2 ~ prior(y)                        # the top layer: N(0, I), or any prior of pyrovae.model.priors
-    z1 ~ N(mu(z2), diag sigma(z2)^2)     # p(z1|z2), from an MLP of z2
-    x  ~ likelihood(decoder(z1))         # p(x|z1)
-
-    z1 ~ q(z1|x)                         # the encoder's posterior (diagonal or a flow)
-    z2 ~ q(z2|z1)                        # the same family, from an MLP of z1
-
-Burda et al.'s layout is x -> h -> z1 (100) -> h -> z2 (50); the top layer z2 is the VAE's
-``z_dim``, the one the prior, the conditional prior, the latent pictures and ``encode`` see.
-The ELBOs, the IWAE bound and the importance-sampled log-likelihood read the two sites from
-the traces like any other.
+The model is z2 ~ prior(y), z1 ~ N(mu(z2), diag sigma(z2)^2), x ~ likelihood(decoder(z1)); the guide
+q(z1|x) q(z2|z1), each of the posterior family. The top layer z2 is the VAE's ``z_dim``, the one the prior, the
+latent pictures and ``encode`` see.
 """
 
 from __future__ import annotations
@@ -30,13 +20,8 @@ from pyrovae.model.vae import VAE, data_plate
 class TwoLayerVAE(VAE):
     """A :class:`~pyrovae.model.vae.VAE` with two stochastic layers: p(z2|y) p(z1|z2) p(x|z1), q(z1|x) q(z2|z1).
 
-    Args:
-        encoder, decoder, posterior: as for :class:`VAE`, between x and the lower layer z1.
-        z_dim: the size of the top layer z2; ``z1_dim``: the size of the lower layer.
-        upper_encoder: maps ``(..., z1_dim)`` to the parameters of q(z2|z1) (and a flow's context).
-        upper_decoder: maps ``(..., z_dim)`` to ``(loc, scale)`` of p(z1|z2).
-        upper_posterior: maps ``upper_encoder``'s outputs to q(z2|z1); the diagonal Gaussian by default.
-        parts: the other keyword arguments of :class:`VAE` (prior, likelihood, labels, config).
+    ``encoder``, ``decoder`` and ``posterior`` work between x and z1 as in :class:`VAE`; ``upper_encoder`` and
+    ``upper_posterior`` make q(z2|z1), and ``upper_decoder`` gives ``(loc, scale)`` of p(z1|z2).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int, *, z1_dim: int,
@@ -82,18 +67,16 @@ class TwoLayerVAE(VAE):
             pyro.sample("z2", self.upper_posterior(*self.upper_encoder(z1)), infer={PARENTS: ("z1",)})
 
     def _lower_location(self, x: torch.Tensor) -> torch.Tensor:
-        """A representative z1 of each image: the location of q(z1|x)."""
         return location(self.posterior(*self.encoder(x)))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top layer's posterior parameters ``(loc, scale)`` of q(z2|z1), each ``(B, z_dim)``, at the location
-        of q(z1|x) (a flow guide: of its base Gaussian)."""
+        """``(loc, scale)`` of q(z2|z1) at the location of q(z1|x) (a flow guide: of its base Gaussian)."""
         return self.upper_encoder(self._lower_location(x))[:2]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """E[x|z1] at z1 = E[z1|z2] for top-layer latents ``z`` of shape ``(..., z_dim)``."""
+        """E[x|z1] at z1 = E[z1|z2] for top-layer latents ``z``."""
         return super().decode(self.upper_decoder(z)[0], y)
 
     @torch.no_grad()

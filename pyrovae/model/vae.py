@@ -1,32 +1,9 @@
-"""The VAE as a Pyro model and guide.
+"""The VAE as a Pyro model and guide: p(z|y) p(x|z) and q(z|x), one site per variable in the data plate.
 
-Generative model p(x, z | y) = p(z | y) p(x | z), one site per variable inside the data plate::
-
-    z ~ prior(y)                      # N(0, I) by default; N(mu_y, I) for the conditional VAE
-    x ~ likelihood(decoder(z[, y]))   # Bernoulli(logits) by default
-
-and the amortized guide q(z|x) = N(loc(x), diag(scale(x)^2)), or that Gaussian pushed through a
-normalizing flow (a ``posterior`` of :mod:`pyrovae.model.posteriors`). ``Trace_ELBO`` turns the
-pair into the reparameterized ELBO estimate E_q[log p(x|z)] - KL(q(z|x) || p(z|y))
-(Kingma & Welling 2014).
-
-A conditional model called without labels draws them too, y ~ Categorical(pi) with pi
-uniform, as a site enumerated in parallel: ``TraceEnum_ELBO`` sums it out exactly, so
-unlabelled images train the model of p(x) = sum_y pi_y p(x|y) (Kingma et al. 2014). Its
-guide either leaves y to the model (p(y|z) is then exact), or, with a ``classifier``, is
-M2's q(y|x) q(z|x, y), the classifier's y enumerated in the guide.
-
-Training knobs are arguments of ``model`` and ``guide`` alike, as Pyro's deep Markov model
-example passes its ``annealing_factor``:
-
-- ``kl_weight`` (a positive float or a 0-dim tensor, 1 by default) wraps the latent site in
-  ``poutine.scale``, so it multiplies exactly the KL term (the beta of Canziani & LeCun's
-  lecture notes, warm-up, or the balance of Verduzco 2023);
-- ``data_size`` (``None`` by default), the size of the dataset a minibatch is drawn from,
-  makes the data plate scale the minibatch's log densities by data_size / batch, so the loss
-  estimates the whole dataset's ELBO, the same for one process and for many.
-
-:func:`~pyrovae.fit` passes both; evaluation uses the defaults. The module holds parameters only.
+A conditional model called without labels draws y ~ Categorical(pi), pi uniform, enumerated in parallel, so
+``TraceEnum_ELBO`` sums it out exactly (Kingma et al. 2014); with a ``classifier`` the guide is M2's
+q(y|x) q(z|x, y). ``model`` and ``guide`` both take ``kl_weight``, which scales the latent sites (the KL term),
+and ``data_size``, the dataset's size, which scales a minibatch's log densities by data_size / batch.
 """
 
 from __future__ import annotations
@@ -58,22 +35,9 @@ def data_plate(x: torch.Tensor, data_size: int | None = None) -> pyro.plate:
 class VAE(nn.Module):
     """A variational autoencoder built from an encoder, a decoder, a prior and a likelihood.
 
-    Args:
-        encoder: maps ``(..., D)`` images to ``(loc, scale)`` of q(z|x) (and the context of a flow ``posterior``).
-        decoder: maps ``(..., Z)`` latents (``(..., Z + C)`` with ``decoder_conditioning``) to the likelihood's input.
-        z_dim: latent size Z.
-        x_dim: flattened image size D.
-        prior: returns p(z) (or p(z|y)) as a distribution with event dim 1; defaults to N(0, I).
-        likelihood: maps decoder output to p(x|z); defaults to Bernoulli with logits.
-        num_classes: C, the number of label values, for a conditional model.
-        decoder_conditioning: also feed one-hot ``y`` to the decoder (the classic CVAE).
-        classifier: maps images to the logits of q(y|x); with one, the guide of an unlabelled image is
-            q(y|x) q(z|x, y), and the encoder must read ``y`` too.
-        config: the :class:`~pyrovae.model.config.ModelConfig` this VAE was built from, if any.
-        posterior: maps the encoder's outputs to q(z|x); defaults to the diagonal Gaussian (``DiagonalPosterior``).
-
-    :meth:`model` and :meth:`guide` take the same keyword arguments, ``kl_weight`` and ``data_size`` (see the module).
-    The inference helpers (:meth:`encode`, :meth:`decode`, ...) return plain tensors, ready for ``.numpy()``.
+    The prior defaults to N(0, I), the likelihood to a Bernoulli, the posterior to the encoder's diagonal Gaussian.
+    ``decoder_conditioning`` also feeds one-hot ``y`` to the decoder (the classic CVAE); with a ``classifier`` of
+    q(y|x), the encoder reads ``y`` too. The inference helpers (:meth:`encode`, ...) return plain tensors.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, x_dim: int,
@@ -97,7 +61,6 @@ class VAE(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Where the parameters live (and where inputs must be)."""
         return next(self.parameters()).device
 
     @property
@@ -112,8 +75,8 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """p(z|y) p(x|z), with ``x`` observed: shape ``(B, D)``; labels ``y``: ``(B,)``. A conditional model without
-        ``y`` draws it, y ~ Categorical(pi), enumerated; the KL weight then weighs y's KL term with z's."""
+        """p(z|y) p(x|z), ``x`` observed; a conditional model without ``y`` draws it, enumerated, its KL term weighed
+        as z's."""
         pyro.module("decoder", self.decoder)
         pyro.module("prior", self.prior)
         pyro.module("likelihood", self.likelihood)
@@ -126,8 +89,7 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, *,
               kl_weight: float | torch.Tensor = 1.0, data_size: int | None = None) -> None:
-        """q(z|x) = N(loc(x), diag(scale(x)^2)) (or a flow of it); with a classifier, q(y|x) q(z|x, y), y
-        enumerated if not given."""
+        """q(z|x) (the posterior of the encoder's outputs); with a classifier, q(y|x) q(z|x, y), y enumerated."""
         pyro.module("encoder", self.encoder)
         pyro.module("posterior", self.posterior)
         if self.classifier is not None:
@@ -153,28 +115,28 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The posterior parameters ``(loc, scale)``, each ``(B, Z)`` (of a flow guide: of its base Gaussian); an
-        encoder of q(z|x, y) reads ``y`` if given, else the classifier's most likely class."""
+        """``(loc, scale)`` of q(z|x) (a flow guide: of its base Gaussian); q(z|x, y) reads ``y`` if given, else the
+        classifier's most likely class."""
         if self.classifier is None:
             return self.encoder(x)[:2]
         return self.encoder(x, self.classify(x) if y is None else y)[:2]
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """The classifier's most likely class, argmax_y q(y|x), ``(B,)`` (a VAE with a classifier)."""
+        """The classifier's most likely class, argmax_y q(y|x)."""
         if self.classifier is None:
             raise ValueError("this VAE has no classifier q(y|x); build it with label_guide='classifier'")
         return self.classifier(x).argmax(-1)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """The likelihood's mean E[x|z] (pixel probabilities for Bernoulli), ``(..., D)``."""
+        """The likelihood's mean E[x|z]."""
         return self.likelihood.mean(self.decoder(self._decoder_input(z, y)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean of each image: E[x | z = loc(x)] (a flow guide: loc(x) pushed through the flow;
-        with a classifier and no ``y``, at its most likely class)."""
+        """E[x | z = loc(x)] (a flow guide: loc(x) pushed through the flow; with a classifier and no ``y``, at its
+        most likely class)."""
         if y is None and self.classifier is not None:
             y = self.classify(x)
         parameters = self.encoder(x) if self.classifier is None else self.encoder(x, y)
@@ -191,12 +153,12 @@ class VAE(nn.Module):
         return self.decode(z, y)
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
-        """Raise ``ValueError`` naming the problem if ``x`` cannot be this model's ``x``."""
+        """Raise ``ValueError`` unless ``x`` can be this model's ``x``."""
         check_images(x, self.x_dim, name)
         self.likelihood.check_data(x, name)
 
     def check_inputs(self, x: torch.Tensor, y: torch.Tensor | None = None, name: str = "data") -> None:
-        """Raise ``ValueError`` naming the problem unless ``(x, y)`` can be fed to :meth:`model` and :meth:`guide`."""
+        """Raise ``ValueError`` unless ``(x, y)`` can be fed to :meth:`model` and :meth:`guide`."""
         self.check_data(x, name)
         check_example_labels(x, y, self.conditional, self.num_classes, name)
 
