@@ -92,9 +92,7 @@ def build_parser() -> Parser:
         description="Train a VAE by stochastic variational inference. The run directory gets\n"
                     "config.json, checkpoint.pt (after every epoch), metrics.jsonl and, at the\n"
                     "end, the pictures of `pyrovae plot`.", epilog=EPILOG_TRAIN)
-    # A flag per settings field, made from the field's type, default and help (pyrovae.settings). Written
-    # here only what is not one field's flag: a default that depends on --conditional, an inverted switch,
-    # a flag that may stand bare, and --conditional, which sets no field of its own.
+    # A flag per settings field (pyrovae.settings); written here only what is not one field's plain flag.
     data = train.group("data")
     add_arguments(data, DataConfig, skip=("download",))
     data.add_argument("--no-download", dest="download", action="store_false",  # download=False
@@ -188,12 +186,8 @@ INVALID_CHOICE = re.compile(r"invalid choice: (?P<value>.+) \(choose from (?P<ch
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line instead of the whole usage, and a guess for a mistyped choice.
-
-    It also keeps what argparse keeps to itself: its subcommands' parsers (``commands``, set
-    by :func:`build_parser`) and the options added to it (``options``), in argument groups too
-    when those come from :meth:`group`.
-    """
+    """Usage errors in one line, with a guess for a mistyped choice; keeps what argparse keeps to itself: its
+    subcommands' parsers (``commands``) and the options added to it, in its :meth:`group` too (``options``)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.options: list[argparse.Action] = []  # first: argparse's __init__ adds --help
@@ -314,8 +308,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     vae = load_run(args.run_dir, device, data=False).vae
     data = load_data(RunDir(args.run_dir))
     out = Path(args.out or Path(args.run_dir) / EVAL)
-    why = cannot_write(out.parent)
-    if why:
+    if why := cannot_write(out.parent):
         raise ValueError(f"cannot write {out} ({why}); write it elsewhere with --out FILE")
     split = getattr(data, settings.split)
     if settings.limit is not None:
@@ -391,8 +384,7 @@ def _plot(args: argparse.Namespace) -> None:
     options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, seed=args.seed,
                                    interpolate=args.interpolate and tuple(args.interpolate))
     folder = Path(args.out_dir or args.run_dir)
-    why = cannot_write(folder)
-    if why:
+    if why := cannot_write(folder):
         raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
     into_run = folder.resolve() == run.path.resolve()
     with RunWriter(run, setting="out_dir").writing() if into_run else contextlib.nullcontext():
@@ -410,11 +402,7 @@ INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; bad input ends with a one-line message and exit status 2, Ctrl-C with 130.
-
-    Messages from the library name Python settings (see :mod:`pyrovae.settings`); they are
-    shown with the flags that set them.
-    """
+    """Run the CLI; bad input ends with a one-line message (naming flags) and exit status 2, Ctrl-C with 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports

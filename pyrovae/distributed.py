@@ -1,16 +1,9 @@
 """Data parallelism on PyTorch's own engine: DDP processes launched by ``torchrun``.
 
-``torchrun --nproc-per-node N -m pyrovae train ...`` starts N processes and tells each,
-through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
-address), who it is. :func:`join` turns that into a :class:`Processes` and joins the
-process group: ``gloo`` on CPUs (torchrun gives each process one thread unless
-``OMP_NUM_THREADS`` says otherwise), ``nccl`` on GPUs (one GPU per process). Without torchrun there is one process and
-nothing here communicates.
-
-Every rank holds the whole dataset on its device and takes a disjoint shard of each
-epoch's shuffled order (:func:`shard`); DDP all-reduces the gradients. Evaluation deals
-out blocks of examples (:func:`my_blocks`) and gathers the per-example results
-(:func:`gather_objects`).
+:func:`join` joins the process group that torchrun describes in the environment (``gloo`` on CPUs, ``nccl``
+on GPUs, one GPU per process); without torchrun there is one process and nothing here communicates. Every rank
+holds the whole dataset and trains on a disjoint shard of each epoch's order (:func:`shard`); DDP all-reduces
+the gradients. Evaluation deals out blocks of examples (:func:`my_blocks`) and gathers the results.
 """
 
 from __future__ import annotations
@@ -50,11 +43,7 @@ SINGLE = Processes()
 
 
 def join(device: torch.device) -> tuple[Processes, torch.device]:
-    """Join the process group torchrun described in the environment; returns this rank and its device.
-
-    A CUDA rank gets the GPU of its local rank. Alone (no ``WORLD_SIZE`` above 1) this is
-    a no-op returning :data:`SINGLE` and ``device``.
-    """
+    """Join torchrun's process group; return this rank and its device (a CUDA rank's is its local rank's GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return SINGLE, device
@@ -69,12 +58,8 @@ def join(device: torch.device) -> tuple[Processes, torch.device]:
 
 
 def data_parallel(module: nn.Module) -> DistributedDataParallel:
-    """``module`` in DDP, which averages its parameters' gradients over the ranks in every backward pass.
-
-    NCCL all-reduces them on GPUs, gloo on CPUs. The module's buffers are constants (the
-    standard prior's zero mean, a fixed likelihood scale), so they are not broadcast from
-    rank 0 before every forward pass.
-    """
+    """``module`` in DDP, which averages the gradients over the ranks; its buffers are constants (the standard
+    prior's zero mean, a fixed likelihood scale), so they are not broadcast before every forward pass."""
     device = next(module.parameters()).device
     # Newer torch renamed broadcast_buffers (and warns about the old name); older versions know only that one.
     no_buffer_sync = ({"forward_sync_buffers": False}
@@ -91,12 +76,8 @@ def _leave() -> None:
 
 
 def shard(order: torch.Tensor, processes: Processes) -> torch.Tensor:
-    """This rank's share of an epoch's order: every ``world_size``-th index from its rank on.
-
-    The order is first padded with its own head to a multiple of ``world_size``, so every
-    rank takes equally many steps of equally many examples (as torch's DistributedSampler
-    does); the ranks' batches of one step together form one global batch of the order.
-    """
+    """This rank's share of an epoch's order: every ``world_size``-th index from its rank on, after padding the
+    order with its head so that all ranks take equally many examples (as torch's DistributedSampler does)."""
     if not processes.parallel:
         return order
     pad = -len(order) % processes.world_size

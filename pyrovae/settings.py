@@ -1,33 +1,13 @@
 """Settings written once, on dataclass fields; the CLI flags and the ``config.json`` checks follow from them.
 
-A settings class (:class:`~pyrovae.model.config.ModelConfig`, :class:`~pyrovae.data.datasets.DataConfig`,
-:class:`~pyrovae.training.config.TrainConfig`) declares each setting as a field: the annotation is its
-type (``Literal[...]`` for a choice of names), the default its default, and :func:`setting`
-adds the help text and what the CLI does with it (a field ``from_data`` gets no flag; a
-``resumable`` one keeps its flag when a run resumes, see :func:`marked`). From that,
-:func:`add_arguments` makes one ``--flag`` per field and
-:func:`from_args` builds the class from the parsed flags; :func:`settings_from_json` reads a
-section of an untrusted ``config.json`` (known keys and declared types only, then the class's
-own ``__post_init__`` checks, which start with :func:`check_choices`).
+A field's annotation is its type (``Literal[...]`` for a choice), its default the default, and :func:`setting`
+adds its help and marks; :func:`add_arguments` makes a flag per field, :func:`from_args` reads the parsed flags
+and :func:`settings_from_json` an untrusted ``config.json`` section.
 
-Messages speak Python; the CLI translates them into flags. The convention, for every
-``pyrovae`` module:
-
-- a setting is named by its Python name (``z_dim``, ``batch_size``), never by a flag;
-- a message about one setting's bad value is a :class:`SettingError` naming that setting,
-  e.g. ``SettingError("lr", f"lr must be positive, got {lr}")``;
-- a suggested value is written ``name=value``: ``resume=True``, ``binarize='static'``,
-  ``data_dir=DIR``, ``z_dim=2`` (a placeholder in capitals, a string quoted); to suggest
-  leaving a switch off, write ``without resume=True``;
-- help texts of settings fields follow the same rules (the CLI's ``--help`` shows flags).
-
-:func:`in_flags` makes the CLI's message: ``name=True`` becomes ``--flag`` (``download=False``
-becomes ``--no-download``, the flag that sets it), ``name='v'`` and ``name=v`` become
-``--flag v``, and the setting a :class:`SettingError` names becomes ``--flag`` wherever it
-stands alone. Other words are left as they are, so prose like "the prior" never turns into
-a flag, and names without a flag (``num_classes``) stay Python.
+Messages and help texts speak Python: a setting by its Python name (``z_dim``), a bad value as a
+:class:`SettingError` naming it, a suggestion as ``name=value`` (``resume=True``, ``binarize='static'``,
+``data_dir=DIR``; ``without resume=True`` for a switch off). :func:`in_flags` writes them as the CLI's flags.
 """
-
 
 from __future__ import annotations
 
@@ -47,11 +27,7 @@ Settings = TypeVar("Settings")
 
 
 class SettingError(ValueError):
-    """A setting has a bad value; ``setting`` is its Python name, which the message contains.
-
-    ``settings`` holds it and the ``others`` the message also names as remedies (``lower
-    particles or batch_size``).
-    """
+    """A bad value of ``setting`` (a Python name); ``settings`` adds the ``others`` the message names as remedies."""
 
     def __init__(self, setting: str, message: str, others: Collection[str] = ()):
         super().__init__(message)
@@ -110,10 +86,9 @@ def _choices_of(annotation: Any) -> tuple[Any, ...] | None:
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
     """Raise :class:`SettingError` unless ``value`` is one of ``choices``, suggesting the closest name."""
-    if value in choices:
-        return
-    names = [str(choice) for choice in choices if choice is not None]
-    raise SettingError(name, f"unknown {name} {value!r}; choose one of {', '.join(names)}{guess(value, names)}")
+    if value not in choices:
+        names = [str(choice) for choice in choices if choice is not None]
+        raise SettingError(name, f"unknown {name} {value!r}; choose one of {', '.join(names)}{guess(value, names)}")
 
 
 def guess(value: Any, names: Collection[str]) -> str:
@@ -178,13 +153,8 @@ def _with_default(options: dict[str, Any]) -> dict[str, Any]:
 
 def add_arguments(group: ArgumentContainer, cls: type, skip: Collection[str] = (),
                   **changes: dict[str, Any]) -> dict[str, argparse.Action]:
-    """Add a flag for every field of the settings class ``cls`` to ``group``, but those in ``skip`` and those
-    marked ``from_data``; return the flags' actions by field name.
-
-    ``changes`` maps a field name to ``add_argument`` keywords that replace the generated ones
-    (e.g. ``learn_scale={"nargs": "?", "const": "pixel"}``). A help text gets the flag's
-    default unless it says the default itself.
-    """
+    """Add a flag to ``group`` for every field of ``cls`` but those in ``skip`` and those marked ``from_data``, with
+    ``changes`` (``add_argument`` keywords by field name) replacing the generated keywords; return the actions."""
     hints, actions = _type_hints(cls), {}
     for field in dataclasses.fields(cls):
         if field.name not in skip and not field.metadata.get("from_data"):
@@ -210,11 +180,8 @@ SUGGESTION = re.compile(r"(?<![\w./-])(?P<name>[a-z]\w*)=(?P<value>'[^']*'|\"[^\
 
 
 def in_flags(text: str, flags: Mapping[str, argparse.Action], settings: Collection[str] = ()) -> str:
-    """``text`` with the settings it names written as the CLI's flags (see the module's convention).
-
-    ``flags`` maps a Python name to the flag's action (its ``dest``); ``settings`` are those a
-    :class:`SettingError` names, replaced wherever they stand alone.
-    """
+    """``text`` with ``name=value`` suggestions written as flags, and the ``settings`` a :class:`SettingError`
+    names wherever they stand alone; ``flags`` maps a Python name to its flag's action."""
     def option(name: str) -> str:
         return max(flags[name].option_strings, key=len)
 
@@ -245,14 +212,10 @@ def _matches(value: Any, annotation: Any) -> bool:
         return any(_matches(value, type(choice)) for choice in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    if annotation in (int, float):
+        return isinstance(value, (int, annotation)) and not isinstance(value, bool)
     if origin in (Sequence, tuple, list):
         item = typing.get_args(annotation)[0]
         return isinstance(value, list) and all(_matches(v, item) for v in value)
@@ -271,13 +234,8 @@ def _type_name(annotation: Any) -> str:
 
 
 def settings_from_json(cls: type[Settings], values: Any, where: str) -> Settings:
-    """Build the settings dataclass ``cls`` from a parsed JSON object, checking keys and types first.
-
-    A ``config.json`` comes from disk, perhaps from someone else's run: every key must be a
-    field of ``cls`` and every value have the field's declared type before the class's own
-    checks judge the values. Every failure is one ``ValueError`` line starting with ``where``,
-    which names the source, e.g. ``"runs/a/config.json, section 'model'"``.
-    """
+    """``cls`` from a parsed JSON object, perhaps someone else's: its keys and types are checked before the class's
+    own checks. Every failure is one ``ValueError`` line starting with ``where``, e.g. ``"runs/a/config.json, ..."``."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected an object of settings, got {type(values).__name__}")
     hints = _type_hints(cls)
@@ -296,11 +254,7 @@ def settings_from_json(cls: type[Settings], values: Any, where: str) -> Settings
 
 
 Device = Literal["auto", "cpu", "cuda"]
-
-
 DEVICES = get_args(Device)
-
-
 DEVICE_HELP = "auto picks CUDA when there is a GPU"
 
 

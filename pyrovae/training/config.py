@@ -1,6 +1,5 @@
 """The training settings, :class:`TrainConfig`."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -20,17 +19,11 @@ from pyrovae.settings import (
 )
 
 ELBOS = {"trace": TraceELBO, "meanfield": MeanFieldELBO, "iwae": IWAEBound}
-
-
 Elbo = Literal[tuple(ELBOS)]
-
-
 Estimator = Literal[ESTIMATORS]
-
 
 LOWER_WHEN_OUT_OF_MEMORY = ("batch_size", "particles", "z_dim", "hidden")
 """The settings to lower when a step runs out of memory, the biggest lever first."""
-
 
 PROGRESS_REFRESH_STEPS = 50
 """Steps between updates of the progress bar's running loss (each one reads the loss from the device)."""
@@ -38,10 +31,7 @@ PROGRESS_REFRESH_STEPS = 50
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimization settings (saved in ``config.json``); the KL settings make :attr:`kl_schedule`.
-
-    The ``resumable`` settings are those a resumed run may change; it keeps the others.
-    """
+    """Optimization settings (saved in ``config.json``); a resumed run may change only the ``resumable`` ones."""
 
     epochs: int = setting(100, "epochs in all, counted from the run's start (when resuming: the total to reach)",
                           resumable=True)

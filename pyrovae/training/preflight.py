@@ -1,16 +1,10 @@
-"""Will it fit? Memory estimates made before any work, and what running out of memory looks like.
+"""Will it fit? Checks made before any training work, memory estimates among them.
 
-Training holds every parameter four times: the weights, their gradients and Adam's two
-moment estimates. :func:`model_bytes` counts them from a :class:`~pyrovae.model.config.ModelConfig`
-alone, by building the model on PyTorch's ``meta`` device, which allocates nothing, so
-``z_dim=10**9`` is counted in milliseconds instead of failing in the allocator. What one
-step holds at its peak grows with the examples times the particles; :func:`peak_at`
-extrapolates it from two small probes (:func:`~pyrovae.memory.allocations`), as the
-log-likelihood sizes its chunks. Both are compared with
-:func:`free_bytes` of the device, and a setting that cannot fit is refused by
-:class:`TooBig`, naming the setting that grew it most.
+:func:`model_bytes` counts the parameters' memory on PyTorch's ``meta`` device, which allocates nothing (so
+``z_dim=10**9`` is refused in milliseconds); a step's peak is extrapolated from two small probes
+(:func:`~pyrovae.memory.peak_at`). A setting that cannot fit in the device's free memory is refused by
+:class:`~pyrovae.memory.TooBig`, naming the setting furthest above its default.
 """
-
 
 from __future__ import annotations
 
@@ -25,17 +19,8 @@ from pyrovae.data.label_mix import visible_labels
 from pyrovae.data.streaming import StreamedSplit
 from pyrovae.distributed import SINGLE, Processes
 from pyrovae.inference.evaluate import evaluating
-from pyrovae.inference.semi_supervised import (
-    learns_from_few_labels,
-)
-from pyrovae.memory import (
-    TooBig,
-    free_bytes,
-    in_bytes,
-    parameter_bytes,
-    peak_at,
-    where,
-)
+from pyrovae.inference.semi_supervised import learns_from_few_labels
+from pyrovae.memory import TooBig, free_bytes, in_bytes, parameter_bytes, peak_at, where
 from pyrovae.model.build import build_posterior, build_vae
 from pyrovae.model.config import ModelConfig
 from pyrovae.model.vae import VAE
@@ -57,13 +42,8 @@ def model_bytes(config: ModelConfig) -> int:
 
 
 def flow_bytes(config: ModelConfig) -> int:
-    """The bytes training holds for the parameters of a flow guide's networks, without building them at full size.
-
-    Pyro's autoregressive networks cannot be built on the ``meta`` device, and their layers
-    are all as wide as a multiple of the latent size, so their parameter count is a quadratic
-    in it: counted exactly on small flows of 2, 3 and 4 latents, and extrapolated (Newton's
-    form, from the count's first and second differences).
-    """
+    """The bytes training holds for a flow guide's parameters: Pyro's autoregressive networks cannot be built on
+    ``meta``, so their count, a quadratic in the latent size, is extrapolated (Newton's form) from 2, 3, 4 latents."""
     if config.guide == "diagonal":
         return 0
     latent_sizes = [config.z_dim] if config.latent_layers == 1 else [config.z_dim, config.lower_dim]
@@ -91,11 +71,7 @@ def largest(sizes: Mapping[str, int], defaults: Mapping[str, int]) -> str:
 
 
 def check_model_fits(config: ModelConfig, device: torch.device) -> None:
-    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it.
-
-    A flow guide's networks are counted first (:func:`flow_bytes`), since counting the whole
-    model builds them for real (on the CPU).
-    """
+    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it."""
     sizes, free = model_sizes(config), free_bytes(device)
     culprit = largest(sizes, SIZE_DEFAULTS)
     needed = flow_bytes(config)  # first: counting the whole model builds the flows for real
@@ -125,9 +101,8 @@ def check_few_labels(config: TrainConfig, processes: Processes) -> None:
 
 
 def check_training(vae: VAE, data: Dataset, config: TrainConfig, processes: Processes = SINGLE) -> None:
-    """Refuse, before any work, what training ``vae`` on ``data`` (both on the training device) cannot do:
-    images outside the likelihood's support, bad labels, settings that hidden labels cannot honour, and
-    sizes that do not fit in memory (:func:`check_step_fits`)."""
+    """Refuse, before any work, images outside the likelihood's support, bad labels, settings that hidden labels
+    cannot honour, and steps that do not fit in memory."""
     if isinstance(data.train, StreamedSplit):  # uint8 pixels: the first batch shows whether the model reads them
         vae.check_data(next(data.batches(config.batch_size, shuffle=False))[0], "training images")
     else:
@@ -144,13 +119,8 @@ def check_training(vae: VAE, data: Dataset, config: TrainConfig, processes: Proc
 
 
 def step_bytes(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int) -> float:
-    """About the bytes one training step of ``batch_size`` examples allocates: gradients and activations.
-
-    Measured on probe steps at a few examples and at most two particles, then scaled to
-    ``batch_size`` examples times ``config.particles``. The probes run in eval mode (no
-    training step is taken), change no parameter and draw nothing from the caller's random
-    streams.
-    """
+    """About the bytes (gradients and activations) one step of ``batch_size`` examples allocates, scaled from probes
+    of a few examples and at most two particles that change no parameter and leave the caller's random streams alone."""
     probe_particles = min(config.particles, 2)
     probe_config = dataclasses.replace(config, particles=probe_particles)
 
@@ -166,11 +136,7 @@ def step_bytes(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int) ->
 
 
 def check_step_fits(vae: VAE, data: Dataset, config: TrainConfig, processes: Processes = SINGLE) -> None:
-    """Refuse, before any work, training settings whose steps cannot fit in the device's free memory.
-
-    Training will still allocate Adam's two moments and, every step, the gradients and the
-    activations (:func:`step_bytes`). The refusal names the setting furthest above its default.
-    """
+    """Refuse training settings whose steps (:func:`step_bytes`) and Adam's moments cannot fit in free memory."""
     batch_size = min(config.batch_size // processes.world_size, len(data.train))
     needed = ADAM_MOMENTS * parameter_bytes(vae) + step_bytes(vae, data, config, batch_size)
     free = free_bytes(vae.device)

@@ -1,9 +1,7 @@
 """Stopping training on request: Ctrl-C (SIGINT) or a scheduler's SIGTERM ends the run at a step boundary.
 
-The first signal only sets a flag; the training loop sees it after the current step,
-saves a checkpoint of exactly where it stands, and raises :class:`TrainingInterrupted`.
-A second signal while that happens interrupts at once, as Python normally does (the
-checkpoint write is atomic, so the previous checkpoint survives it).
+The first signal sets a flag; the loop then saves a checkpoint and raises :class:`TrainingInterrupted`. A second
+signal interrupts at once (the checkpoint write is atomic, so the previous checkpoint survives it).
 """
 
 from __future__ import annotations
@@ -21,11 +19,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopRequest:
-    """A context in which SIGINT and SIGTERM ask the loop to stop instead of killing it.
-
-    ``requested`` holds the signal's name once one arrived. Outside the main thread
-    Python cannot install handlers, and signals keep their usual effect.
-    """
+    """A context in which SIGINT and SIGTERM set ``requested`` to their name instead of killing the loop (in the
+    main thread only: elsewhere Python cannot install handlers)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
