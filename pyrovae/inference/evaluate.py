@@ -1,12 +1,7 @@
 """Evaluation in nats per example: the negative ELBO, the importance-sampled log-likelihood, classification.
 
-Both estimators read the traces of a model and a guide (:mod:`pyrovae.inference.importance`), so
-they take a :class:`~pyrovae.model.vae.VAE`, ``negative_elbo(vae, x, y)``, or any Pyro model and
-guide, ``log_likelihood(model, guide, x, model_args=..., model_kwargs=...)``: the first
-argument's type picks the form. With K draws z_k ~ q(z|x),
-
-    log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K
-
+Both estimators take a :class:`~pyrovae.model.vae.VAE` or any Pyro model and guide (the first argument's
+type picks the form). With K draws z_k ~ q(z|x), log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K
 (Burda, Grosse & Salakhutdinov 2015), the number VAE papers report with K = 5000.
 """
 
@@ -41,8 +36,7 @@ EVAL_BLOCK = 500
 NO_MEMORY_LEFT = ("out of memory with a sample or two of an image or two; free memory on the device, or evaluate "
                   "on another device")
 CPU_CHUNK_BYTES = 64 * 2**20
-"""On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower, not faster, as every
-chunk's fresh tensors are page-faulted in anew (measured in benchmarks/log_likelihood.py)."""
+"""On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower (fresh pages faulted in)."""
 
 
 @dataclasses.dataclass
@@ -66,7 +60,7 @@ class EvaluateConfig:
 
 @contextmanager
 def evaluating(vae: VAE) -> Iterator[None]:
-    """``vae`` in eval mode inside, and back to the mode it had after."""
+    """``vae`` in eval mode inside, back to its former mode after."""
     was_training = vae.training
     vae.eval()
     try:
@@ -82,11 +76,7 @@ def vae_sampler(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None) -> Imp
 
 def log_importance_weights(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                            num_particles: int = 1) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, B)``, for a :class:`VAE`.
-
-    Densities are unscaled: a KL weight passed to the model for training does not change
-    what is evaluated here. Any model and guide: :class:`~pyrovae.inference.importance.ImportanceSampler`.
-    """
+    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, B)``, unscaled by any KL weight."""
     return vae_sampler(vae, x, y).log_weights(slice(None), num_particles)
 
 
@@ -102,10 +92,8 @@ def negative_elbo(model: Callable, guide: Callable, x: torch.Tensor, *,
                   model_kwargs: dict | None = None, data_plate: str = "data") -> torch.Tensor:
     """Per-example negative ELBO in nats, shape ``(N,)``: -mean_k [log p(x, z_k) - log q(z_k|x)].
 
-    ``model(x, *model_args, **model_kwargs)`` and ``guide`` alike are any Pyro functions
-    with their examples' sites in the plate ``data_plate`` (see :mod:`pyrovae.inference.importance`).
-    The first form, ``negative_elbo(vae, x, y=None, batch_size=1000, num_particles=1)``,
-    takes a :class:`VAE` and checks its inputs.
+    ``model(x, *model_args, **model_kwargs)`` and ``guide`` have their examples' sites in the plate
+    ``data_plate``. The form ``negative_elbo(vae, x, y=None, batch_size, num_particles)`` checks its inputs.
     """
     _check_counts(batch_size=batch_size, num_particles=num_particles)
     sampler = ImportanceSampler(model, guide, x, model_args, model_kwargs, data_plate)
@@ -131,8 +119,7 @@ def _in_chunks(estimate: Callable[[slice, int], torch.Tensor], size: int, exampl
                bar: tqdm | None = None) -> torch.Tensor:
     """``estimate(part, particles)`` of consecutive parts of ``examples`` examples out of ``size``, concatenated.
 
-    Should memory run out all the same, the chunk is halved (examples first, then
-    particles) and the part in flight is estimated again, down to one sample of one image.
+    Out of memory, the chunk is halved (examples first, then particles) and the part estimated again.
     """
     parts, start = [], 0
     while start < size:
@@ -160,17 +147,11 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *,
                    num_samples: int = EvaluateConfig.num_samples,
                    model_args: Sequence = (), model_kwargs: dict | None = None, data_plate: str = "data",
                    memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False) -> torch.Tensor:
-    """Per-example importance-sampled log p(x) in nats, shape ``(N,)``, for any Pyro model and guide.
+    """Per-example importance-sampled log p(x) in nats, shape ``(N,)``, from ``num_samples`` draws z_k ~ q(z|x).
 
-    Uses ``num_samples`` draws z_k ~ q(z|x) per example. ``model(x, *model_args,
-    **model_kwargs)`` and ``guide`` alike are plain Pyro functions whose examples' sites lie
-    in the plate ``data_plate``; a probe checks that contract before any long work (see
-    :mod:`pyrovae.inference.importance`). The work is split along the data plate into chunks of
-    particles and examples that each allocate at most ``memory_budget`` bytes (measured on
-    a probe) and combined with a running logsumexp.
-
-    The first form, ``log_likelihood(vae, x, y=None, num_samples=5000, memory_budget=...,
-    progress=False)``, takes a :class:`VAE`, checks its inputs, and gives log p(x|y) with labels.
+    Model and guide as for :func:`negative_elbo`. Chunks of particles and examples each allocate at most
+    ``memory_budget`` bytes and are combined with a running logsumexp. The form ``log_likelihood(vae, x, y=None,
+    num_samples, memory_budget, progress)`` checks its inputs and gives log p(x|y) with labels.
     """
     _check_estimator(num_samples, memory_budget)
     sampler = ImportanceSampler(model, guide, x, model_args, model_kwargs, data_plate)
@@ -197,10 +178,7 @@ def _check_estimator(num_samples: int, memory_budget: float) -> None:
 @torch.no_grad()
 def _log_likelihood(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
                     progress: bool = False, note_chunks: bool = False) -> torch.Tensor:
-    """:func:`log_likelihood` of a sampler whose settings were checked.
-
-    ``note_chunks`` logs a note when an example's samples take more than one chunk.
-    """
+    """:func:`log_likelihood` of a sampler whose settings were checked; ``note_chunks`` says if samples split."""
     particles, examples = chunk_shape(sampler, num_samples, memory_budget)
     if note_chunks:
         _note_chunks(particles, num_samples, sampler.x.device, memory_budget)
@@ -222,9 +200,7 @@ def _log_mean_weight(sampler: ImportanceSampler, part: slice, num_samples: int, 
 def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: float) -> tuple[int, int]:
     """(particles, examples) per chunk of :func:`log_likelihood`: as many particles as fit, then examples.
 
-    The bytes per (particle, example) pair are measured as the difference between a
-    probe with two particles and one with one, on two examples. On a CPU the chunk
-    also stays under :data:`CPU_CHUNK_BYTES`.
+    The bytes per (particle, example) pair are those of a two-particle probe less a one-particle one.
     """
     if sampler.x.device.type == "cpu":
         memory_budget = min(memory_budget, CPU_CHUNK_BYTES)
@@ -262,9 +238,7 @@ def class_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x:
                  num_classes: int) -> torch.Tensor:
     """The ``(N, C)`` table ``score(x, y=c)`` for every class c, e.g. an estimate of log p(x|y=c).
 
-    Every class is scored with the same random numbers (common random numbers): for a
-    guide that ignores y the draws z ~ q(z|x) are identical across classes, so the
-    comparison between classes carries no Monte Carlo noise of the shared terms.
+    Every class is scored with the same random numbers, so comparing classes adds no noise of shared terms.
     """
     seed = int(torch.randint(2**62, ()))
     columns = []
@@ -275,8 +249,7 @@ def class_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x:
 
 
 def class_log_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """log p(y) from the label frequencies (each class counted at least once, so none is impossible; uniform
-    without labels)."""
+    """log p(y) from the label frequencies, each class counted at least once so that none is impossible."""
     counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1).double()
     return (counts / counts.sum()).log().float()
 
@@ -289,12 +262,8 @@ def classify(log_px_given_y: torch.Tensor, log_py: torch.Tensor | None = None) -
 
 
 def accuracy(predicted: torch.Tensor, labels: torch.Tensor, clusters: bool = False) -> float:
-    """The share of ``predicted`` classes equal to ``labels``.
-
-    With ``clusters`` the predictions are cluster numbers learned without labels, and the
-    accuracy is that of the best one-to-one matching of clusters to classes (the Hungarian
-    method, :func:`scipy.optimize.linear_sum_assignment` on the counts of each pair).
-    """
+    """The share of ``predicted`` classes equal to ``labels``; with ``clusters``, after the best one-to-one
+    matching of clusters to classes (the Hungarian method)."""
     predicted, labels = predicted.cpu(), labels.cpu()
     if not clusters:
         return (predicted == labels).float().mean().item()
@@ -308,11 +277,7 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor, clusters: bool = Fal
 
 def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int | None, batch_size: int,
                   memory_budget: float) -> torch.Tensor:
-    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c.
-
-    The inputs were checked once by :func:`evaluation_report`, not again for every block and class.
-    They are moved to the VAE's device first, so the classes share that device's random draws.
-    """
+    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c."""
     x, y = x.to(vae.device), None if y is None else y.to(vae.device)
     neg_elbo = _negative_elbo(vae_sampler(vae, x, y), batch_size)
     if num_samples:
@@ -337,20 +302,14 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                       processes: Processes = SINGLE, clusters: bool = False) -> dict[str, float]:
     """The numbers of ``eval.json``, per example in nats, each with its standard error across examples.
 
-    ``neg_elbo``; unless ``num_samples`` is ``None``, the importance-sampled ``nll`` = -log p(x)
-    and ``bits_per_dim`` = nll / (D log 2). A conditional model scores every class c with
-    the same estimator (log p(x|y=c); the ELBO when ``num_samples`` is ``None``) and adds
-    ``accuracy`` of argmax_y log p(x|y) + log p(y) against ``y``; its ``nll`` is the
-    marginal -log p(x) = -logsumexp_y [log p(y) + log p(x|y)], exact over y, and
-    ``nll_given_label`` is -log p(x|y) for the true label. A VAE with a classifier q(y|x)
-    also gets ``accuracy_guide``, the accuracy of argmax_y q(y|x). With ``clusters`` (a model
-    trained without labels) both accuracies match clusters to classes first (see
-    :func:`accuracy`), and the numbers given the true label (``neg_elbo``, ``nll_given_label``)
-    are left out. The ELBO's batches also stay within ``memory_budget``.
+    ``neg_elbo``; unless ``num_samples`` is ``None``, ``nll`` = -log p(x) and ``bits_per_dim`` = nll / (D log 2).
+    A conditional model scores every class c (log p(x|y=c), or the ELBO) and adds ``accuracy`` of
+    argmax_y log p(x|y) + log p(y); its ``nll`` is -logsumexp_y [log p(y) + log p(x|y)] and ``nll_given_label``
+    -log p(x|y) for the true label. A classifier q(y|x) adds ``accuracy_guide``. With ``clusters`` the
+    accuracies match clusters to classes, and the numbers given the true label are left out.
 
-    The examples are taken in blocks of :data:`EVAL_BLOCK`, each with random draws from its
-    own seed derived from ``seed``; under torchrun (``processes``) the ranks share out the
-    blocks and gather the results, so any number of processes gives the same numbers.
+    Blocks of :data:`EVAL_BLOCK` examples draw from seeds derived from ``seed``; under torchrun the ranks
+    share out the blocks, so any number of processes gives the same numbers.
     """
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be at least 1 (None: the ELBO only), got {num_samples}")

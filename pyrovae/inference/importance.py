@@ -1,21 +1,10 @@
-"""Importance weights of any Pyro model and guide, one per particle and example.
+"""Importance weights log w = log p(x, z) - log q(z|x) of any Pyro model and guide, one per particle and example.
 
-For a model p(x, z) and a guide q(z|x) written over a plate of examples, a draw
-z ~ q(z|x) has the log importance weight log w = log p(x, z) - log q(z|x). Its mean under
-q is the ELBO, and (Burda, Grosse & Salakhutdinov 2015)
-
-    log p(x) ~ logsumexp_k log w_k - log K,   z_1..z_K ~ q(z|x),
-
-a lower bound in expectation that tightens as K grows. Both traces are taken under a
-``particles`` plate left of every plate the model declares, so one pass gives weights of
-shape (K, B) for any model: the log densities are summed over every plate but the data
-plate and the particles. A model site marked ``infer={"enumerate": "parallel"}`` that the
-guide does not sample is summed out exactly: p(x, z) = sum_y p(x, y, z).
-
-Before any long work, :func:`check_model_and_guide` runs both once on two examples and
-checks the contract that makes the weights per example (every latent and observed site in
-the data plate, the same latent sites in model and guide), so a breach is one line naming
-the site.
+Their mean is the ELBO, and log p(x) ~ logsumexp_k log w_k - log K (Burda, Grosse & Salakhutdinov 2015).
+Both traces run under a ``particles`` plate left of the model's plates, so one pass gives (K, B) weights, the
+log densities summed over every other plate but the data plate. A model site marked
+``infer={"enumerate": "parallel"}`` that the guide does not sample is summed out exactly.
+:func:`check_model_and_guide` checks the per-example contract on two examples before any long work.
 """
 
 from __future__ import annotations
@@ -38,11 +27,7 @@ PARTICLES = "particles"
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where the weights' dimensions lie, found on a probe trace.
-
-    ``data_dim`` is the data plate's dim, ``particle_dim`` the one left of every plate, and
-    ``enumerated`` the model sites summed out exactly (their dims go left of the particles).
-    """
+    """Where the weights' dimensions lie, found on a probe trace; ``enumerated``: the model sites summed out."""
 
     data_plate: str
     data_dim: int
@@ -79,8 +64,7 @@ def check_model_and_guide(model: Callable, guide: Callable, x: torch.Tensor, mod
     """Run ``guide`` and ``model`` once on the first two examples; raise a one-line ``ValueError`` naming the
     site that breaks the per-example contract, else return the :class:`Layout` of their weights.
 
-    The probe draws no random numbers from the caller's stream and registers nothing with
-    enclosing Pyro handlers.
+    The probe leaves the caller's random stream and enclosing Pyro handlers alone.
     """
     kwargs = split_examples(model_kwargs or {}, len(x), slice(0, 2))
     args = split_examples(tuple(model_args), len(x), slice(0, 2))
@@ -125,27 +109,16 @@ def sum_over_plates(log_prob: torch.Tensor, site: dict, keep: Container[str]) ->
     return log_prob.sum(dims, keepdim=True) if dims else log_prob
 
 
-def _per_example_log_prob(site: dict, layout: Layout) -> torch.Tensor:
-    """The site's unscaled (masked) log density, summed over every plate but the data plate and the particles.
-
-    Unscaled: a ``poutine.scale`` such as a KL weight, or a subsampling plate's scale,
-    changes what is optimized, not the density evaluated here.
-    """
-    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
-    return sum_over_plates(log_prob, site, (layout.data_plate, PARTICLES))
-
-
 def _trace_sum(trace: poutine.Trace, layout: Layout) -> torch.Tensor:
-    return sum(_per_example_log_prob(site, layout) for site in _sample_sites(trace).values())
+    """The unscaled (masked) log densities of the trace, summed over every plate but the data plate and particles."""
+    keep = (layout.data_plate, PARTICLES)
+    return sum(sum_over_plates(scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"]), site, keep)
+               for site in _sample_sites(trace).values())
 
 
 def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, layout: Layout,
                            model_args: Sequence = (), model_kwargs: dict | None = None) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, len(x))``.
-
-    ``layout`` comes from :func:`check_model_and_guide`. Enumerated model sites are summed
-    out: a logsumexp over their values, per example and particle.
-    """
+    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, len(x))``."""
     model_kwargs = model_kwargs or {}
     with pyro.plate(PARTICLES, num_particles, dim=layout.particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *model_args, **model_kwargs)
@@ -163,11 +136,9 @@ def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, nu
 
 
 class ImportanceSampler:
-    """The weights of one model and guide on the examples ``x``, their contract checked once.
+    """The weights of ``model(x, *model_args, **model_kwargs)`` and the guide, their contract checked once.
 
-    ``model(x, *model_args, **model_kwargs)`` and the guide alike; tensors among the
-    arguments with ``len(x)`` rows are per-example inputs (labels, say) and are cut with
-    ``x`` (see :func:`split_examples`).
+    Tensors among the arguments with ``len(x)`` rows are per-example inputs, cut with ``x``.
     """
 
     def __init__(self, model: Callable, guide: Callable, x: torch.Tensor, model_args: Sequence = (),

@@ -1,8 +1,7 @@
 """The weight w of the KL term during training: beta, linear warm-up, or automatic balance.
 
-The objective is E_q[-log p(x|z)] + w KL(q(z|x) || p(z)); w = 1 is the ELBO. The model
-and guide apply w with ``poutine.scale`` on the latent site (see :class:`~pyrovae.model.vae.VAE`),
-and :func:`~pyrovae.training.loop.fit` sets it before every step from a :class:`KLSchedule`.
+The objective is E_q[-log p(x|z)] + w KL(q(z|x) || p(z)); w = 1 is the ELBO. The VAE applies w with
+``poutine.scale`` on the latent site; :func:`~pyrovae.training.loop.fit` sets it before every step.
 """
 
 from __future__ import annotations
@@ -14,21 +13,17 @@ import torch
 from pyrovae.settings import SettingError
 
 MIN_KL_WEIGHT = 1e-6
-"""The smallest weight applied: ``poutine.scale`` needs a positive scale, and 1e-6 of the
-KL term is nothing for all practical purposes (it stands for w = 0)."""
+"""The smallest weight applied, standing for w = 0: ``poutine.scale`` needs a positive scale."""
 
 
 @dataclasses.dataclass
 class KLSchedule:
-    """How w evolves; :class:`~pyrovae.training.config.TrainConfig` declares the three settings and makes one.
+    """How w evolves; :class:`~pyrovae.training.config.TrainConfig` declares the three settings.
 
-    - ``kl_weight``: a constant weight, the beta of Canziani & LeCun's lecture notes
-      (Higgins et al. 2017).
-    - ``kl_warmup``: w rises linearly from 0 to ``kl_weight`` over that many epochs,
-      step by step (Bowman et al. 2015).
-    - ``kl_balance`` alpha: w starts at 0 and after every batch
-      w += alpha * (RE - w * DE), with RE and DE the batch's reconstruction and KL terms
-      per example (Verduzco 2023), so that w * DE is driven towards RE.
+    - ``kl_weight``: a constant weight, the beta of Higgins et al. (2017).
+    - ``kl_warmup``: w rises linearly from 0 to ``kl_weight`` over that many epochs (Bowman et al. 2015).
+    - ``kl_balance`` alpha: w starts at 0 and after every batch w += alpha * (RE - w * DE), RE and DE the
+      reconstruction and KL terms per example (Verduzco 2023), driving w * DE towards RE.
     """
 
     kl_weight: float

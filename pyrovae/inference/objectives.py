@@ -1,20 +1,10 @@
 """Training objectives: Pyro's ELBOs with the loss kept on the device, and its two halves.
 
-Pyro's ``Trace_ELBO.differentiable_loss`` reads the ELBO back to the host with
-``.item()`` for every site and checks it for NaN on every step, which makes a GPU wait
-for the host each step. For the fully reparameterized guides of a VAE the surrogate
-loss *is* the negative ELBO, so these subclasses return it as a device tensor and do
-nothing else differently: the same traces (``_get_traces``: validation, particles,
-vectorization) and the same estimator. ``fit`` checks the loss for NaN once per epoch.
-
-:meth:`loss_and_parts` also returns the reconstruction term -E_q[log p(x|z)] and the
-KL term, unweighted, for logging and for the KL balance of Verduzco (2023). The loss itself
-takes Pyro's scaled log densities, so a ``poutine.scale`` on the latent site (the KL
-weight) weighs exactly the KL term.
-
-The IWAE bound has three gradient estimators (``estimator``): the reparameterized gradient
-of Burda et al. (2015), the path derivative of Roeder et al. (2017) ("sticking the landing")
-and the doubly reparameterized gradient of Tucker et al. (2019); see :class:`IWAEBound`.
+Pyro's ``Trace_ELBO.differentiable_loss`` reads the ELBO back to the host with ``.item()`` on every step,
+making a GPU wait. For the reparameterized guides of a VAE the surrogate loss *is* the negative ELBO, so
+these subclasses return it as a device tensor, with the same traces and estimator; ``fit`` checks for NaN
+once per epoch. :meth:`loss_and_parts` also returns the unweighted reconstruction and KL terms, for logging
+and for the KL balance. The IWAE bound has three gradient estimators; see :class:`IWAEBound`.
 """
 
 from __future__ import annotations
@@ -84,15 +74,14 @@ def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 class _DeviceResidentLoss:
-    """``differentiable_loss`` = -mean over particles of the particle ELBO, as a device tensor."""
+    """``differentiable_loss`` as a device tensor: the loss of :meth:`loss_and_parts`."""
 
     def loss_and_parts(self, model, guide, *args, **kwargs) -> ELBOParts:
         particles = []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             _check_reparameterized(guide_trace)
             particles.append(self.particle_elbo(model_trace, guide_trace))
-        # Sums over the particles (one vectorized trace holds them all), then the mean; no
-        # autograd node for a division by one.
+        # the mean over particles (one vectorized trace holds them all), without dividing by one
         elbo, log_likelihood, kl = (_total(terms) for terms in zip(*particles))
         if self.num_particles > 1:
             elbo, log_likelihood, kl = (part / self.num_particles for part in (elbo, log_likelihood, kl))
@@ -134,7 +123,7 @@ class MeanFieldELBO(_DeviceResidentLoss, TraceMeanField_ELBO):
 
 
 def _base_gaussian(site: dict) -> tuple[dist.Normal, list]:
-    """A guide site's distribution as a Gaussian and the transforms that push it to z (none for a Gaussian site)."""
+    """A guide site's distribution as a Gaussian and the transforms that push it to z."""
     fn, transforms = site["fn"], []
     if isinstance(fn, dist.TransformedDistribution):
         fn, transforms = fn.base_dist, fn.transforms
@@ -147,10 +136,9 @@ def _base_gaussian(site: dict) -> tuple[dist.Normal, list]:
 
 
 def _base_draw(site: dict) -> torch.Tensor:
-    """The Gaussian draw u that a guide site pushed through its transforms to its value (the value itself without).
+    """The Gaussian draw u that a guide site pushed through its transforms to its value.
 
-    Read back through the transforms' inverses, which Pyro's transforms answer from the
-    cache of the draw's own forward pass: no autoregressive inversion is computed.
+    The transforms' inverses answer from the cache of the forward pass: no autoregressive inversion is computed.
     """
     return functools.reduce(lambda z, transform: transform.inv(z), reversed(_base_gaussian(site)[1]), site["value"])
 
@@ -158,9 +146,7 @@ def _base_draw(site: dict) -> torch.Tensor:
 def _path_log_prob(site: dict) -> torch.Tensor:
     """log q(z) of a guide site's draw, through which only the path derivative reaches the Gaussian's parameters.
 
-    log N(u; loc, scale) with loc and scale detached (the draw u keeps its gradient), minus
-    the log-determinants of the transforms, which keep theirs: a flow's own parameters get
-    the ordinary gradient, so the estimators stay unbiased without inverting the flow.
+    loc and scale are detached; the transforms' log-determinants keep the ordinary gradient.
     """
     gaussian, transforms = _base_gaussian(site)
     detached = dist.Normal(gaussian.loc.detach(), gaussian.scale.detach()).to_event(len(site["fn"].event_shape))
@@ -168,11 +154,9 @@ def _path_log_prob(site: dict) -> torch.Tensor:
 
 
 def _scale_path_gradient(site: dict, normalized: torch.Tensor, kl_weight: float | torch.Tensor) -> None:
-    """Multiply the gradient that will reach a guide site's Gaussian draw by 1 - s + s w~_k (w~_k with s = 1).
+    """Multiply the gradient that will reach a guide site's Gaussian draw by 1 - s + s w~_k, s the site's KL weight.
 
-    The gradient through the draw u_k is w~_k d log w_k / d u_k; DReG's is
-    (w~_k - s w~_k (1 - w~_k)) d log w_k / d u_k, the score term s d log q / d phi of a site
-    weighed by s rewritten by reparameterization (Tucker et al. 2019).
+    That turns w~_k d log w_k / d u_k into DReG's (w~_k - s w~_k (1 - w~_k)) d log w_k / d u_k (Tucker et al. 2019).
     """
     draw = _base_draw(site)
     if draw.requires_grad:
@@ -181,47 +165,28 @@ def _scale_path_gradient(site: dict, normalized: torch.Tensor, kl_weight: float 
         draw.register_hook(lambda grad: grad * factor)
 
 
-class IWAEBound(RenyiELBO):
+class IWAEBound(_DeviceResidentLoss, RenyiELBO):
     """The importance-weighted bound (Burda et al. 2015), Renyi's alpha = 0, per example:
 
         sum_b [logsumexp_k log w_kb - log K],   log w_kb = log p(x_b, z_kb) - log q(z_kb | x_b),
 
-    with the K particles vectorized (a plate left of every plate of the model). The
-    logsumexp runs over the particle dim of each example's own weights, never over the
-    batch sum; the weights are summed over every plate inside ``data_plate`` (see
-    :mod:`pyrovae.inference.importance`), so any model whose examples' sites lie in that plate works.
-    K = 1 is the ELBO. A ``poutine.scale`` inside the data plate (the KL weight) weighs its
-    sites' log densities inside the weights; the data plate's own scale (the dataset size
-    over the batch size, when the model is told it) multiplies the bound. Returns the loss on
-    the device, like the ELBOs above; ``recon`` and ``kl`` are their particle averages (the
-    ELBO's halves), for logging.
+    with the K particles vectorized and the weights summed over every plate inside ``data_plate``; K = 1 is
+    the ELBO. A ``poutine.scale`` inside the data plate (the KL weight) weighs its sites inside the weights;
+    the data plate's own scale multiplies the bound. ``recon`` and ``kl`` are particle averages, for logging.
 
-    Its gradient is sum_k w~_k grad log w_k, with w~_k = w_k / sum_j w_j the normalized
-    weights. ``estimator`` chooses how it is estimated; the bound's value is the same:
+    The gradient is sum_k w~_k grad log w_k, w~_k the normalized weights; ``estimator`` picks its estimate:
 
-    - ``standard``: autograd through the reparameterized draws (Burda et al. 2015). The
-      encoder's part carries the score term -w~_k d log q(z_k) / d phi, whose noise grows
-      with K, so its signal-to-noise ratio falls like 1/sqrt(K) (Rainforth et al. 2018).
-    - ``stl``: log q evaluated with the guide's Gaussian parameters detached, which drops the
-      score term (Roeder et al. 2017). Unbiased for K = 1 (the ELBO); for K > 1 the dropped
-      term no longer has mean zero and the encoder's gradient is biased (Tucker et al. 2019).
-    - ``dreg``: the score term rewritten by reparameterization, which turns the encoder's
-      weights w~_k into w~_k^2 (Tucker et al. 2019): the encoder gets
-      sum_k w~_k^2 d log w_k / d z_k dz_k / d phi, with log q's parameters detached; the
-      model's parameters the standard gradient. Unbiased for every K, and its signal grows
-      with K. Implemented as ``stl`` with the gradient reaching each draw scaled by w~_k
-      (by 1 - s + s w~_k under a KL weight s, which also scales the score term).
+    - ``standard``: autograd through the reparameterized draws; the encoder's signal-to-noise ratio falls
+      like 1/sqrt(K) (Rainforth et al. 2018).
+    - ``stl``: log q with the guide's Gaussian parameters detached, dropping the score term (Roeder et al.
+      2017); biased for K > 1 (Tucker et al. 2019).
+    - ``dreg``: the score term rewritten by reparameterization, the encoder's weights w~_k becoming w~_k^2
+      (Tucker et al. 2019); unbiased for every K. Implemented as ``stl`` with each draw's gradient scaled.
 
-    The path derivative is taken at each guide site's Gaussian draw u, the encoder's
-    loc + scale * eps. A flow guide pushes u through transforms; their log-determinants and
-    parameters keep the standard gradient (as if the flow were part of the model over u), so
-    no transform is inverted. A guide site whose Gaussian reads another latent (q(z2|z1) of
-    two stochastic layers) is likewise left to the standard gradient: scaling its draw's
-    gradient too would scale what flows on to z1 twice. Such a site declares the latents it
-    reads in its ``infer`` dict, ``infer={PARENTS: ("z1",)}`` (see
-    :data:`~pyrovae.model.posteriors.PARENTS`); a guide's structure is fixed, so it is read
-    from the trace, not searched for in the autograd graph. Estimators other than
-    ``standard`` need Gaussian guide sites.
+    The path derivative is taken at each guide site's Gaussian draw u = loc + scale * eps; a flow's transforms
+    keep the standard gradient, so none is inverted. A site whose Gaussian reads another latent declares it,
+    ``infer={PARENTS: ("z1",)}``, and keeps the standard gradient too, lest what flows on to z1 be scaled twice.
+    Estimators other than ``standard`` need Gaussian guide sites.
     """
 
     def __init__(self, num_particles: int = 1, vectorize_particles: bool = True, data_plate: str = "data",
@@ -254,8 +219,4 @@ class IWAEBound(RenyiELBO):
                 _scale_path_gradient(latents[name], normalized, latents[name]["scale"] / data_scale)
         bound = data_scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
         log_likelihood, kl = _sampled_parts(model_trace, guide_trace)
-        n = self.num_particles
-        return ELBOParts(-bound, -log_likelihood / n, kl / n)
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        return self.loss_and_parts(model, guide, *args, **kwargs).loss
+        return ELBOParts(-bound, -log_likelihood / self.num_particles, kl / self.num_particles)

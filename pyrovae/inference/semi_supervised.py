@@ -1,21 +1,12 @@
-"""Learning from few labels: a labelled subset, minibatches that mix it in, and the semi-supervised objective.
+"""Learning from few labels: the semi-supervised objective, and k-means class means for clustering.
 
-With labelled images (x, y) and unlabelled images x, the conditional VAE maximizes
-(Kingma, Rezende, Mohamed & Welling 2014, "Semi-supervised learning with deep generative
-models", eq. 9)
+With labelled images (x, y) and unlabelled images x, the conditional VAE maximizes (Kingma et al. 2014, eq. 9)
 
     sum_(x,y) ELBO(x, y) + sum_x ELBO(x) - aux_weight * sum_(x,y) [-log q(y|x)],
 
-where ELBO(x, y) bounds log p(x|y) (the model reads the label; pi_y is a constant while pi
-stays uniform) and ELBO(x) bounds log p(x) = log sum_y pi_y p(x|y), the label enumerated and
-summed out exactly by ``TraceEnum_ELBO``. The last term trains the classifier q(y|x) of the
-M2 guide on the labels too; it weighs every labelled image by aux_weight, by default Kingma
-et al.'s 0.1 N, N the training images.
-
-The labelled subset is drawn by :func:`pyrovae.data.datasets.hide_labels`, which writes the hidden
-labels -1, as scikit-learn's semi-supervised estimators do. Without any label (clustering),
-:func:`place_class_means` moves the class means onto k-means clusters of the encoded
-training images after a first epoch, as VaDE (Jiang et al. 2017) starts its mixture.
+ELBO(x) bounding log p(x) = log sum_y pi_y p(x|y), the label summed out exactly by ``TraceEnum_ELBO``.
+The last term trains the M2 guide's classifier q(y|x) on the labels too (aux_weight by default 0.1 N).
+Hidden labels are -1, as in scikit-learn's semi-supervised estimators.
 """
 
 from __future__ import annotations
@@ -43,13 +34,10 @@ def learns_from_few_labels(vae: VAE, data: Dataset) -> bool:
 
 
 def place_class_means(vae: VAE, x: torch.Tensor, seed: int, batch_size: int = 4096) -> None:
-    """Set the class means mu_y of ``vae``'s prior to k-means centroids of the posterior means of ``x`` (uint8
-    pixels or floats).
+    """Set the class means mu_y of ``vae``'s prior to k-means centroids of the posterior means of ``x``.
 
-    Without labels nothing ties a class to a region of z but the random draw of its mean.
-    After a first epoch the encoder already groups similar images, so, as VaDE (Jiang et al.
-    2017) starts its mixture from one fitted to the encoded data, the centroids of k-means
-    (k = the number of classes, seeded by ``seed``) become the means, one on each group.
+    After a first epoch the encoder already groups similar images, so the centroids put one mean on each
+    group, as VaDE (Jiang et al. 2017) starts its mixture.
     """
     from sklearn.cluster import KMeans  # imported when clustering starts: scikit-learn is slow to import
 
@@ -79,10 +67,8 @@ class SemiSupervisedParts(NamedTuple):
 class SemiSupervisedLoss(nn.Module):
     """The semi-supervised objective of a minibatch as a module, scaled to the whole training set.
 
-    ``forward(x_labeled, y_labeled, x_unlabeled, kl_weight=w)`` returns the loss to minimize,
-    ``(N_l / B_l) sum [-ELBO(x, y) - aux_weight log q(y|x)] + (N_u / B_u) sum -ELBO(x)``,
-    and its :class:`SemiSupervisedParts`. ``elbo``, one of :mod:`pyrovae.inference.objectives`, scores the
-    labelled images (nothing is enumerated there); ``TraceEnum_ELBO`` the unlabelled ones.
+    ``forward`` returns the loss ``(N_l / B_l) sum [-ELBO(x, y) - aux_weight log q(y|x)] + (N_u / B_u) sum -ELBO(x)``
+    and its :class:`SemiSupervisedParts`; ``elbo`` scores the labelled images, ``TraceEnum_ELBO`` the others.
     """
 
     Parts = SemiSupervisedParts
@@ -104,8 +90,7 @@ class SemiSupervisedLoss(nn.Module):
             loss_labeled = self.elbo.loss_and_parts(self.vae.model, self.vae.guide, x_labeled, y_labeled,
                                                     kl_weight=kl_weight, data_size=self.num_labeled).loss
             if self.vae.classifier is not None:
-                logits = self.vae.classifier(x_labeled)
-                aux = -dist.Categorical(logits=logits).log_prob(y_labeled).sum()
+                aux = -dist.Categorical(logits=self.vae.classifier(x_labeled)).log_prob(y_labeled).sum()
         loss_unlabeled = self.enumerated.differentiable_loss(self.vae.model, self.vae.guide, x_unlabeled,
                                                              kl_weight=kl_weight, data_size=self.num_unlabeled)
         labeled_scale = self.num_labeled / max(len(x_labeled), 1)
@@ -136,15 +121,8 @@ class SemiSupervisedLoss(nn.Module):
                    for i in range(0, len(x), batch_size))
 
     def epoch_metrics(self, totals: torch.Tensor) -> dict[str, float]:
-        """Per-image means from the summed :class:`SemiSupervisedParts` of an epoch, and the objective per image.
-
-        ``loss_labeled`` is the mean -ELBO(x, y) of the labelled images, ``loss_unlabeled``
-        the mean -ELBO(x) of the unlabelled ones, ``loss_aux`` the classifier's mean
-        -log q(y|x) on the labelled images (the first and last are left out without labelled
-        images), and ``train_loss`` the objective per training image,
-        (N_l (loss_labeled + aux_weight loss_aux) + N_u loss_unlabeled) / N. ``totals`` ends with
-        the images seen, which the parts count themselves.
-        """
+        """Per-image means of the summed :class:`SemiSupervisedParts` of an epoch, and ``train_loss``, the objective
+        per training image, (N_l (loss_labeled + aux_weight loss_aux) + N_u loss_unlabeled) / N."""
         labeled, unlabeled, aux, seen_labeled, seen_unlabeled = totals[:5].tolist()
         row = {"loss_unlabeled": unlabeled / seen_unlabeled}
         if seen_labeled:  # none with labeled=0

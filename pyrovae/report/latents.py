@@ -1,7 +1,6 @@
 """What the encoder learned: posterior means, KL per latent dimension, active units, principal directions.
 
-These are the numbers behind the latent-space pictures of :mod:`pyrovae.report.plots`, kept
-apart from the drawing so notebooks and tests can use them directly.
+The numbers behind the latent-space pictures of :mod:`pyrovae.report.plots`, apart from the drawing.
 """
 
 from __future__ import annotations
@@ -60,9 +59,7 @@ def kl_per_dimension(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None, n
                      batch_size: int = 1000) -> torch.Tensor:
     """KL(q(z_i|x) || p(z_i)) per latent dimension i, averaged over ``x``: ``(Z,)`` in nats.
 
-    Closed form where torch has it (Gaussian priors); a Monte Carlo estimate with
-    ``num_samples`` draws per image otherwise (mixture and VampPrior, whose marginal
-    per dimension is a one-dimensional mixture). A collapsed dimension has KL near 0.
+    Closed form where torch has it; else a Monte Carlo estimate with ``num_samples`` draws per image.
     """
     total = torch.zeros(vae.z_dim, device=x.device)
     for start in range(0, len(x), batch_size):

@@ -1,16 +1,7 @@
-"""Pictures of a trained VAE as matplotlib Figures.
+"""Pictures of a trained VAE as matplotlib Figures, from seeded draws; :func:`save_run_pictures` writes them.
 
-Each picture is a function returning a :class:`~matplotlib.figure.Figure` (for notebooks);
-:func:`save_run_pictures` writes them into a run directory under the names in
-:data:`PICTURES`. Random draws use a fixed seed, so a run's pictures are reproducible.
-The image grids are also :class:`Tiles` of their own (:func:`sample_tiles`,
-:func:`reconstruction_tiles`, :func:`manifold_tiles`), for pictures of your own and for
-:mod:`pyrovae.report.tensorboard`, which logs them as images.
-
-The figures are built directly, without pyplot: no global figure state to close, and no
-backend chosen for the program that imports this module. Image grids are torchvision's
-:func:`~torchvision.utils.make_grid`. Hand-written: :class:`NotebookFigure`'s PNG for Jupyter,
-which matplotlib draws only for figures made through pyplot's inline backend.
+The image grids are also :class:`Tiles` of their own, for pictures of your own and for TensorBoard.
+The figures are built without pyplot: no global figure state to close, and no backend chosen for the importer.
 """
 
 from __future__ import annotations
@@ -72,10 +63,7 @@ def png(fig: Figure) -> bytes:
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
     """Tile ``(N, D)`` flattened images, ``ncols`` to a row, into one ``(H', W')`` gray or ``(H', W', C)``
-    colour array, with ``pad`` blank pixels between and around the tiles.
-
-    RGB and RGBA images (3 and 4 channels) are shown in colour; any other number of channels
-    as the gray mean of the channels.
+    colour array; other channel counts than 1, 3 (RGB) and 4 (RGBA) are shown as their gray mean.
     """
     from torchvision.utils import make_grid  # a second to import: only pictures need it
 
@@ -121,10 +109,7 @@ def sample_labels(vae: VAE, n: int, label: int | None = None) -> torch.Tensor | 
 
 @torch.no_grad()
 def sample_tiles(vae: VAE, n: int = 64, seed: int = 0, label: int | None = None) -> Tiles:
-    """E[x|z] for ``n`` draws z ~ p(z), the same draws for the same seed; torch's random state is left as it was.
-
-    A conditional model draws from p(z|y): class ``label``, or one class per column.
-    """
+    """E[x|z] for ``n`` draws z ~ p(z) (p(z|y) of class ``label``, or one class per column), from ``seed``."""
     if not 1 <= n <= MAX_GRID_IMAGES:
         raise ValueError(f"a sample grid shows 1 to {MAX_GRID_IMAGES} images, not {n}; save more samples as an "
                          f"array (vae.sample(n), or pyrovae sample --out FILE.npy)")
@@ -148,8 +133,7 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
 def reconstruction_tiles(vae: VAE, x: torch.Tensor, n: int = 8, y: torch.Tensor | None = None) -> Tiles:
     """The first ``n`` images of ``x`` (top row) above their reconstructions E[x | z = loc(x)] (bottom row).
 
-    A decoder conditioned on labels needs ``y``, the labels of ``x``, unless the VAE guesses
-    them with its classifier.
+    A decoder conditioned on labels needs ``y`` unless the VAE guesses them with its classifier.
     """
     vae.eval()
     x = x[:n]
@@ -165,10 +149,7 @@ def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int]
 
 @torch.no_grad()
 def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 10, seed: int = 0) -> Figure:
-    """A conditional model's samples from p(z|y), one row per class y.
-
-    This is how Su Jianlin, "Variational Autoencoders (I): That's What It's All About" (2018), draws a chosen digit.
-    """
+    """A conditional model's samples from p(z|y), one row per class y, as Su Jianlin (2018) draws a chosen digit."""
     if not vae.conditional:
         raise ValueError("class samples need a conditional model (prior='class-means', or decoder_conditioning=True)")
     vae.eval()
@@ -223,11 +204,9 @@ def _labelled_scatter(ax: Any, xs: torch.Tensor, ys: torch.Tensor, labels: torch
 
 @torch.no_grad()
 def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int = 0) -> Figure:
-    """The encoder means E_q[z|x] of ``test`` coloured by label (as in NYU Deep Learning, Canziani & LeCun,
-    "Generative Models - Variational Autoencoders", fig. 8).
+    """The encoder means E_q[z|x] of ``test`` coloured by label (as in Canziani & LeCun's NYU lecture, fig. 8).
 
-    Directly for 1D and 2D latents; otherwise projected on the two principal
-    directions, or embedded by t-SNE (at most :data:`TSNE_MAX_POINTS` images).
+    Directly for 1D and 2D latents; otherwise on the two principal directions, or embedded by t-SNE.
     """
     vae.eval()
     means = encoder_means(vae, as_floats(test.x)).cpu()
@@ -270,9 +249,8 @@ def manifold_latents(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span:
                      quantiles: bool = False) -> torch.Tensor:
     """The latents the manifold decodes, row by row: ``(n, Z)`` for 1D, ``(n * n, Z)`` otherwise.
 
-    2D: an ``n x n`` grid, ``z1`` growing left to right, ``z2`` bottom to top. More
-    dimensions: the same grid over the two principal directions of the encoder means
-    of ``x``, in units of their standard deviation, centred on their mean.
+    2D: an ``n x n`` grid, ``z1`` growing left to right, ``z2`` bottom to top. More dimensions: that grid over
+    the two principal directions of the encoder means of ``x``, in their standard deviations, about their mean.
     """
     coords = manifold_grid(n, span, quantiles).to(vae.device)
     if vae.z_dim == 1:
@@ -304,23 +282,18 @@ def manifold_tiles(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span: f
 
 def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None = None, n: int = 20,
                     span: float = 2.0, quantiles: bool = False, label: int = 0) -> Figure:
-    """Decode a grid of latents: the whole latent space of a 1D or 2D model (as in Sergio Verduzco,
-    "The variational autoencoder from scratch: an exercise in balance" (2023)).
-
-    See :func:`manifold_latents` for the grid and :func:`manifold_tiles` for the images.
-    """
+    """Decode a grid of latents (:func:`manifold_latents`): the whole latent space of a 1D or 2D model, as in
+    Verduzco (2023)."""
     return _grid_figure(manifold_tiles(vae, x, n, span, quantiles, label), image_shape)
 
 
 @torch.no_grad()
 def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], classes: tuple[int, int] | None = None,
                          steps: int = 10) -> Figure:
-    """Decode the latent line between the first test images of two classes.
+    """Decode the latent line between the encoder means of the first test images of two classes.
 
-    The ends are the encoder means; a decoder conditioned on labels keeps the first class. NYU Deep
-    Learning, Canziani & LeCun, "Generative Models - Variational Autoencoders", morphs a 3 into an 8 this way.
-    Without ``classes``: 3 and 8 where the split has them, else its first and last class (two
-    images of the one class of unlabelled data).
+    A decoder conditioned on labels keeps the first class. Without ``classes``: 3 and 8 (as Canziani & LeCun
+    morph them) where the split has them, else its first and last class.
     """
     present = sorted(set(test.y.tolist()))
     if classes is None:

@@ -1,23 +1,10 @@
 """TensorBoard events of a run, in ``RUN/tensorboard/``: metrics, pictures, posterior means, the projector.
 
-Written with torch's :class:`~torch.utils.tensorboard.SummaryWriter` when training runs with
-``tensorboard=True`` (``pyrovae train --tensorboard``), or afterwards by
-``pyrovae plot RUN --tensorboard``:
-
-- every epoch's row of ``metrics.jsonl`` as scalars ``metrics/<name>``, stepped by epoch;
-- at the first and the last epoch and every ``tensorboard_every`` epochs between, the sample
-  and reconstruction grids of :mod:`pyrovae.report.plots` as images ``pictures/samples`` and
-  ``pictures/reconstructions``, and a histogram ``posterior_mean/z<i>`` of E_q[z_i | x] over the
-  validation images for every latent dimension i;
-- at the end, the posterior means of up to :data:`EMBEDDING_MAX` validation images in the
-  Embedding Projector, with their labels and a sprite of the images.
-
-Event files are appended while training runs, the one exception to the whole-file writes of
-:mod:`pyrovae.files`; a resumed run adds a new event file beside the old ones. Nothing here
-draws from torch's random streams (the samples come from a fixed seed, the generator is
-restored), so a run trains the same with or without TensorBoard.
-
-The ``tensorboard`` package is an optional extra: ``pip install pyrovae[tensorboard]``.
+Written while training with ``tensorboard=True``, or afterwards by ``pyrovae plot RUN --tensorboard``: every
+epoch's metrics as scalars; now and then the sample and reconstruction grids and histograms of the posterior
+means; at the end, the posterior means in the Embedding Projector. Event files are appended while training
+runs, the one exception to the whole-file writes of :mod:`pyrovae.files`. Nothing here draws from torch's
+random streams, so a run trains the same with or without TensorBoard.
 """
 
 from __future__ import annotations
@@ -53,8 +40,7 @@ def check_installed() -> None:
 
 
 def picture_epoch(epoch: int, epochs: int, every: int) -> bool:
-    """Whether the pictures and histograms are written at ``epoch`` of ``epochs``: the first, the last, every
-    ``every``-th."""
+    """Whether the pictures and histograms are written at ``epoch``: the first, the last, every ``every``-th."""
     return epoch == 1 or epoch == epochs or epoch % every == 0
 
 
@@ -79,8 +65,7 @@ class EventLog:
         self.writer.close()
 
     def epoch(self, row: dict[str, Any], vae: VAE, val: Split, epochs: int, every: int) -> None:
-        """What training writes after each of its ``epochs``: the row's metrics and, every ``every`` epochs
-        (see :func:`picture_epoch`), the pictures and histograms."""
+        """What training writes after each epoch: the row's metrics and, at times, the pictures and histograms."""
         self.metrics(row)
         if picture_epoch(row["epoch"], epochs, every):
             self.pictures(vae, val, row["epoch"])
@@ -118,12 +103,8 @@ class EventLog:
 
 def write_run_events(run_dir: str | Path, vae: VAE, val: Split, metrics: Sequence[dict[str, Any]],
                      image_shape: Sequence[int]) -> Path:
-    """The events training with ``tensorboard=True`` writes, for a run that exists: every metrics row, then the
-    pictures, histograms and projector of its final model at its last epoch.
-
-    Replaces the events in ``run_dir/tensorboard`` (training's too: kept, the scalars would
-    show twice). Returns that folder.
-    """
+    """The events training with ``tensorboard=True`` writes, for a run that exists, in place of those in
+    ``run_dir/tensorboard`` (kept, the scalars would show twice); returns that folder."""
     check_installed()  # before the old events go
     shutil.rmtree(Path(run_dir) / TENSORBOARD, ignore_errors=True)
     epoch = metrics[-1]["epoch"] if metrics else 0
