@@ -1,18 +1,11 @@
-"""Training: stochastic variational inference with a torch optimizer over the VAE's parameters.
+"""The training loop: SVI with Adam over the VAE's parameters, epoch by epoch, checkpointed.
 
-Each step minimizes the ELBO estimate of ``Trace_ELBO`` (Monte Carlo KL) or
-``TraceMeanField_ELBO`` (closed-form KL; Su Jianlin 2018, eq. 4) with Adam, through the
-device-resident versions in :mod:`pyrovae.inference.objectives`. The loss is accumulated on the
-device and read back once per epoch, so a GPU is never made to wait for the host
-inside an epoch. Under ``torchrun`` the objective is wrapped in
-``DistributedDataParallel`` (see :mod:`pyrovae.distributed`).
-
-A run loses at most the step in flight: a checkpoint is saved after every epoch, and
-SIGINT or SIGTERM saves one mid-epoch (the epoch's order, position, running sums and
-random state) from which ``resume`` continues as if never stopped (under torchrun, from
-the last complete epoch). A non-finite loss or
-gradient stops training, keeping the last good checkpoint, unless ``skip_nonfinite``
-allows that many bad batches to be skipped.
+Each step minimizes an ELBO of :mod:`pyrovae.inference.objectives` (``Trace_ELBO``, or
+``TraceMeanField_ELBO``'s closed-form KL, Su Jianlin 2018, eq. 4); the loss stays on the device
+until the epoch ends, so a GPU never waits for the host. A run loses at most the step in
+flight: a checkpoint follows every epoch, and SIGINT or SIGTERM saves the position inside one,
+from which ``resume`` continues as if never stopped. A non-finite loss or gradient stops
+training unless ``skip_nonfinite`` allows skipping that many batches.
 """
 
 from __future__ import annotations
@@ -61,12 +54,10 @@ def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class EpochState:
-    """An epoch in progress: this process's shuffled order, the steps taken, and device-side running sums.
+    """An epoch in progress, saved when training is interrupted so that it finishes exactly as it would have.
 
-    ``sums`` holds the objective's parts (the loss, reconstruction and KL terms) summed
-    over the ``seen`` examples, ``weight_sum`` the KL weights of the steps taken, ``first_bad_step`` the
-    first step whose loss or gradient was not finite (-1: none). Saved in a checkpoint
-    when training is interrupted, it lets the epoch finish exactly as it would have.
+    ``sums`` holds the objective's parts summed over the ``seen`` examples, ``weight_sum`` the KL
+    weights of the steps taken, ``first_bad_step`` the first non-finite step (-1: none).
     """
 
     order: torch.Tensor
@@ -94,7 +85,6 @@ class EpochState:
         self.seen += examples
 
 
-
 def epoch_metrics(state: EpochState, objective: Any, processes: Processes = SINGLE) -> dict[str, float]:
     """The objective's per-example means over all processes, the mean KL weight, and the skipped batches."""
     totals = all_reduce_sum(torch.cat([state.sums, state.sums.new_tensor([state.seen])]), processes)
@@ -117,29 +107,23 @@ def fit(vae: VAE, data: Dataset | torch.utils.data.Dataset | torch.Tensor | np.n
         callbacks: Sequence[Callback] = ()) -> list[dict[str, float]]:
     """Train ``vae`` on ``data.train`` by SVI; return one metrics row per epoch trained.
 
-    ``data`` may also be the training images alone, a torch dataset of ``(image, label)``
-    pairs or an array, split as :func:`~pyrovae.data.datasets.from_arrays` splits them.
+    ``data`` may also be images alone, a torch dataset of ``(image, label)`` pairs or an array,
+    split as :func:`~pyrovae.data.datasets.from_arrays` splits them. The model and guide get each
+    step's KL weight and the training set's size as ``kl_weight`` and ``data_size``.
 
-    ``progress`` shows a progress bar over the steps, ``verbose`` prints one line per epoch.
-    The model and guide get the KL weight of each step and the training set's size as
-    their ``kl_weight`` and ``data_size`` arguments. With ``run_dir``, writes ``config.json``,
-    appends to ``metrics.jsonl`` and saves ``checkpoint.pt`` after every epoch; ``resume=True``
-    continues from that checkpoint (mid-epoch if it was interrupted) up to ``config.epochs`` in
-    all, ``overwrite=True`` replaces the run there. Without resuming, the seed is set first (set
-    it before building the VAE too, for a reproducible initialization). ``callbacks`` add work
-    at the ends of epochs (:mod:`pyrovae.training.callbacks`). SIGINT or SIGTERM saves a
-    checkpoint and raises :class:`~pyrovae.training.stopping.TrainingInterrupted`; a non-finite
-    loss or gradient raises ``FloatingPointError``. Pyro's global param store is cleared: the
-    parameters live in ``vae`` and Adam updates them there. Launched by torchrun, every
-    process calls ``fit`` alike; they train data-parallel and rank 0 alone writes the run
-    directory.
+    With ``run_dir``: ``config.json``, ``metrics.jsonl`` and ``checkpoint.pt`` after every epoch;
+    ``resume=True`` continues from the checkpoint (mid-epoch if interrupted) up to
+    ``config.epochs`` in all, ``overwrite=True`` replaces the run. Each step of a run happens
+    once: take the directory's lock (else :class:`~pyrovae.runs.lock.RunInUse`), check the folder,
+    check the inputs (:func:`~pyrovae.training.preflight.check_training`), then prepare and write.
+    A run that fails before its first checkpoint removes the directory it created.
 
-    A run goes through its steps once each: the run directory's lock is taken (another process
-    writing the same ``run_dir`` gets :class:`~pyrovae.runs.lock.RunInUse`), the folder is
-    checked, the inputs are checked (:func:`~pyrovae.training.preflight.check_training`), and
-    only then is the folder prepared and written. A run that fails before its first checkpoint
-    removes the directory it created. ``fit`` leaves global state as it found it: the TF32 flags
-    are restored, and ``compile`` compiles the nets' ``forward`` for the call only.
+    Without resuming, the seed is set first (set it before building the VAE too). ``callbacks``
+    add work at the ends of epochs. SIGINT or SIGTERM saves a checkpoint and raises
+    :class:`~pyrovae.training.stopping.TrainingInterrupted`; a non-finite loss or gradient raises
+    ``FloatingPointError``. Under torchrun every process calls ``fit`` alike and rank 0 alone
+    writes. Global state is left as found: the TF32 flags are restored and ``compile`` lasts for
+    the call only.
     """
     config = config or TrainConfig()
     data = data if isinstance(data, Dataset) else from_arrays(data)

@@ -1,5 +1,4 @@
-"""One SVI step: the minibatch objective as a module, and the optimizer step on it."""
-
+"""One SVI step: the minibatch objective as a module, the plan of an epoch's batches, and the optimizer step."""
 
 from __future__ import annotations
 
@@ -68,20 +67,14 @@ class ELBOLoss(nn.Module):
 
 
 class SVIStep:
-    """One optimizer step on a minibatch's (KL-weighted) negative ELBO.
+    """One optimizer step on a minibatch's (KL-weighted) negative ELBO: ``step(x, y, kl_weight=w)``.
 
-    ``data_size``, the number of training examples, is passed to the model and guide with
-    every step (the data plate scales the minibatch to the dataset), the KL weight with
-    each call: ``step(x, y, kl_weight=w)``. ``objective`` replaces that :class:`ELBOLoss`
-    by another objective module called with the minibatch (the semi-supervised one of
-    :mod:`pyrovae.inference.semi_supervised` takes ``(x_labeled, y_labeled, x_unlabeled)``). Returns
-    the objective's detached parts, each summed over the minibatch, and a 0-dim flag: were
-    the loss and every gradient finite? With ``skip_nonfinite`` the flag is read before the
-    update (a device sync per step) and a non-finite step changes neither parameters nor
-    optimizer state; otherwise the update always happens and the flag stays on the device.
-    Under torchrun (``processes``) the objective runs inside DDP, which all-reduces the
-    gradients. Pyro checks the model and guide (shapes, supports, plate structure) on the
-    first step; the structure is static, so later steps skip those checks.
+    ``objective`` replaces the :class:`ELBOLoss` by another objective module (the semi-supervised
+    one takes ``(x_labeled, y_labeled, x_unlabeled)``). Returns the objective's detached parts,
+    summed over the minibatch, and a 0-dim flag: were the loss and every gradient finite? With
+    ``skip_nonfinite`` the flag is read before the update (a device sync) and a non-finite step
+    changes nothing; otherwise the flag stays on the device. Under torchrun the objective runs
+    inside DDP. Pyro checks the model and guide on the first step only: their structure is static.
     """
 
     def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
