@@ -142,9 +142,9 @@ from pyrovae import cli
 from pyrovae.runs.rundir import RunDir
 copies = sys.argv[1]
 real_save = RunDir.save_checkpoint
-def save(self, state):
-    real_save(self, state)
-    shutil.copy(self.file("checkpoint.pt"), f"{copies}/{state['epoch']}.pt")
+def save(self, checkpoint):
+    real_save(self, checkpoint)
+    shutil.copy(self.file("checkpoint.pt"), f"{copies}/{checkpoint.progress.epoch}.pt")
 RunDir.save_checkpoint = save
 raise SystemExit(cli.main(sys.argv[2:]))
 """
