@@ -137,7 +137,7 @@ def test_of_two_writers_started_together_one_proceeds_and_the_other_exits_2(tmp_
 
 
 SAVING_COPIES = """
-import sys, shutil
+import sys, shutil, time
 from pyrovae import cli
 from pyrovae.runs.rundir import RunDir
 copies = sys.argv[1]
@@ -145,6 +145,7 @@ real_save = RunDir.save_checkpoint
 def save(self, checkpoint):
     real_save(self, checkpoint)
     shutil.copy(self.file("checkpoint.pt"), f"{copies}/{checkpoint.progress.epoch}.pt")
+    time.sleep(0.1)  # an epoch of a real model: long enough for the evaluations to see many checkpoints
 RunDir.save_checkpoint = save
 raise SystemExit(cli.main(sys.argv[2:]))
 """
