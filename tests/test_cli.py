@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pyrovae import VAE, cli
-from pyrovae.cli import build_parser, main
+from pyrovae import VAE
+from pyrovae.cli import build_parser, commands, main
 from pyrovae.runs.rundir import RunDir
 from pyrovae.runs.writer import RunWriter
 
@@ -68,7 +68,7 @@ def test_sample_writes_png_and_npy(trained_run, tmp_path):
 
 
 def test_many_samples_are_written_in_chunks(trained_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "SAMPLE_CHUNK", 1000)
+    monkeypatch.setattr(commands, "SAMPLE_CHUNK", 1000)
     drawn = []
     monkeypatch.setattr(VAE, "sample", lambda self, n, y=None: drawn.append(n) or torch.rand(n, self.x_dim))
     assert main(["sample", str(trained_run), "--n", "2500", "--out", str(tmp_path / "many.npy")]) == 0

@@ -1,3 +1,4 @@
+
 """One definition per setting: the dataclass field gives the flag, its default and help text, and the
 config.json check; library messages name Python settings, which the CLI shows as flags."""
 
@@ -6,13 +7,15 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
 import pyrovae
 from pyrovae import DataConfig, ModelConfig, TrainConfig, cli, configure
-from pyrovae.cli import FROM_DATA, RESUMABLE, build_parser, main
+from pyrovae.cli import build_parser, commands, main
+from pyrovae.cli.parser import FROM_DATA, RESUMABLE
 from pyrovae.data.datasets import load_dataset
 from pyrovae.inference.evaluate import EvaluateConfig
 from pyrovae.runs.rundir import RunDir
@@ -50,8 +53,8 @@ def test_the_marks_on_the_fields_make_the_cli_lists():
 def train_configs(*argv):
     """The model and data settings that ``pyrovae train ARGV`` trains on the digits."""
     args = build_parser().parse_args(["train", *argv])
-    data = cli._data_config(args)
-    return cli._model_config(args, load_dataset(data)), data
+    data = commands._data_config(args)
+    return commands._model_config(args, load_dataset(data)), data
 
 
 DIGITS = (1, 8, 8)
@@ -275,7 +278,8 @@ def test_evaluate_flags_default_to_the_python_functions_defaults():
 
 
 def test_the_cli_uses_argparse_through_its_public_api_only():
-    source = open(cli.__file__).read() + open(pyrovae.settings.__file__).read()
+    sources = [*Path(cli.__file__).parent.glob("*.py"), Path(pyrovae.settings.__file__)]
+    source = "".join(path.read_text() for path in sources)
     for private in ("._actions", "._subparsers", "._group_actions", "_check_value", "_ActionsContainer",
                     "_get_help_string"):
         assert private not in source, private

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, cli, fit, load_dataset
-from pyrovae.cli import main
+from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset
+from pyrovae.cli import commands, main
 from pyrovae.report.latents import encoder_means
 from pyrovae.report.tensorboard import EMBEDDING_TAG, INSTALL, picture_epoch
 from pyrovae.runs.load import load_run
@@ -168,7 +168,7 @@ def test_a_run_saved_before_tensorboard_existed_loads_and_resumes(digits, tmp_pa
 
 def test_without_the_package_training_stops_before_any_work_naming_the_pip_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now fails
-    monkeypatch.setattr(cli, "load_dataset", lambda *args: pytest.fail("the data were loaded"))
+    monkeypatch.setattr(commands, "load_dataset", lambda *args: pytest.fail("the data were loaded"))
     with pytest.raises(ValueError, match=r"tensorboard=True needs the tensorboard package.*pip install"):
         TrainConfig(tensorboard=True)
     for argv in (["train", "--tensorboard", "--out", str(tmp_path / "run")], ["plot", str(tmp_path), "--tensorboard"]):

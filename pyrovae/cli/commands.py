@@ -1,0 +1,215 @@
+"""What each ``pyrovae`` subcommand does: ``train``, ``evaluate``, ``sample`` and ``plot``."""
+
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from pyrovae.cli.parser import RESUMABLE
+from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_dataset
+from pyrovae.data.label_mix import visible_labels
+from pyrovae.defaults import binarization, configure
+from pyrovae.distributed import from_main, join
+from pyrovae.files import NoSpaceError, cannot_write, write_atomically
+from pyrovae.inference.evaluate import EvaluateConfig, class_log_prior, evaluation_report
+from pyrovae.model.build import build_vae
+from pyrovae.model.config import LABEL_PRIORS, ModelConfig
+from pyrovae.model.vae import VAE
+from pyrovae.report import plots
+from pyrovae.report.tensorboard import check_installed, write_run_events
+from pyrovae.runs.load import load_data, load_run
+from pyrovae.runs.rundir import CHECKPOINT, EVAL, RunDir, default_run_dir
+from pyrovae.runs.writer import RunWriter
+from pyrovae.settings import (
+    check_positive,
+    flag,
+    from_args,
+    resolve_device,
+)
+from pyrovae.training.callbacks import Callback
+from pyrovae.training.config import TrainConfig
+from pyrovae.training.loop import fit
+from pyrovae.training.preflight import check_model_fits
+
+SAMPLE_CHUNK = 10_000
+"""Samples decoded at once by ``pyrovae sample --out FILE.npy``."""
+
+
+class RunPictures(Callback):
+    """Draws the run's pictures into its directory when training ends (``pyrovae plot`` redraws them)."""
+
+    files = tuple(f"{name}.png" for name in plots.PICTURES)
+
+    def __init__(self, vae: VAE, data: Dataset, run: RunDir, image_shape: Sequence[int]):
+        self.vae, self.data, self.run, self.image_shape = vae, data, run, image_shape
+
+    def training_done(self, trained: list[dict[str, float]]) -> None:
+        plots.save_run_pictures(self.vae, self.data.test, self.image_shape, self.run.path,
+                                metrics=self.run.read_metrics())
+
+
+def _train(args: argparse.Namespace) -> None:
+    if args.resume and args.run_dir is None:
+        raise ValueError("resume=True needs run_dir=DIR, the run directory to continue")
+    processes, _ = join(resolve_device(args.device))
+    out = Path(from_main(args.run_dir or default_run_dir(), processes))
+    run = RunDir(out)
+    if processes.is_main:  # refused before any data are read; fit checks again, under the run's lock
+        RunWriter(run).check(args.resume, args.overwrite)
+    if args.resume:  # the saved settings, and the data they were trained on (refused if they changed)
+        model_config = run.settings(ModelConfig, "model")
+        train_config = dataclasses.replace(run.settings(TrainConfig, "train"),
+                                           **{name: getattr(args, name) for name in RESUMABLE})
+        data = load_data(run)
+    else:
+        train_config = from_args(TrainConfig, args)
+        data = load_dataset(_data_config(args), resolve_device(train_config.device))
+        model_config = _model_config(args, data)
+    device = resolve_device(train_config.device)
+    check_model_fits(model_config, device)  # by formula, before the model is built
+    pyro.set_rng_seed(train_config.seed)
+    vae = build_vae(model_config)
+    if args.resume:
+        print(f"resuming {out} with the settings in its config.json "
+              f"(only {', '.join(map(flag, RESUMABLE))} apply)")
+    parallel = f" in {processes.world_size} processes" if processes.parallel else ""
+    print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
+          f"on {device}{parallel}; training images {data.train.storage()}; run directory: {out}")
+    pictures = [RunPictures(vae, data, run, model_config.image_shape)] if processes.is_main else []
+    try:
+        fit(vae, data, train_config, run_dir=out, resume=args.resume, overwrite=args.overwrite,
+            progress=not args.no_progress, callbacks=pictures)
+    except NoSpaceError as full:
+        then = (f"continue exactly with `pyrovae train --out {out} --resume`" if run.file(CHECKPOINT).exists()
+                else "train again")
+        raise NoSpaceError(f"{full}; free some space, then {then}") from None
+    print(f"done: {out}  (next: pyrovae evaluate {out})")
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    """The data the train flags describe; ``--binarize`` defaults to what ``--likelihood`` can score."""
+    if args.labeled is not None and not (args.conditional or args.decoder_conditioning or args.prior in LABEL_PRIORS):
+        raise ValueError(f"--labeled {args.labeled} hides labels from a model that reads them; add --conditional "
+                         f"(a model without labels needs no --labeled)")
+    return from_args(DataConfig, args, binarize=args.binarize or binarization(args.likelihood))
+
+
+def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
+    """The model the train flags describe for ``data``: ``--conditional`` defaults the prior to class-means, and
+    :func:`~pyrovae.defaults.configure` sets what follows from the other settings, as in Python."""
+    prior = args.prior or ("class-means" if args.conditional else "standard")
+    conditional = args.conditional or args.decoder_conditioning or prior in LABEL_PRIORS
+    if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
+        raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
+                         f"read them); add --decoder-conditioning, or use --prior class-means")
+    model = from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape,
+                      num_classes=data.num_classes if conditional else None)
+    return configure(model, data.config)[0]
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    settings = from_args(EvaluateConfig, args)
+    processes, device = join(resolve_device(settings.device))
+    vae = load_run(args.run_dir, device, data=False).vae
+    data = load_data(RunDir(args.run_dir))
+    out = Path(args.out or Path(args.run_dir) / EVAL)
+    if why := cannot_write(out.parent):
+        raise ValueError(f"cannot write {out} ({why}); write it elsewhere with --out FILE")
+    split = getattr(data, settings.split)
+    if settings.limit is not None:
+        split = Split(split.x[:settings.limit], split.y[:settings.limit])
+    pyro.set_rng_seed(settings.seed)
+    log_py = class_log_prior(visible_labels(data.train), vae.num_classes) if vae.conditional else None
+    num_samples = None if settings.elbo_only else settings.num_samples
+    report = evaluation_report(vae, as_floats(split.x), split.y, num_samples, log_py, settings.batch_size,
+                               settings.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
+                               seed=settings.seed, processes=processes, clusters=data.config.labeled == 0)
+    result = {"split": settings.split, **report}
+    if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
+        write_atomically(out, json.dumps(result, indent=2).encode())
+    print(f"{settings.split} split, {len(split)} images, nats per example (± standard error):")
+    if "neg_elbo" in report:
+        print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
+    if "nll" in report:
+        print(f"  NLL, K={settings.num_samples:<6}         {report['nll']:10.3f} ± {report['nll_stderr']:.3f}   "
+              f"({report['bits_per_dim']:.4f} bits/dim)")
+    if "nll_given_label" in report:
+        print(f"  NLL given the label    {report['nll_given_label']:10.3f} ± {report['nll_given_label_stderr']:.3f}")
+    matched = ", clusters matched to classes" if data.config.labeled == 0 else ""
+    if "accuracy" in report:
+        print(f"  accuracy, argmax_y log p(x|y) + log p(y){matched}: {report['accuracy']:.4f}")
+    if "accuracy_guide" in report:
+        print(f"  accuracy of the guide's classifier, argmax_y q(y|x){matched}: {report['accuracy_guide']:.4f}")
+    print(f"written to {out}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npy"):
+        raise ValueError(f"--out {out} must end in .png (a picture grid) or .npy (an (N, D) array)")
+    check_positive(args, "n")
+    if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
+        raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
+                         f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    run = load_run(args.run_dir, data=False)
+    vae, image_shape = run.vae, run.config["model"]["image_shape"]
+    if args.label is not None and not vae.conditional:
+        raise ValueError(f"--class needs a conditional model, and {args.run_dir} was trained without labels; "
+                         f"train one with `pyrovae train --conditional`")
+    if args.label is not None:
+        vae.check_labels(torch.tensor([args.label]), "--class")
+    if out.suffix == ".png":
+        plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
+    else:
+        torch.manual_seed(args.seed)
+        _save_samples(vae, args.n, out, args.label, SAMPLE_CHUNK)
+    of_class = f" of class {args.label}" if args.label is not None else ""
+    print(f"wrote {args.n} samples{of_class} to {out}")
+
+
+@torch.no_grad()
+def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int) -> None:
+    """Write ``n`` decoded prior draws to the ``.npy`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory)."""
+    labels = plots.sample_labels(vae, n, label)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, vae.x_dim))
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+        array[start:start + count] = vae.sample(count, None if labels is None else labels[start:start + count]).numpy()
+    array.flush()
+
+
+def _plot(args: argparse.Namespace) -> None:
+    if args.tensorboard:
+        check_installed()
+    loaded = load_run(args.run_dir, resolve_device(args.device))
+    vae, data, image_shape = loaded.vae, loaded.data, loaded.config["model"]["image_shape"]
+    run = RunDir(args.run_dir)
+    options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, seed=args.seed,
+                                   interpolate=args.interpolate and tuple(args.interpolate))
+    folder = Path(args.out_dir or args.run_dir)
+    if why := cannot_write(folder):
+        raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
+    into_run = folder.resolve() == run.path.resolve()
+    with RunWriter(run, setting="out_dir").writing() if into_run else contextlib.nullcontext():
+        written = plots.save_run_pictures(vae, data.test, image_shape, folder, metrics=loaded.metrics,
+                                          only=args.only, options=options)
+        print(f"wrote {', '.join(path.name for path in written)} to {folder}")
+        if args.tensorboard:
+            events = write_run_events(folder, vae, data.val, loaded.metrics, image_shape)
+            print(f"wrote TensorBoard events to {events}; view them with `tensorboard --logdir {events}`")
+
+
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "plot": _plot}

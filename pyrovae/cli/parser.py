@@ -1,0 +1,201 @@
+"""The parser of the ``pyrovae`` command: a flag per setting, grouped by topic, and one-line usage errors."""
+
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any, NoReturn
+
+from pyrovae import __version__
+from pyrovae.data.datasets import DataConfig
+from pyrovae.inference.evaluate import EvaluateConfig
+from pyrovae.model.config import ModelConfig
+from pyrovae.report import plots
+from pyrovae.runs.rundir import EVAL
+from pyrovae.settings import (
+    DEVICE_HELP,
+    DEVICES,
+    ArgumentContainer,
+    add_arguments,
+    guess,
+    help_text,
+    in_flags,
+    marked,
+)
+from pyrovae.training.config import TrainConfig
+
+RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
+EPILOG_TRAIN = """examples:
+  pyrovae train                                   # 8x8 digits, well under a minute on a CPU
+  pyrovae train --dataset fashion-mnist --epochs 20 --out runs/fashion
+  pyrovae train --dataset mnist --data-dir ~/mnist --net conv --device cuda
+  pyrovae train --out runs/fashion --resume --epochs 40   # continue to 40 epochs in all
+  pyrovae train --conditional --out runs/cvae             # p(z|y) = N(mu_y, I); then sample --class 3
+  pyrovae train --conditional --labeled 100 --dataset fashion-mnist   # 10 labels per class, the rest hidden
+  pyrovae train --conditional --labeled 0 --out runs/clusters          # clustering: no label at all
+  pyrovae train --prior vamp --prior-components 50 --kl-warmup 10
+  pyrovae train --dataset fashion-mnist --likelihood continuous-bernoulli   # grayscale pixels
+  pyrovae train --likelihood gaussian --likelihood-scale 0.2 --learn-scale decoder
+  torchrun --nproc-per-node 2 -m pyrovae train --dataset fashion-mnist --batch-size 1024   # data-parallel
+"""
+
+
+FROM_DATA = marked(ModelConfig, "from_data")
+"""ModelConfig fields that ``pyrovae train`` takes from the data (and the likelihood), not from a flag."""
+RESUMABLE = marked(TrainConfig, "resumable")
+"""TrainConfig fields whose flags apply when resuming; the rest come from the run's config.json."""
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="pyrovae",
+        description="Variational autoencoders written as Pyro models and guides, trained by SVI.",
+        epilog="Run `pyrovae COMMAND --help` for the options of each command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter  # keeps the descriptions' and examples' line breaks
+
+    train = commands.add_parser(
+        "train", help="train a VAE and write a run directory", formatter_class=formatter,
+        description="Train a VAE by stochastic variational inference. The run directory gets\n"
+                    "config.json, checkpoint.pt (after every epoch), metrics.jsonl and, at the\n"
+                    "end, the pictures of `pyrovae plot`.", epilog=EPILOG_TRAIN)
+    # A flag per settings field (pyrovae.settings); written here only what is not one field's plain flag.
+    data = train.group("data")
+    add_arguments(data, DataConfig, skip=("download",))
+    data.add_argument("--no-download", dest="download", action="store_false",  # download=False
+                      help="never download; read the files from data_dir=DIR or the cache only")
+    model = train.group("model")
+    add_arguments(model, ModelConfig,
+                  prior={"default": None,  # default: class-means with --conditional
+                         "help": help_text(ModelConfig, "prior") + " (default: class-means with --conditional, "
+                                                                   "else standard)"},
+                  learn_scale={"nargs": "?", "const": "pixel",  # --learn-scale alone: one scale per pixel
+                               "help": help_text(ModelConfig, "learn_scale") + " (the bare flag: pixel)"})
+    model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
+                       help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
+                            "(then --decoder-conditioning must carry the labels)")
+    add_arguments(train.group("training"), TrainConfig)
+    run = train.group("run")
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--out", dest="run_dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its checkpoint, with its saved settings "
+                          "(after Ctrl-C or a crash: mid-epoch, exactly where it stopped)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start again in an --out folder that holds a run (deletes that run's files)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="test negative ELBO and importance-sampled log-likelihood", formatter_class=formatter,
+        description=f"Compute per-example numbers in nats on a split and write RUN_DIR/{EVAL}: the negative\n"
+                    f"ELBO and the importance-sampled negative log-likelihood\n"
+                    f"  -log p(x) ~ -(logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K),  z_k ~ q(z|x)\n"
+                    f"(Burda et al. 2015, the number VAE papers report, with K = {EvaluateConfig.num_samples}), "
+                    f"each with\nits standard error, and bits per dimension. Conditional models also get the\n"
+                    f"accuracy of classification by likelihood. A run still training is scored at its last\n"
+                    f"complete checkpoint.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    add_arguments(evaluate, EvaluateConfig)
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--out", metavar="FILE", help=f"where to write the results (default: RUN_DIR/{EVAL}), "
+                                                        f"e.g. when the run directory is read-only")
+
+    sample = commands.add_parser(
+        "sample", help="decode draws from the prior", formatter_class=formatter,
+        description="Decode N draws from the prior of a trained run: a .png writes a grid, "
+                    "a .npy an (N, D) array of decoded means. A conditional model draws from\n"
+                    "p(z|y) for the class --class Y.")
+    sample.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    sample.add_argument("--class", dest="label", type=int, metavar="Y",
+                        help="generate class Y (conditional models; without it the classes take turns)")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
+    sample.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: %(default)s)")
+
+    plot = commands.add_parser(
+        "plot", help="draw a run's pictures", formatter_class=formatter,
+        description="Write a run's pictures into its directory, as `pyrovae train` does at the end:\n"
+                    + "".join(f"  {name}.png\n" for name in plots.PICTURES)
+                    + "(training_curves needs metrics.jsonl, interpolation labels, class_samples a\n"
+                      "conditional model). See docs/guide.md, 'Reading the pictures'.",
+        epilog="examples:\n  pyrovae plot runs/fashion --only latent_scatter manifold --tsne\n"
+               "  pyrovae plot runs/digits --only interpolation --interpolate 1 7")
+    plot.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    plot.add_argument("--only", nargs="+", choices=plots.PICTURES, metavar="NAME",
+                      help="draw only these pictures (default: all that apply)")
+    plot.add_argument("--tsne", action="store_true",
+                      help=f"latent_scatter by t-SNE instead of PCA when z has more than 2 dimensions "
+                           f"(first {plots.TSNE_MAX_POINTS} test images; slower)")
+    plot.add_argument("--quantiles", action="store_true",
+                      help="manifold over normal quantiles (0.05 ... 0.95) instead of an even grid over [-2, 2]")
+    plot.add_argument("--interpolate", type=int, nargs=2, metavar=("A", "B"),
+                      help="interpolation walks from the first test image of class A to one of class B (default: 3 "
+                           "and 8 where the test split has them, else its first and last class)")
+    plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws (default: %(default)s)")
+    plot.add_argument("--device", choices=DEVICES, default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
+    plot.add_argument("--tensorboard", action="store_true",
+                      help="also write the run's TensorBoard events into DIR/tensorboard, replacing those there: "
+                           "every epoch's metrics, and the pictures, posterior-mean histograms and Embedding "
+                           "Projector of the final model (needs `pip install pyrovae[tensorboard]`)")
+    plot.add_argument("--out", dest="out_dir", metavar="DIR",
+                      help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
+                           "or still training")
+    parser.commands = {"train": train, "evaluate": evaluate, "sample": sample, "plot": plot}
+    flags = parser.flags
+    for command in parser.commands.values():
+        for action in command.options:
+            action.help = in_flags(action.help, flags)  # the settings' help texts speak Python
+    return parser
+
+
+INVALID_CHOICE = re.compile(r"invalid choice: (?P<value>.+) \(choose from (?P<choices>.+)\)$")
+"""argparse's message about a value that is none of an argument's choices."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, with a guess for a mistyped choice; keeps what argparse keeps to itself: its
+    subcommands' parsers (``commands``) and the options added to it, in its :meth:`group` too (``options``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.options: list[argparse.Action] = []  # first: argparse's __init__ adds --help
+        self.commands: dict[str, Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action:
+        action = super().add_argument(*names, **options)
+        self.options.append(action)
+        return action
+
+    def group(self, title: str) -> _Group:
+        """A new argument group titled ``title`` in the help, whose options this parser keeps too."""
+        return _Group(self.add_argument_group(title), self.options)
+
+    @property
+    def flags(self) -> dict[str, argparse.Action]:
+        """The options of every subcommand by the Python name they set: ``run_dir`` is ``--out``."""
+        return {action.dest: action for command in self.commands.values() for action in command.options
+                if action.option_strings}
+
+    def error(self, message: str) -> NoReturn:
+        choice = INVALID_CHOICE.search(message)
+        if choice:  # the choices as the help lists them, unquoted, and the closest one
+            names = [name.strip("'") for name in choice["choices"].split(", ")]
+            message = (f"{message[:choice.start()]}invalid choice: {choice['value']} (choose from "
+                       f"{', '.join(names)}){guess(choice['value'].strip(chr(39)), names)}")
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _Group:
+    """An argument group that lists the options added to it in its parser's ``options``."""
+
+    def __init__(self, group: ArgumentContainer, options: list[argparse.Action]):
+        self.group, self.options = group, options
+
+    def add_argument(self, *names: str, **options: Any) -> argparse.Action:
+        action = self.group.add_argument(*names, **options)
+        self.options.append(action)
+        return action
+
+
