@@ -120,6 +120,26 @@ def test_missing_files_offline_give_one_clear_error(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+def test_a_failed_mnist_download_is_one_line_naming_the_files_and_leaves_no_empty_folder(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from urllib.error import URLError
+
+    import torchvision.datasets.mnist
+
+    from pyrovae.cli import main
+
+    def offline(url, **kwargs):  # torchvision's MNIST tries each mirror, then raises one error of many lines
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    assert main(["train", "--dataset", "mnist", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Tried" not in err and "Temporary failure in name resolution" in err, err
+    assert all(name in err for name in idx.IDX_FILES.values()) and err.rstrip().endswith("pass it as --data-dir DIR.")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
 def test_the_data_folder_is_pyrovae_data_else_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "data"))
     assert data_root() == tmp_path / "data"

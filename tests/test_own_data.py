@@ -74,13 +74,26 @@ def test_an_npz_of_x_and_y_holds_out_a_fixed_test_split(tmp_path):
     assert first.provenance == again.provenance
 
 
-def image_folder(root, sizes=((6, 5),), classes=("cat", "dog"), per_class=15):
+def image_folder(root, sizes=((6, 5),), classes=("cat", "dog"), per_class=15, modes=("RGB",)):
     for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             height, width = sizes[i % len(sizes)]
-            Image.fromarray(pixels(height, width, 3)).save(root / name / f"{i}.png")
+            Image.fromarray(pixels(height, width, 3)).convert(modes[i % len(modes)]).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.mark.parametrize("modes,channels", [(("L",), 1), (("L", "LA"), 1), (("L", "RGB"), 3)],
+                         ids=["gray", "gray-and-gray-alpha", "gray-and-colour"])
+def test_a_folder_of_grayscale_pngs_stays_one_channel_and_a_mixed_one_is_rgb(tmp_path, modes, channels):
+    folder = image_folder(tmp_path / "images", modes=modes)
+    data = load_dataset(DataConfig(dataset=str(folder), binarize="none", storage="memory"))
+    assert data.image_shape == (channels, 6, 5) and data.provenance["shape"] == [30, channels, 6, 5]
+    originals = {np.asarray(Image.open(file).convert("L" if channels == 1 else "RGB")).tobytes()
+                 for file in folder.glob("*/*.png")}
+    read = {np.moveaxis(x.reshape(channels, 6, 5).numpy(), 0, -1).squeeze(-1 if channels == 1 else ()).tobytes()
+            for x in torch.cat([data.train.x, data.val.x, data.test.x])}
+    assert read == originals  # the pixels as saved, not each channel binarized or coloured
 
 
 def test_a_folder_of_pngs_in_class_subfolders_trains_with_its_classes(tmp_path):
@@ -126,6 +139,15 @@ def one_class_no_images(path):
     (path / "cats").mkdir(parents=True)
 
 
+def truncated_npz(path):
+    np.savez(path, x=pixels(200, 8, 8))
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def negative_labels(path):
+    np.savez(path, x=pixels(20, 4, 4), y=np.r_[-1, -3, -3, np.zeros(17, int)])
+
+
 @pytest.mark.parametrize("make,dataset,flags,message", [
     (ragged, "bad.npy", [], r"cannot read .*bad.npy: .*A ragged array .* save one regular array of shape"),
     (nan_pixels, "bad.npy", [], r"bad.npy has NaN or infinite values in 1 of 20 examples; clean or drop them"),
@@ -139,8 +161,15 @@ def one_class_no_images(path):
      ["--likelihood", "discretized-logistic"], r"training images are not 8-bit pixels"),
     (lambda p: None, "torchvision:CIFAR10", ["--no-download"],
      r"torchvision's CIFAR10 could not read its files from .*; it looks for .*cifar-10-batches-py/"),
+    (lambda p: p.touch(), "empty.npy", [], r"error: \S*empty.npy is empty \(0 bytes\); write it again"),
+    (lambda p: p.touch(), "empty.npz", [], r"error: \S*empty.npz is empty \(0 bytes\); write it again"),
+    (truncated_npz, "cut.npz", [], r"error: \S*cut.npz is truncated or corrupt: numpy cannot read it; write it again"),
+    (negative_labels, "neg.npz", [], r"3 of 20 are negative \(the smallest -3\); number the classes from 0"),
+    (lambda p: np.save(p, pixels(20, 4, 4)), "plain.npy", ["--conditional"],
+     r"plain.npy has no labels .*; train without --conditional, or give labels: an .npz with 'y'"),
 ], ids=["ragged", "nan", "empty-folder", "one-class-no-images", "mixed-sizes", "unknown-torchvision",
-        "not-8-bit", "torchvision-offline"])
+        "not-8-bit", "torchvision-offline", "empty-npy", "empty-npz", "truncated-npz", "negative-labels",
+        "conditional-without-labels"])
 def test_bad_data_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, make, dataset, flags, message):
     source = tmp_path / dataset if not dataset.startswith("torchvision:") else None
     make(source)
@@ -153,6 +182,16 @@ def test_bad_data_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert re.search(message, err), err
     assert not out.exists()
+    assert "ragged" not in err or dataset == "bad.npy"
+
+
+def test_labels_that_skip_classes_are_noted_once_at_the_start(tmp_path, capsys):
+    np.savez(tmp_path / "gaps.npz", x=pixels(40, 4, 4), y=np.arange(40) % 2 * 12)
+    assert main(["train", *QUICK, "--out", str(tmp_path / "run"), "--dataset", str(tmp_path / "gaps.npz"),
+                 "--conditional"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("pyrovae train: note: the labels of ") and err.count("no example") == 1, err
+    assert "use 2 of 13 classes (0..12): classes 1, 2, 3, 4, 5, 6, ... have no example" in err
 
 
 def test_from_arrays_takes_torch_datasets_of_images_and_labels():

@@ -111,6 +111,9 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if conditional and prior not in LABEL_PRIORS and not args.decoder_conditioning:
         raise ValueError(f"--conditional with --prior {prior} would ignore the labels (that prior does not "
                          f"read them); add --decoder-conditioning, or use --prior class-means")
+    if conditional and data.num_classes < 2:
+        raise ValueError(f"{data.name} has no labels (all its examples are of one class) for a model that reads them; "
+                         f"train without --conditional, or give labels: an .npz with 'y', or class subfolders")
     model = from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape,
                       num_classes=data.num_classes if conditional else None)
     return configure(model, data.config)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -33,6 +34,7 @@ BINARIZE_SEED = 1234
 """Seed of the one fixed Bernoulli draw of static training data and of every evaluation split."""
 HIDDEN = -1
 """The label of a training image whose label is hidden (``labeled=N``), as in scikit-learn."""
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -251,6 +253,11 @@ def _assemble(name: str, image_shape: tuple[int, ...], train: Split | StreamedSp
     if binarize == "static":
         train = Split(binarize_once(as_floats(train.x)), train.y)
     data = Dataset(name, image_shape, train, val, test, dynamic_binarization=binarize == "dynamic")
+    y = torch.cat([train.y, val.y, test.y])
+    if empty := (torch.bincount(y[y >= 0]) == 0).nonzero()[:, 0].tolist():  # labels that skip classes
+        n, shown = data.num_classes, ", ".join(map(str, empty[:6])) + (", ..." if len(empty) > 6 else "")
+        log.warning(f"the labels of {name} use {n - len(empty)} of {n} classes (0..{n - 1}): classes {shown} have "
+                    f"no example, and a conditional model gets all {n}; number the classes 0..{n - len(empty) - 1}")
     if labeled is not None:
         data.train = hide_labels(data.train, labeled, data.num_classes, label_seed)
     return data

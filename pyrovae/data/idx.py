@@ -1,10 +1,9 @@
-"""The IDX datasets, mnist and fashion-mnist: finding their four files (or downloading them) and reading them.
-
-A file is parsed here with numpy, so that a missing, truncated or foreign file gets a one-line error naming the fix.
-"""
+"""The IDX datasets, mnist and fashion-mnist: finding their four files (or downloading them) and reading them with
+numpy, so that a missing, truncated or foreign file gets a one-line error naming the fix."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -89,13 +88,17 @@ def find_idx_files(dataset: str, data_dir: str | Path | None = None, download: b
             return files
     failure = "downloads are switched off"
     if download:
+        created = [d for d in (downloaded, downloaded.parent, data_root()) if not d.exists()]
         try:
             _download(dataset)
         except Exception as error:  # offline, proxy, disk: the user needs the same advice
-            failure = f"the download failed ({type(error).__name__}: {error})"
+            failure = f"the download failed ({(str(error).strip() or type(error).__name__).splitlines()[-1]})"
         files = _complete_idx_set(downloaded)
         if files is not None:
             return files
+        for folder in created:  # deepest first: a failed download leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     raise DataNotFoundError(_missing_files_message(dataset, candidates, failure))
 
 
@@ -114,6 +117,5 @@ def _missing_files_message(dataset: str, searched: Sequence[Path], failure: str 
               "/usr/share/datasets/fashion-mnist." if dataset == "fashion-mnist" else "")
     return (
         f"The {dataset} files were not found in {where}{failure}. Put the four IDX files "
-        f"{names} (each gzipped as .gz or not) into one folder and pass it as data_dir=DIR, "
-        f"or put them into {data_root() / dataset}.{debian}"
+        f"{names} (each gzipped as .gz or not) into one folder and pass it as data_dir=DIR.{debian}"
     )

@@ -1,20 +1,19 @@
-"""Users' own data: ``.npy``/``.npz`` arrays, folders of images, and torchvision's dataset classes.
-
-:func:`read_source` opens a path or ``torchvision:NAME`` as a :class:`Source` of train and test splits. A folder of
-images and a ``.npy`` file are opened lazily, so that training can stream them; the others are read whole. A source
-without a test split of its own gets a fixed hold-out.
-
-Every source records what was read (:attr:`Source.provenance`, with a SHA-256 of the content); a run saves it, and
-resuming or evaluating refuses data that changed since (:func:`check_unchanged`).
+"""Users' own data (``.npy``/``.npz`` arrays, folders of images, torchvision's classes) as a :class:`Source` of
+train and test splits; a folder and a ``.npy`` file are opened lazily, so that training can stream them. Every source
+records what was read, with a SHA-256 (:attr:`Source.provenance`): resuming or evaluating refuses data that changed
+since (:func:`check_unchanged`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import inspect
 import io
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,8 +40,7 @@ class SourceChanged(ValueError):
 
 
 class ArrayExamples(Dataset):
-    """The rows of an array (perhaps memory-mapped) as ``(example, label)`` pairs: images ``(C, H, W)`` or rows
-    ``(D,)``, each passed through ``transform``."""
+    """The rows of an array (perhaps memory-mapped) as ``(example, label)`` pairs, each through ``transform``."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.x, self.y, self.transform = x, y, transform
@@ -95,14 +93,17 @@ def read_arrays(path: Path, image_size: int | None = None) -> Source:
         raise FileNotFoundError(f"{path} does not exist; pass the path of a .npy or .npz file")
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode="r")  # a .npy file stays on disk until read
-    except ValueError as error:
-        raise ValueError(f"cannot read {path}: {error}. A ragged array (rows of different lengths) is saved as "
-                         f"objects; save one regular array of shape {ARRAY_SHAPES}") from None
-    if isinstance(loaded, np.ndarray):
-        arrays = {"x": loaded}
-    else:
-        with loaded:
-            arrays = {key: loaded[key] for key in loaded.files}
+        if isinstance(loaded, np.ndarray):
+            arrays = {"x": loaded}
+        else:
+            with loaded:
+                arrays = {key: loaded[key] for key in loaded.files}
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
+        if "Object arrays" in str(error) or "Python objects" in str(error):
+            raise ValueError(f"cannot read {path}: {str(error).rstrip('.')}. A ragged array (rows of different "
+                             f"lengths) is saved as objects; save one regular array of shape {ARRAY_SHAPES}") from None
+        damage = "empty (0 bytes)" if path.stat().st_size == 0 else "truncated or corrupt: numpy cannot read it"
+        raise ValueError(f"{path} is {damage}; write it again (numpy.save, numpy.savez)") from None
     if "x_train" in arrays:
         if "x_test" not in arrays:
             raise ValueError(f"{path} has x_train but no x_test; save both splits, or one array under 'x'")
@@ -143,27 +144,36 @@ def read_image_folder(path: Path, image_size: int | None) -> Source:
         raise FileNotFoundError(f"{path} holds no images in class subfolders ({error}); put each class's images "
                                 f"into a subfolder: {path}/CLASS/IMAGE.png") from None
     sizes: set[tuple[int, int]] = set()
+    modes: set[str] = set()
 
     def files() -> Iterable[bytes]:
         for file, label in folder.samples:
             content = Path(file).read_bytes()
-            if image_size is None:
-                with Image.open(io.BytesIO(content)) as image:  # the header only
-                    sizes.add((image.height, image.width))
+            with Image.open(io.BytesIO(content)) as image:  # the header only
+                sizes.add((image.height, image.width))
+                modes.add(Image.getmodebase(image.mode))
             yield f"{Path(file).relative_to(path)}\0{label}\0{len(content)}\0".encode() + content
 
     digest = _sha256(files())
-    if len(sizes) > 1:  # ImageFolder's loader converts every image to RGB
-        _mixed_sizes(sorted((3, *size) for size in sizes), str(path))
+    channels = 1 if modes == {"L"} else 3  # grayscale images stay one channel; any colour makes them all RGB
+    folder.loader = functools.partial(_open_image, mode="L" if channels == 1 else "RGB")
+    if len(sizes) > 1 and image_size is None:
+        _mixed_sizes(sorted((channels, *size) for size in sizes), str(path))
     height, width = (image_size, image_size) if image_size is not None else sizes.pop()
     provenance = {"kind": "image-folder", "path": str(path.resolve()), "classes": folder.classes,
-                  "shape": [len(folder), 3, height, width], "dtype": "uint8", "sha256": digest}
-    return Source(*_hold_out(folder), (3, height, width), np.dtype(np.uint8), provenance, streamable=True)
+                  "shape": [len(folder), channels, height, width], "dtype": "uint8", "sha256": digest}
+    return Source(*_hold_out(folder), (channels, height, width), np.dtype(np.uint8), provenance, streamable=True)
+
+
+def _open_image(file: str, mode: str) -> Any:
+    """A PIL image read and converted to ``mode`` (a function, so that DataLoader workers can pickle it)."""
+    from PIL import Image
+
+    return Image.open(file).convert(mode)
 
 
 def read_torchvision(name: str, data_dir: str | None, image_size: int | None, download: bool) -> Source:
-    """A torchvision dataset class by name, read whole; ``root``, ``train`` or ``split``, and ``download`` are
-    passed where its signature takes them."""
+    """A torchvision dataset class by name, read whole; ``root``, ``train``/``split``, ``download`` if it takes them."""
     import torchvision.datasets
 
     names = [n for n in torchvision.datasets.__all__ if inspect.isclass(getattr(torchvision.datasets, n))]
@@ -355,8 +365,11 @@ def _labels(y: np.ndarray | None, x: np.ndarray) -> np.ndarray:
     if y is None:
         return np.zeros(len(x), dtype=np.int64)
     y = np.asarray(y)
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels 'y' must be {len(x)} integers >= 0, one per image, got {y.dtype} of shape {y.shape}")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"labels 'y' must be classes 0, 1, ..., and {int((y < 0).sum())} of {len(y)} are negative "
+                         f"(the smallest {y.min()}); number the classes from 0")
     return y.astype(np.int64)
 
 
