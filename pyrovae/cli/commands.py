@@ -133,20 +133,25 @@ def _evaluate(args: argparse.Namespace) -> None:
     pyro.set_rng_seed(settings.seed)
     log_py = class_log_prior(visible_labels(data.train), vae.num_classes) if vae.conditional else None
     num_samples = None if settings.elbo_only else settings.num_samples
+    rows = "rows" if plots.is_table(data.image_shape) else "images"  # a table's columns have no bits per dimension
+    each = f"K={num_samples} samples" if num_samples else "the ELBO"
+    classes = f" x {vae.num_classes} classes (a conditional model scores every class)" if vae.conditional else ""
+    print(f"evaluating {len(split)} {rows} of the {settings.split} split, {each} per {rows[:-1]}{classes}")
     report = evaluation_report(vae, as_floats(split.x), split.y, num_samples, log_py, settings.batch_size,
                                settings.memory_budget * 2**30, progress=not args.no_progress and processes.is_main,
                                seed=settings.seed, processes=processes, clusters=data.config.labeled == 0)
+    if rows == "rows":
+        report.pop("bits_per_dim", None)
     result = {"split": settings.split, **report}
     if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
         write_atomically(out, json.dumps(result, indent=2).encode())
-    print(f"{settings.split} split, {len(split)} images, nats per example (± standard error):")
-    if "neg_elbo" in report:
-        print(f"  negative ELBO          {report['neg_elbo']:10.3f} ± {report['neg_elbo_stderr']:.3f}")
-    if "nll" in report:
-        print(f"  NLL, K={settings.num_samples:<6}         {report['nll']:10.3f} ± {report['nll_stderr']:.3f}   "
-              f"({report['bits_per_dim']:.4f} bits/dim)")
-    if "nll_given_label" in report:
-        print(f"  NLL given the label    {report['nll_given_label']:10.3f} ± {report['nll_given_label_stderr']:.3f}")
+    print(f"{settings.split} split, {len(split)} {rows}, nats per example (± standard error):")
+    titles = {"neg_elbo": "negative ELBO" + " given the label" * vae.conditional,
+              "nll_given_label": "NLL given the label", "nll": f"NLL, K={settings.num_samples}"}
+    for key, title in titles.items():
+        if key in report:
+            bits = f"   ({report['bits_per_dim']:.4f} bits/dim)" if key == "nll" and "bits_per_dim" in report else ""
+            print(f"  {title:<30}{report[key]:10.3f} ± {report[key + '_stderr']:.3f}{bits}")
     matched = ", clusters matched to classes" if data.config.labeled == 0 else ""
     if "accuracy" in report:
         print(f"  accuracy, argmax_y log p(x|y) + log p(y){matched}: {report['accuracy']:.4f}")
@@ -157,8 +162,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    if out.suffix not in (".png", ".npy"):
-        raise ValueError(f"--out {out} must end in .png (a picture grid) or .npy (an (N, D) array)")
+    if out.suffix not in (".png", ".npy", ".csv"):
+        raise ValueError(f"--out {out} must end in .png (a picture grid), .npy or .csv (an (N, D) array)")
     check_positive(args, "n")
     if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
         raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
@@ -166,7 +171,13 @@ def _sample(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     run = load_run(args.run_dir, data=False)
-    vae, image_shape = run.vae, run.config["model"]["image_shape"]
+    vae, image_shape, likelihood = run.vae, run.config["model"]["image_shape"], run.config["model"]["likelihood"]
+    if out.suffix == ".png" and (plots.is_table(image_shape) or args.binary):
+        why = "a .png grid shows the means, not --binary draws" if args.binary else plots.TABLE
+        raise ValueError(f"--out {out}: {why}; write the samples to an .npy or .csv file")
+    if args.binary and likelihood != "bernoulli":
+        raise ValueError(f"--binary draws Bernoulli pixels, and {args.run_dir} has the {likelihood} likelihood; "
+                         f"leave --binary out to write its means")
     if args.label is not None and not vae.conditional:
         raise ValueError(f"--class needs a conditional model, and {args.run_dir} was trained without labels; "
                          f"train one with `pyrovae train --conditional`")
@@ -176,20 +187,27 @@ def _sample(args: argparse.Namespace) -> None:
         plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
     else:
         torch.manual_seed(args.seed)
-        _save_samples(vae, args.n, out, args.label, SAMPLE_CHUNK)
+        _save_samples(vae, args.n, out, args.label, SAMPLE_CHUNK, args.binary)
     of_class = f" of class {args.label}" if args.label is not None else ""
     print(f"wrote {args.n} samples{of_class} to {out}")
 
 
 @torch.no_grad()
-def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int) -> None:
-    """Write ``n`` decoded prior draws to the ``.npy`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory)."""
+def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int, binary: bool = False) -> None:
+    """Write ``n`` decoded prior draws, their means or with ``binary`` a Bernoulli draw of them, to the ``.npy`` or
+    ``.csv`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory)."""
     labels = plots.sample_labels(vae, n, label)
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, vae.x_dim))
-    for start in range(0, n, chunk):
-        count = min(chunk, n - start)
-        array[start:start + count] = vae.sample(count, None if labels is None else labels[start:start + count]).numpy()
-    array.flush()
+    npy = path.suffix == ".npy"
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, vae.x_dim)) if npy else None
+    with contextlib.nullcontext() if npy else path.open("w") as csv:
+        for start in range(0, n, chunk):
+            means = vae.sample(min(chunk, n - start), None if labels is None else labels[start:start + chunk])
+            rows = (torch.bernoulli(means) if binary else means).numpy()
+            if npy:
+                array[start:start + len(rows)] = rows
+                array.flush()
+            else:
+                np.savetxt(csv, rows, fmt="%.9g", delimiter=",")
 
 
 def _plot(args: argparse.Namespace) -> None:

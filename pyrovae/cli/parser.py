@@ -93,7 +93,8 @@ def build_parser() -> Parser:
                     f"ELBO and the importance-sampled negative log-likelihood\n"
                     f"  -log p(x) ~ -(logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K),  z_k ~ q(z|x)\n"
                     f"(Burda et al. 2015, the number VAE papers report, with K = {EvaluateConfig.num_samples}), "
-                    f"each with\nits standard error, and bits per dimension. Conditional models also get the\n"
+                    f"each with\nits standard error, and bits per dimension (not for a table's rows). Conditional\n"
+                    f"models score every class (K samples x C classes: C times the work) and also get the\n"
                     f"accuracy of classification by likelihood. A run still training is scored at its last\n"
                     f"complete checkpoint.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
@@ -104,14 +105,16 @@ def build_parser() -> Parser:
 
     sample = commands.add_parser(
         "sample", help="decode draws from the prior", formatter_class=formatter,
-        description="Decode N draws from the prior of a trained run: a .png writes a grid, "
-                    "a .npy an (N, D) array of decoded means. A conditional model draws from\n"
-                    "p(z|y) for the class --class Y.")
+        description="Decode N draws from the prior of a trained run: a .png writes a grid (not for a\n"
+                    "table's rows), a .npy or .csv an (N, D) array of decoded means (with --binary, Bernoulli\n"
+                    "draws of them). A conditional model draws from p(z|y) for the class --class Y.")
     sample.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     sample.add_argument("--class", dest="label", type=int, metavar="Y",
                         help="generate class Y (conditional models; without it the classes take turns)")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
-    sample.add_argument("--out", required=True, metavar="FILE", help="output .png or .npy")
+    sample.add_argument("--out", required=True, metavar="FILE", help="output .png, .npy or .csv")
+    sample.add_argument("--binary", action="store_true",
+                        help="write 0/1 Bernoulli draws of the pixels instead of their means (bernoulli likelihood)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: %(default)s)")
 
     plot = commands.add_parser(

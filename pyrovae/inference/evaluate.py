@@ -117,10 +117,8 @@ def _negative_elbo(sampler: ImportanceSampler, batch_size: int, num_particles: i
 
 def _in_chunks(estimate: Callable[[slice, int], torch.Tensor], size: int, examples: int, particles: int = 1,
                bar: tqdm | None = None) -> torch.Tensor:
-    """``estimate(part, particles)`` of consecutive parts of ``examples`` examples out of ``size``, concatenated.
-
-    Out of memory, the chunk is halved (examples first, then particles) and the part estimated again.
-    """
+    """``estimate(part, particles)`` of consecutive parts of ``examples`` examples out of ``size``, concatenated;
+    out of memory, the chunk is halved (examples first, then particles) and the part estimated again."""
     parts, start = [], 0
     while start < size:
         try:
@@ -198,10 +196,8 @@ def _log_mean_weight(sampler: ImportanceSampler, part: slice, num_samples: int, 
 
 
 def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: float) -> tuple[int, int]:
-    """(particles, examples) per chunk of :func:`log_likelihood`: as many particles as fit, then examples.
-
-    The bytes per (particle, example) pair are those of a two-particle probe less a one-particle one.
-    """
+    """(particles, examples) per chunk of :func:`log_likelihood`: as many particles as fit, then examples, at the
+    bytes per (particle, example) pair of a two-particle probe less a one-particle one."""
     if sampler.x.device.type == "cpu":
         memory_budget = min(memory_budget, CPU_CHUNK_BYTES)
     probe = slice(0, 2)
@@ -236,10 +232,8 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 def class_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
                  num_classes: int) -> torch.Tensor:
-    """The ``(N, C)`` table ``score(x, y=c)`` for every class c, e.g. an estimate of log p(x|y=c).
-
-    Every class is scored with the same random numbers, so comparing classes adds no noise of shared terms.
-    """
+    """The ``(N, C)`` table ``score(x, y=c)`` for every class c, e.g. an estimate of log p(x|y=c), every class
+    scored with the same random numbers, so that comparing classes adds no noise of shared terms."""
     seed = int(torch.randint(2**62, ()))
     columns = []
     for c in range(num_classes):
