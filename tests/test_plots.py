@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset
 from pyrovae.cli import main
+from pyrovae.data.datasets import Split
 from pyrovae.report import plots
 from pyrovae.report.latents import active_units, encoder_means, kl_per_dimension, principal_directions
 from pyrovae.runs.rundir import RunDir
@@ -197,5 +198,67 @@ def test_plot_command_draws_only_what_is_asked(tmp_path, capsys):
     assert main(["plot", str(out), "--only", "manifold", "latent_scatter", "--tsne", "--quantiles",
                  "--interpolate", "1", "7"]) == 0
     assert {p.name for p in out.glob("*.png")} == {"manifold.png", "latent_scatter.png"}
+    assert main(["plot", str(out), "--only", "kl_per_dim", "--out", str(tmp_path / "new" / "folder")]) == 0
+    assert (tmp_path / "new" / "folder" / "kl_per_dim.png").exists()  # the folder, and its parent, made
     assert main(["plot", str(out), "--only", "class_samples"]) == 2
     assert "not conditional" in capsys.readouterr().err
+
+
+def test_the_default_interpolation_shows_a_visible_morph_on_the_digits(digits):
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(image_shape=digits.image_shape))  # the CLI's model, trained a quarter as long
+    fit(vae, digits, TrainConfig(epochs=25, seed=0), progress=False)
+    grid = plots.interpolation_figure(vae, digits.test, digits.image_shape).axes[0].images[0].get_array()
+    first, last = (np.asarray(grid[1:9, 1 + 9 * k:9 + 9 * k]) for k in (1, 10))  # the first and last decoded steps
+    assert np.abs(first - last).mean() > 0.14
+
+
+def test_kl_per_dim_of_a_huge_latent_draws_a_bounded_figure_of_the_top_dimensions(binary_batch):
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=20000, hidden=(8,)))
+    fig = plots.kl_per_dim_figure(vae, Split.from_arrays(binary_batch))
+    assert fig.get_size_inches()[0] <= 20 and len(fig.axes[0].patches) == plots.MAX_BARS
+    assert "of 20000 units active" in fig.axes[0].get_title()
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    assert heights == sorted(heights, reverse=True)
+
+
+def test_a_single_epoch_gets_whole_epoch_ticks():
+    ax = plots.training_curves_figure(curves((1.0,))).axes[0]
+    low, high = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [1]
+
+
+def test_iwae_parts_are_not_drawn_as_the_parts_of_its_loss():
+    titles = {elbo: plots.training_curves_figure(curves((1.0, 1.0)), elbo).axes[1].get_title() for elbo in
+              ("trace", "meanfield", "iwae")}
+    assert "IWAE" not in titles["trace"] + titles["meanfield"] and "not the IWAE loss" in titles["iwae"]
+
+
+@pytest.fixture
+def gaps(digits):
+    """A 13-class conditional model, and 20 test images of classes 0 and 12 only."""
+    vae = build_vae(ModelConfig(image_shape=digits.image_shape, z_dim=2, hidden=(16,), prior="class-means",
+                                num_classes=13))
+    return vae, Split(digits.test.x[:20], torch.tensor([0, 12] * 10))
+
+
+def test_class_samples_of_labels_with_gaps_draw_a_row_per_present_class(digits, gaps):
+    vae, test = gaps
+    grid = plots.run_figures(vae, test, digits.image_shape, [])["class_samples"]().axes[0].images[0].get_array()
+    assert grid.shape[0] == 2 * 9 + 1  # two rows of 8x8 images, padded
+
+
+def test_latent_scatter_of_one_label_draws_no_label_colour_bar(gaps):
+    vae, test = gaps
+    assert len(plots.latent_scatter_figure(vae, Split.from_arrays(test.x)).axes) == 1  # no labels: all 0
+    assert len(plots.latent_scatter_figure(vae, test).axes) == 2  # the scatter and its label bar
+
+
+def test_plot_command_labels_the_curves_for_the_runs_objective(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", "--elbo", "iwae", "--particles", "2", "--epochs", "1", "--hidden", "16", "--z-dim", "2",
+                 "--threads", "1", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    drawn = []
+    monkeypatch.setattr(plots, "training_curves_figure", lambda *args: drawn.append(args) or Figure())
+    assert main(["plot", str(out), "--only", "training_curves"]) == 0
+    assert drawn[0][1] == "iwae"

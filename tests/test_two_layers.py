@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from pyro import poutine
 
 from pyrovae import ModelConfig, build_vae
+from pyrovae.data.datasets import Split
 from pyrovae.inference.evaluate import log_likelihood
 from pyrovae.inference.objectives import IWAEBound, TraceELBO
 from pyrovae.model.posteriors import PARENTS
 from pyrovae.model.two_layer import TwoLayerVAE
+from pyrovae.report import plots
 
 
 def gaussian_log_density(value, loc, scale):
@@ -97,3 +99,20 @@ def test_the_conditional_prior_sits_on_the_top_layer():
     assert torch.isfinite(unlabelled)  # y summed out exactly above the two layers
     assert vae.sample(4, y=2).shape == (4, 16)
     assert vae.encode(x)[0].shape == (5, 2) and vae.reconstruct(x).shape == (5, 16)
+
+
+def test_samples_draw_z1_from_p_z1_given_z2_rather_than_decoding_its_mean():
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,), latent_layers=2))
+    torch.manual_seed(1)
+    drawn = vae.sample(500)
+    torch.manual_seed(1)
+    means = vae.decode(vae.prior(None).sample((500,)))  # the same z2, decoded at E[z1|z2]
+    assert drawn.std(0).mean() > 2 * means.std(0).mean()
+
+
+def test_the_manifold_and_interpolation_of_two_layers_say_that_they_decode_the_mean_of_p_z1_given_z2():
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,), latent_layers=2))
+    assert "mean of p(z1|z2), z2 over" in plots.manifold_tiles(vae, n=3).title
+    test = Split.from_arrays(torch.bernoulli(torch.full((4, 16), 0.5)), torch.tensor([0, 1, 0, 1]))
+    assert "of z2 (mean of p(z1|z2))" in plots.interpolation_figure(vae, test, (1, 4, 4)).axes[0].get_title()

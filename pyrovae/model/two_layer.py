@@ -79,6 +79,10 @@ class TwoLayerVAE(VAE):
         """E[x|z1] at z1 = E[z1|z2] for top-layer latents ``z``."""
         return super().decode(self.upper_decoder(z)[0], y)
 
+    def _decode_draw(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """E[x|z1] at z1 ~ p(z1|z2): samples of the model, not of its mean E[z1|z2]."""
+        return super().decode(dist.Normal(*self.upper_decoder(z)).sample(), y)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x|z1] at the location of q(z1|x): the lower layer, which the decoder reads."""

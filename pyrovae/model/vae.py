@@ -149,7 +149,10 @@ class VAE(nn.Module):
         if y is not None:
             self.check_labels(y, "y")
         prior = self.prior(y)
-        z = prior.sample((n,) if prior.batch_shape == () else ())
+        return self._decode_draw(prior.sample((n,) if prior.batch_shape == () else ()), y)
+
+    def _decode_draw(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """E[x|z] for a prior draw ``z``; a deeper model draws its lower layers first."""
         return self.decode(z, y)
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:

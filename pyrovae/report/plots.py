@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from pyrovae.data.datasets import Split, as_floats
 from pyrovae.files import write_atomically
+from pyrovae.model.two_layer import TwoLayerVAE
 from pyrovae.model.vae import VAE
 from pyrovae.randomness import seeded
 from pyrovae.report.latents import (
@@ -45,6 +46,8 @@ MAX_GRID_IMAGES = 1024
 """Most images one sample grid shows (32 x 32); more would make an unreadable, memory-hungry picture."""
 DPI = 100
 """Pixels per inch of the PNGs, written or shown in a notebook."""
+MAX_BARS = 64
+"""Most latent dimensions kl_per_dim.png draws: past it, those of the largest KL."""
 
 
 class NotebookFigure(Figure):
@@ -131,10 +134,8 @@ def samples_figure(vae: VAE, image_shape: Sequence[int], n: int = 64, seed: int 
 
 @torch.no_grad()
 def reconstruction_tiles(vae: VAE, x: torch.Tensor, n: int = 8, y: torch.Tensor | None = None) -> Tiles:
-    """The first ``n`` images of ``x`` (top row) above their reconstructions E[x | z = loc(x)] (bottom row).
-
-    A decoder conditioned on labels needs ``y`` unless the VAE guesses them with its classifier.
-    """
+    """The first ``n`` images of ``x`` (top row) above their reconstructions E[x | z = loc(x)] (bottom row); a decoder
+    conditioned on labels needs ``y`` unless the VAE guesses them with its classifier."""
     vae.eval()
     x = x[:n]
     images = torch.cat([x, vae.reconstruct(x, None if y is None else y[:n])])
@@ -148,21 +149,25 @@ def reconstructions_figure(vae: VAE, x: torch.Tensor, image_shape: Sequence[int]
 
 
 @torch.no_grad()
-def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 10, seed: int = 0) -> Figure:
-    """A conditional model's samples from p(z|y), one row per class y, as Su Jianlin (2018) draws a chosen digit."""
+def class_samples_figure(vae: VAE, image_shape: Sequence[int], per_class: int = 10, seed: int = 0,
+                         classes: Sequence[int] | None = None) -> Figure:
+    """A conditional model's samples from p(z|y), one row per class y (of ``classes``, default all), as Su Jianlin
+    (2018) draws a chosen digit."""
     if not vae.conditional:
         raise ValueError("class samples need a conditional model (prior='class-means', or decoder_conditioning=True)")
     vae.eval()
-    y = torch.arange(vae.num_classes, device=vae.device).repeat_interleave(per_class)
+    classes = sorted(range(vae.num_classes) if classes is None else classes)
+    y = torch.tensor(classes, device=vae.device).repeat_interleave(per_class)
     with seeded(vae.device, seed):
         images = vae.sample(len(y), y)
-    return _grid_figure(Tiles(images, ncols=per_class, title="decoded samples, one class per row (0 on top)"),
+    rows = f"{classes[0]} on top" if len(classes) == vae.num_classes else f"classes {', '.join(map(str, classes))}"
+    return _grid_figure(Tiles(images, ncols=per_class, title=f"decoded samples, one class per row ({rows})"),
                         image_shape)
 
 
-def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
-    """Train loss and validation negative ELBO per epoch; the reconstruction and KL parts beside them
-    when ``metrics`` (the rows of ``metrics.jsonl``) has them, with the KL weight unless it stayed 1."""
+def training_curves_figure(metrics: Sequence[dict[str, Any]], elbo: str = "trace") -> Figure:
+    """Train loss and validation -ELBO per epoch; beside them, if ``metrics`` (rows of ``metrics.jsonl``) has them, the
+    reconstruction and KL parts (IWAE: particle averages, not the loss's parts) and a KL weight other than 1."""
     if not metrics:
         raise ValueError("no metrics to plot: metrics.jsonl is empty (train for at least one epoch)")
     epochs = [row["epoch"] for row in metrics]
@@ -170,7 +175,7 @@ def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
     fig = NotebookFigure(figsize=(10 if has_parts else 5.5, 4), layout="tight")
     axes = fig.subplots(1, 2 if has_parts else 1, squeeze=False)[0]
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs are whole
     loss_ax = axes[0]
     loss_ax.plot(epochs, [row["train_loss"] for row in metrics], marker=".", label="train loss")
     loss_ax.plot(epochs, [row["val_neg_elbo"] for row in metrics], marker=".", label="validation -ELBO")
@@ -180,7 +185,8 @@ def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
         parts_ax = axes[1]
         parts_ax.plot(epochs, [row["recon"] for row in metrics], marker=".", label="reconstruction -log p(x|z)")
         parts_ax.plot(epochs, [row["kl"] for row in metrics], marker=".", label="KL(q(z|x) || p(z))")
-        parts_ax.set(xlabel="epoch", ylabel="nats per example", title="ELBO parts (training)")
+        parts_ax.set(xlabel="epoch", ylabel="nats per example", title="ELBO parts (training)" if elbo != "iwae"
+                     else "ELBO parts, particle averages: not the IWAE loss")
         handles, labels = parts_ax.get_legend_handles_labels()
         weights = [row.get("kl_weight") for row in metrics]
         if None not in weights and set(weights) != {1.0}:  # a warm-up, a balance, or a constant other than 1
@@ -194,7 +200,7 @@ def training_curves_figure(metrics: Sequence[dict[str, Any]]) -> Figure:
 
 
 def _labelled_scatter(ax: Any, xs: torch.Tensor, ys: torch.Tensor, labels: torch.Tensor | None) -> None:
-    if labels is None:
+    if labels is None or len(labels.unique()) < 2:  # no labels to tell apart
         ax.scatter(xs, ys, s=4, alpha=0.5)
         return
     points = ax.scatter(xs, ys, c=labels, cmap="tab10", s=4 if len(xs) > 2000 else 10, alpha=0.6,
@@ -204,10 +210,8 @@ def _labelled_scatter(ax: Any, xs: torch.Tensor, ys: torch.Tensor, labels: torch
 
 @torch.no_grad()
 def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int = 0) -> Figure:
-    """The encoder means E_q[z|x] of ``test`` coloured by label (as in Canziani & LeCun's NYU lecture, fig. 8).
-
-    Directly for 1D and 2D latents; otherwise on the two principal directions, or embedded by t-SNE.
-    """
+    """The encoder means E_q[z|x] of ``test`` coloured by label (Canziani & LeCun's NYU lecture, fig. 8): directly
+    for 1D and 2D latents, else on the two principal directions, or embedded by t-SNE."""
     vae.eval()
     means = encoder_means(vae, as_floats(test.x)).cpu()
     labels = None if test.y is None else test.y.cpu()
@@ -247,10 +251,8 @@ def manifold_grid(n: int = 20, span: float = 2.0, quantiles: bool = False) -> to
 @torch.no_grad()
 def manifold_latents(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span: float = 2.0,
                      quantiles: bool = False) -> torch.Tensor:
-    """The latents the manifold decodes, row by row: ``(n, Z)`` for 1D, ``(n * n, Z)`` otherwise.
-
-    2D: an ``n x n`` grid, ``z1`` growing left to right, ``z2`` bottom to top. More dimensions: that grid over
-    the two principal directions of the encoder means of ``x``, in their standard deviations, about their mean.
+    """The latents the manifold decodes, row by row: ``(n, Z)`` for 1D; 2D an ``n x n`` grid, ``z1`` left to right,
+    ``z2`` bottom to top; more: that grid over the principal directions of the encoder means of ``x``, in their std.
     """
     coords = manifold_grid(n, span, quantiles).to(vae.device)
     if vae.z_dim == 1:
@@ -277,13 +279,14 @@ def manifold_tiles(vae: VAE, x: torch.Tensor | None = None, n: int = 20, span: f
     what = {1: "z from left to right", 2: "z1 left to right, z2 bottom to top"}.get(
         vae.z_dim, "the two principal directions of the encoder means (in std)")
     scale = "normal quantiles" if quantiles else f"[-{span:g}, {span:g}]"
+    if isinstance(vae, TwoLayerVAE):
+        scale = f"mean of p(z1|z2), z2 over {scale}"
     return Tiles(vae.decode(z, y), ncols=n, title=f"decoded {scale}: {what}")
 
 
 def manifold_figure(vae: VAE, image_shape: Sequence[int], x: torch.Tensor | None = None, n: int = 20,
                     span: float = 2.0, quantiles: bool = False, label: int = 0) -> Figure:
-    """Decode a grid of latents (:func:`manifold_latents`): the whole latent space of a 1D or 2D model, as in
-    Verduzco (2023)."""
+    """Decode a grid of latents (:func:`manifold_latents`), as Verduzco (2023) maps a 1D or 2D latent space."""
     return _grid_figure(manifold_tiles(vae, x, n, span, quantiles, label), image_shape)
 
 
@@ -292,12 +295,12 @@ def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], clas
                          steps: int = 10) -> Figure:
     """Decode the latent line between the encoder means of the first test images of two classes.
 
-    A decoder conditioned on labels keeps the first class. Without ``classes``: 3 and 8 (as Canziani & LeCun
-    morph them) where the split has them, else its first and last class.
+    A decoder conditioned on labels keeps the first class. Without ``classes``: 0 and 1, unlike in shape, where the
+    split has them, else its first and last class.
     """
     present = sorted(set(test.y.tolist()))
     if classes is None:
-        classes = (3, 8) if {3, 8} <= set(present) else (present[0], present[-1])
+        classes = (0, 1) if {0, 1} <= set(present) else (present[0], present[-1])
     ends = []
     for label in classes:
         where = (test.y == label).nonzero()[:, 0]
@@ -311,8 +314,9 @@ def interpolation_figure(vae: VAE, test: Split, image_shape: Sequence[int], clas
     z = (1 - t) * loc[0] + t * loc[1]
     y = torch.full((steps,), classes[0], dtype=torch.long, device=vae.device) if vae.decoder_conditioning else None
     images = torch.cat([ends[0][None].to(vae.device), vae.decode(z, y), ends[1][None].to(vae.device)])
+    of_z2 = " of z2 (mean of p(z1|z2))" if isinstance(vae, TwoLayerVAE) else ""
     return _grid_figure(Tiles(images, ncols=steps + 2, title=f"class {classes[0]} to class {classes[1]}: original, "
-                                                           f"{steps} decoded steps, original"), image_shape)
+                                                           f"{steps} decoded steps{of_z2}, original"), image_shape)
 
 
 @torch.no_grad()
@@ -324,10 +328,12 @@ def kl_per_dim_figure(vae: VAE, test: Split, seed: int = 0) -> Figure:
     with seeded(vae.device, seed):
         kl = kl_per_dimension(vae, x, y).cpu()
     active = active_units(encoder_means(vae, x)).cpu()
-    fig = NotebookFigure(figsize=(max(5.0, 0.25 * vae.z_dim + 2), 3.5), layout="tight")
+    shown = torch.arange(vae.z_dim) if vae.z_dim <= MAX_BARS else kl.argsort(descending=True)[:MAX_BARS]
+    fig = NotebookFigure(figsize=(max(5.0, 0.25 * len(shown) + 2), 3.5), layout="tight")
     ax = fig.subplots()
-    ax.bar(range(vae.z_dim), kl.numpy(), color=["tab:blue" if a else "lightgray" for a in active])
-    ax.set(xlabel="latent dimension", ylabel="KL, nats per example",
+    ax.bar(range(len(shown)), kl[shown].numpy(), color=["tab:blue" if a else "lightgray" for a in active[shown]])
+    ax.set(xlabel="latent dimension" if len(shown) == vae.z_dim else f"the {MAX_BARS} dimensions of largest KL",
+           ylabel="KL, nats per example",
            title=f"{int(active.sum())} of {vae.z_dim} units active (blue: Cov_x E_q[z_i] > {ACTIVE_UNIT_THRESHOLD})")
     return fig
 
@@ -344,6 +350,8 @@ class PictureOptions:
     """the classes at the two ends of interpolation (default: see :func:`interpolation_figure`)."""
     seed: int = 0
     """seed of every random draw in the pictures."""
+    elbo: str = "trace"
+    """the run's objective (``TrainConfig.elbo``): under ``iwae`` the loss is not the sum of its plotted parts."""
 
 
 def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequence[dict[str, Any]],
@@ -355,12 +363,13 @@ def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequ
         "samples": lambda: samples_figure(vae, image_shape, seed=o.seed),
         "reconstructions": lambda: reconstructions_figure(  # a classifier's own labels (clusters) for its VAE
             vae, as_floats(test.x), image_shape, y=None if vae.classifier is not None else test.y),
-        "training_curves": lambda: training_curves_figure(metrics),
+        "training_curves": lambda: training_curves_figure(metrics, o.elbo),
         "latent_scatter": lambda: latent_scatter_figure(vae, test, tsne=o.tsne, seed=o.seed),
         "manifold": lambda: manifold_figure(vae, image_shape, as_floats(test.x), quantiles=o.quantiles),
         "interpolation": lambda: interpolation_figure(vae, test, image_shape, o.interpolate),
         "kl_per_dim": lambda: kl_per_dim_figure(vae, test, seed=o.seed),
-        "class_samples": lambda: class_samples_figure(vae, image_shape, seed=o.seed),
+        "class_samples": lambda: class_samples_figure(  # the classes of the data (labels may have gaps)
+            vae, image_shape, seed=o.seed, classes=None if test.y is None else test.y.unique().tolist()),
     }
     for name in unavailable_pictures(vae, test, metrics, image_shape):
         del figures[name]
