@@ -217,8 +217,11 @@ def _plot(args: argparse.Namespace) -> None:
     vae, data, image_shape = loaded.vae, loaded.data, loaded.config["model"]["image_shape"]
     run = RunDir(args.run_dir)
     options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, seed=args.seed,
-                                   interpolate=args.interpolate and tuple(args.interpolate))
+                                   interpolate=args.interpolate and tuple(args.interpolate),
+                                   elbo=loaded.config["train"]["elbo"])
     folder = Path(args.out_dir or args.run_dir)
+    with contextlib.suppress(OSError):  # if it cannot be made, cannot_write says why
+        folder.mkdir(parents=True, exist_ok=True)
     if why := cannot_write(folder):
         raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
     into_run = folder.resolve() == run.path.resolve()
