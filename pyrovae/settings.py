@@ -1,12 +1,10 @@
 """Settings written once, on dataclass fields; the CLI flags and the ``config.json`` checks follow from them.
 
-A field's annotation is its type (``Literal[...]`` for a choice), its default the default, and :func:`setting`
-adds its help and marks; :func:`add_arguments` makes a flag per field, :func:`from_args` reads the parsed flags
-and :func:`settings_from_json` an untrusted ``config.json`` section.
-
-Messages and help texts speak Python: a setting by its Python name (``z_dim``), a bad value as a
-:class:`SettingError` naming it, a suggestion as ``name=value`` (``resume=True``, ``binarize='static'``,
-``data_dir=DIR``; ``without resume=True`` for a switch off). :func:`in_flags` writes them as the CLI's flags.
+A field's annotation is its type (``Literal[...]`` for a choice), its default the default; :func:`setting` adds its
+help and marks. :func:`add_arguments` makes a flag per field, :func:`from_args` reads them, :func:`settings_from_json`
+an untrusted ``config.json`` section. Messages and help texts speak Python: a setting by its Python name (``z_dim``),
+a bad value as a :class:`SettingError` naming it, a suggestion as ``name=value`` (``resume=True``, ``data_dir=DIR``;
+``without resume=True`` for a switch off); :func:`in_flags` writes them as the CLI's flags.
 """
 
 from __future__ import annotations
@@ -36,8 +34,7 @@ class SettingError(ValueError):
 
 
 Mark = Literal["from_data", "resumable"]
-"""What the CLI does with a field besides its flag: ``from_data``, no flag, the value is the data's; ``resumable``,
-its flag applies when a run resumes, where the other settings come from the run's ``config.json``."""
+"""``from_data``: no flag, the value is the data's; ``resumable``: the flag may change a resumed run's value."""
 
 
 def setting(default: Any, help: str, metavar: str | None = None, *, from_data: bool = False,
@@ -57,10 +54,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a settings class (cached: ``__post_init__`` reads them every time)."""
-    return typing.get_type_hints(cls)
+_type_hints = functools.cache(typing.get_type_hints)  # a settings class's annotations, read by every __post_init__
 
 
 def _is_union(annotation: Any) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyrovae import VAE
+from pyrovae import VAE, ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import build_parser, commands, main
 from pyrovae.runs.rundir import RunDir
 from pyrovae.runs.writer import RunWriter
@@ -146,3 +146,29 @@ def test_every_prior_and_likelihood_trains_from_the_cli(tmp_path, prior, likelih
     assert config["model"]["prior"] == prior and config["model"]["likelihood"] == likelihood[1]
     # The saved settings rebuild the same model for evaluate.
     assert main(["evaluate", str(out), "--num-samples", "10", "--no-progress"]) == 0
+
+
+def test_quiet_prints_the_last_line_alone_and_no_progress_bar(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--threads", "1", "--device", "cpu",
+                 "--batch-size", "5000", "--out", str(out), "--quiet"]) == 0  # the batch note is left out too
+    said = capsys.readouterr()
+    assert said.out.startswith(f"done: {out}") and said.out.count("\n") == 1 and said.err == ""
+    assert main(["evaluate", str(trained_run), "--elbo-only", "--out", str(tmp_path / "e.json"), "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert said.out.count("\n") == 1 and str(tmp_path / "e.json") in said.out and said.err == ""
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "plot"])
+def test_threads_are_checked_on_every_command(trained_run, capsys, command):
+    assert main([command, str(trained_run), "--threads", "0", "--out", "x.png"]) == 2
+    assert "error: --threads must be positive, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_progress_bar_thins_the_epoch_lines_to_about_ten(capsys, progress):
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,)))
+    fit(vae, torch.bernoulli(torch.full((40, 16), 0.5)), TrainConfig(epochs=25, device="cpu"), progress=progress)
+    shown = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert shown[-1] == 25 and shown == sorted(set(shown))
+    assert 10 <= len(shown) <= 13 if progress else shown == list(range(1, 26))

@@ -116,6 +116,24 @@ def test_help_documents_every_flag_and_each_default_once(command):
     assert not re.search(r"\b[a-z_]+=", text), "a help text speaks Python"
 
 
+def test_train_help_is_grouped_by_topic():
+    groups = re.findall(r"^(\w+):\n((?:  .*\n|\n(?!\w))*)", COMMANDS["train"].format_help(), re.MULTILINE)
+    titles = [title for title, _ in groups]
+    assert titles[titles.index("data"):] == ["data", "model", "objective", "training", "output", "examples"], titles
+    flags = {title: set(re.findall(r"^  (--[\w-]+)", text, re.MULTILINE)) for title, text in groups}
+    assert flags["objective"] == {"--elbo", "--particles", "--estimator", "--kl-weight", "--kl-warmup", "--kl-balance"}
+    assert {"--epochs", "--lr", "--threads"} <= flags["training"] and "--elbo" not in flags["training"]
+    assert {"--out", "--resume", "--no-progress", "--quiet"} <= flags["output"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_threads_and_quiet(command):
+    argv = [command] + (["RUN"] if command != "train" else []) + (["--out", "x.png"] if command == "sample" else [])
+    args = build_parser().parse_args([*argv, "--threads", "2", "--quiet"])
+    assert args.threads == 2 and args.quiet and {"threads", "quiet"} <= args.given
+    assert not build_parser().parse_args(argv).quiet
+
+
 # --- the generator on a settings class of its own -----------------------------------------------------
 
 @dataclasses.dataclass
@@ -251,7 +269,10 @@ def test_in_flags_rewrites_python_names_and_nothing_else(text, settings, expecte
     (["trian"], ["pyrovae: error: ", "'trian'", "train, evaluate, sample, plot", "did you mean 'train'?"]),
     (["plot", "RUN", "--only", "samples", "manifol"], ["pyrovae plot: error: ", "--only", "did you mean 'manifold'?"]),
     (["train", "--z-dim", "two"], ["pyrovae train: error: ", "--z-dim", "'two'"]),
-    (["train", "--zdim", "3"], ["pyrovae: error: ", "--zdim"]),
+    (["train", "--zdim", "3"], ["pyrovae train: error: unrecognized arguments: --zdim 3", "did you mean '--z-dim'?"]),
+    (["train", "--epoch", "3"], ["pyrovae train: error: ", "--epoch 3", "did you mean '--epochs'?"]),  # no prefixes
+    (["plot", "RUN", "--tsn"], ["pyrovae plot: error: ", "--tsn", "did you mean '--tsne'?"]),
+    (["sample", "RUN", "--out=x.png", "--sed=3"], ["pyrovae sample: error: ", "--sed=3", "did you mean '--seed'?"]),
 ])
 def test_a_usage_error_is_one_line_and_exit_2(capsys, argv, parts):
     with pytest.raises(SystemExit) as exited:

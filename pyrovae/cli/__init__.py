@@ -4,6 +4,8 @@ parsed by :mod:`.parser`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -30,13 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone reports
         sys.stdout = open(os.devnull, "w")  # for the life of the process
-    notes = _NotesInFlags(args.command, parser.flags)
+    notes = _NotesInFlags(args.command, parser.flags, logging.ERROR if args.quiet else logging.WARNING)
     logging.getLogger("pyrovae").addHandler(notes)
+    args.no_progress = getattr(args, "no_progress", False) or args.quiet
     try:
-        if getattr(args, "threads", None) is not None:
+        if args.threads is not None:
             check_positive(args, "threads")
             torch.set_num_threads(args.threads)
-        COMMANDS[args.command](args)
+        with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext() as said:
+            COMMANDS[args.command](args)
+        if said is not None:  # --quiet: the last line alone
+            print(said.getvalue().rstrip("\n").rpartition("\n")[2])
     except (ValueError, FileNotFoundError, FloatingPointError, NoSpaceError, OutOfMemory) as error:
         message = in_flags(str(error), parser.flags, getattr(error, "settings", ()))
         print(f"pyrovae {args.command}: error: {message}", file=sys.stderr)
@@ -52,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _NotesInFlags(logging.StreamHandler):
     """The library's notes (warnings logged under ``pyrovae``) on stderr, one line each, naming flags."""
 
-    def __init__(self, command: str, flags: dict[str, argparse.Action]):
+    def __init__(self, command: str, flags: dict[str, argparse.Action], level: int):
         super().__init__(sys.stderr)
         self.command, self.flags = command, flags
-        self.setLevel(logging.WARNING)
+        self.setLevel(level)
 
     def format(self, record: logging.LogRecord) -> str:
         return f"pyrovae {self.command}: note: {in_flags(record.getMessage(), self.flags)}"

@@ -29,12 +29,7 @@ from pyrovae.report.tensorboard import check_installed, write_run_events
 from pyrovae.runs.load import load_data, load_run
 from pyrovae.runs.rundir import CHECKPOINT, EVAL, RunDir, default_run_dir
 from pyrovae.runs.writer import RunWriter
-from pyrovae.settings import (
-    check_positive,
-    flag,
-    from_args,
-    resolve_device,
-)
+from pyrovae.settings import SettingError, check_positive, flag, from_args, resolve_device
 from pyrovae.training.callbacks import Callback
 from pyrovae.training.config import TrainConfig
 from pyrovae.training.loop import fit
@@ -66,10 +61,8 @@ def _train(args: argparse.Namespace) -> None:
     if processes.is_main:  # refused before any data are read; fit checks again, under the run's lock
         RunWriter(run).check(args.resume, args.overwrite)
     if args.resume:  # the saved settings, and the data they were trained on (refused if they changed)
-        model_config = run.settings(ModelConfig, "model")
-        train_config = dataclasses.replace(run.settings(TrainConfig, "train"),
-                                           **{name: getattr(args, name) for name in RESUMABLE})
-        data = load_data(run)
+        model_config, data = run.settings(ModelConfig, "model"), load_data(run)
+        train_config = _resumed(run, args)
     else:
         train_config = from_args(TrainConfig, args)
         data = load_dataset(_data_config(args), resolve_device(train_config.device))
@@ -78,9 +71,6 @@ def _train(args: argparse.Namespace) -> None:
     check_model_fits(model_config, device)  # by formula, before the model is built
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
-    if args.resume:
-        print(f"resuming {out} with the settings in its config.json "
-              f"(only {', '.join(map(flag, RESUMABLE))} apply)")
     parallel = f" in {processes.world_size} processes" if processes.parallel else ""
     print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
           f"on {device}{parallel}; training images {data.train.storage()}; run directory: {out}")
@@ -93,6 +83,24 @@ def _train(args: argparse.Namespace) -> None:
                 else "train again")
         raise NoSpaceError(f"{full}; free some space, then {then}") from None
     print(f"done: {out}  (next: pyrovae evaluate {out})")
+
+
+def _resumed(run: RunDir, args: argparse.Namespace) -> TrainConfig:
+    """The run's training settings, changed (and said so) by the resumable flags given; any other must match."""
+    saved, config = run.read_config(), run.settings(TrainConfig, "train")
+    ran = {**saved["data"], **saved["model"], **saved["train"], "conditional": bool(saved["model"]["num_classes"])}
+    for name in sorted(args.given & ran.keys() - set(RESUMABLE)):
+        if getattr(args, name) != ran[name]:
+            raise SettingError(name, f"{name} cannot change when resuming (the run's: {ran[name]}); leave it out, or "
+                                     f"train a new run with another run_dir=DIR")
+    changed = {name: getattr(args, name) for name in RESUMABLE
+               if name in args.given and getattr(args, name) != getattr(config, name)}
+    if (epochs := changed.get("epochs", config.epochs)) < (done := run.load_checkpoint().progress.epoch):
+        raise ValueError(f"epochs={epochs} is fewer than the {done} epochs trained; ask for epochs={done} or more")
+    print(f"resuming {run.path} with the settings in its config.json (only {', '.join(map(flag, RESUMABLE))} apply)")
+    for name, value in changed.items():
+        print(f"  {flag(name)} {value} replaces the run's {getattr(config, name)}, in config.json too")
+    return dataclasses.replace(config, **changed)
 
 
 def _data_config(args: argparse.Namespace) -> DataConfig:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any, NoReturn
 
 from pyrovae import __version__
@@ -13,16 +16,7 @@ from pyrovae.inference.evaluate import EvaluateConfig
 from pyrovae.model.config import ModelConfig
 from pyrovae.report import plots
 from pyrovae.runs.rundir import EVAL
-from pyrovae.settings import (
-    DEVICE_HELP,
-    DEVICES,
-    ArgumentContainer,
-    add_arguments,
-    guess,
-    help_text,
-    in_flags,
-    marked,
-)
+from pyrovae.settings import DEVICE_HELP, DEVICES, ArgumentContainer, add_arguments, guess, help_text, in_flags, marked
 from pyrovae.training.config import TrainConfig
 
 RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
@@ -44,7 +38,8 @@ EPILOG_TRAIN = """examples:
 FROM_DATA = marked(ModelConfig, "from_data")
 """ModelConfig fields that ``pyrovae train`` takes from the data (and the likelihood), not from a flag."""
 RESUMABLE = marked(TrainConfig, "resumable")
-"""TrainConfig fields whose flags apply when resuming; the rest come from the run's config.json."""
+"""TrainConfig fields whose flags apply when resuming; other flags must match the run's config.json."""
+OBJECTIVE = ("elbo", "particles", "estimator", "kl_weight", "kl_warmup", "kl_balance")  # in a help group of their own
 
 
 def build_parser() -> Parser:
@@ -76,9 +71,9 @@ def build_parser() -> Parser:
     model.add_argument("--conditional", action="store_true",  # sets num_classes from the data, and the prior
                        help="train with the labels y: p(z|y) = N(mu_y, I) unless --prior names another "
                             "(then --decoder-conditioning must carry the labels)")
-    add_arguments(train.group("training"), TrainConfig)
-    run = train.group("run")
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_arguments(train.group("objective"), TrainConfig, skip={f.name for f in fields(TrainConfig)} - set(OBJECTIVE))
+    add_arguments(training := train.group("training"), TrainConfig, skip=OBJECTIVE)
+    run = train.group("output")
     run.add_argument("--out", dest="run_dir", metavar="DIR", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint, with its saved settings "
@@ -145,6 +140,9 @@ def build_parser() -> Parser:
     plot.add_argument("--out", dest="out_dir", metavar="DIR",
                       help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
                            "or still training")
+    for threads, quiet in ((training, run), (evaluate, evaluate), (sample, sample), (plot, plot)):
+        threads.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+        quiet.add_argument("--quiet", action="store_true", help="no progress bar, no output line but the last")
     parser.commands = {"train": train, "evaluate": evaluate, "sample": sample, "plot": plot}
     flags = parser.flags
     for command in parser.commands.values():
@@ -158,13 +156,25 @@ INVALID_CHOICE = re.compile(r"invalid choice: (?P<value>.+) \(choose from (?P<ch
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors in one line, with a guess for a mistyped choice; keeps what argparse keeps to itself: its
-    subcommands' parsers (``commands``) and the options added to it, in its :meth:`group` too (``options``)."""
+    """Usage errors in one line, guessing a mistyped choice or flag (no prefixes); keeps what argparse keeps to itself:
+    its commands' parsers (``commands``), the options added, by :meth:`group` too (``options``), and in the parsed
+    namespace the Python names of the options given (``given``: what ``train --resume`` checks against the run)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.options: list[argparse.Action] = []  # first: argparse's __init__ adds --help
         self.commands: dict[str, Parser] = {}
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        argv = sys.argv[1:] if args is None else list(args)
+        parsed, unknown = self.parse_known_args(argv, namespace)
+        command = self.commands.get(getattr(parsed, "command", None), self)
+        named = {arg.split("=")[0] for arg in argv}
+        if unknown:
+            flags = [name for action in command.options for name in action.option_strings]
+            command.error(f"unrecognized arguments: {' '.join(unknown)}{guess(unknown[0].split('=')[0], flags)}")
+        parsed.given = {action.dest for action in command.options if named & set(action.option_strings)}
+        return parsed
 
     def add_argument(self, *names: str, **options: Any) -> argparse.Action:
         action = super().add_argument(*names, **options)

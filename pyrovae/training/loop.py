@@ -346,7 +346,7 @@ class Trainer:
         self.epoch = epoch
         self.history.append(row)
         bar.set_postfix(loss=f"{train['train_loss']:.2f}", val=f"{row['val_neg_elbo']:.2f}")
-        if verbose:
+        if verbose and (bar.disable or epoch % max(1, self.config.epochs // 10) == 0 or epoch == self.config.epochs):
             bar.write(f"epoch {epoch:>4}  train loss {train['train_loss']:9.3f} ({self.objective.summary(train)}, "
                       f"w {train['kl_weight']:.3g})  val -ELBO {row['val_neg_elbo']:9.3f}  ({state.seconds:.2f}s)")
         self._save(partial=None)
