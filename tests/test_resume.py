@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 
+import pyrovae
 from pyrovae.cli import main
+from pyrovae.settings import SettingError
 
 TINY = ["--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
 
@@ -83,3 +85,13 @@ def test_a_flag_that_cannot_apply_is_refused_in_one_line_and_the_run_is_left_alo
     err = capsys.readouterr().err
     assert err.startswith(f"pyrovae train: error: {refused}") and err.count("\n") == 1, err
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+
+
+def test_fit_in_python_refuses_fewer_epochs_than_trained_and_keeps_the_config(tmp_path):
+    data = pyrovae.load_dataset(pyrovae.DataConfig(dataset="digits"))
+    vae = pyrovae.build_vae(pyrovae.ModelConfig(image_shape=data.image_shape, z_dim=2, hidden=(16,)))
+    pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=2), run_dir=tmp_path, progress=False, verbose=False)
+    config = (tmp_path / "config.json").read_text()
+    with pytest.raises(SettingError, match="epochs=1 is fewer than the 2 epochs trained"):
+        pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=1), run_dir=tmp_path, resume=True, progress=False)
+    assert (tmp_path / "config.json").read_text() == config

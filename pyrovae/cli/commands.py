@@ -48,8 +48,9 @@ class RunPictures(Callback):
         self.vae, self.data, self.run, self.image_shape = vae, data, run, image_shape
 
     def training_done(self, trained: list[dict[str, float]]) -> None:
+        options = plots.PictureOptions(elbo=self.run.read_config()["train"]["elbo"])
         plots.save_run_pictures(self.vae, self.data.test, self.image_shape, self.run.path,
-                                metrics=self.run.read_metrics())
+                                metrics=self.run.read_metrics(), options=options)
 
 
 def _train(args: argparse.Namespace) -> None:

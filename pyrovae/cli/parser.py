@@ -129,8 +129,8 @@ def build_parser() -> Parser:
     plot.add_argument("--quantiles", action="store_true",
                       help="manifold over normal quantiles (0.05 ... 0.95) instead of an even grid over [-2, 2]")
     plot.add_argument("--interpolate", type=int, nargs=2, metavar=("A", "B"),
-                      help="interpolation walks from the first test image of class A to one of class B (default: 3 "
-                           "and 8 where the test split has them, else its first and last class)")
+                      help="interpolation walks from the first test image of class A to one of class B (default: 0 "
+                           "and 1 where the test split has them, else its first and last class)")
     plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws (default: %(default)s)")
     plot.add_argument("--device", choices=DEVICES, default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
     plot.add_argument("--tensorboard", action="store_true",

@@ -32,7 +32,7 @@ from pyrovae.runs.checkpoint import Checkpoint, Progress
 from pyrovae.runs.load import restore
 from pyrovae.runs.rundir import CHECKPOINT, RunDir
 from pyrovae.runs.writer import RunWriter
-from pyrovae.settings import resolve_device
+from pyrovae.settings import SettingError, resolve_device
 from pyrovae.training.callbacks import Callback, MetricsFile, PlaceClassMeans, TensorBoardEvents
 from pyrovae.training.config import LOWER_WHEN_OUT_OF_MEMORY, PROGRESS_REFRESH_STEPS, TrainConfig
 from pyrovae.training.preflight import check_training
@@ -191,6 +191,9 @@ def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, res
         checkpoint = run.load_checkpoint(map_location=vae.device)
         restore(run, checkpoint, vae, optimizer)
         start = checkpoint.progress
+        if config.epochs < start.epoch:  # before config.json is written: it keeps telling the truth
+            raise SettingError("epochs", f"epochs={config.epochs} is fewer than the {start.epoch} epochs trained; "
+                                         f"ask for epochs={start.epoch} or more")
         ranks = checkpoint.rng.get("ranks", [])
         set_rng_state(ranks[processes.rank] if len(ranks) == processes.world_size else checkpoint.rng)
         if processes.parallel and len(ranks) != processes.world_size:  # another world size: fresh streams
