@@ -8,7 +8,6 @@ import pytest
 
 import pyrovae
 from pyrovae.cli import main
-from pyrovae.settings import SettingError
 
 TINY = ["--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
 
@@ -92,6 +91,6 @@ def test_fit_in_python_refuses_fewer_epochs_than_trained_and_keeps_the_config(tm
     vae = pyrovae.build_vae(pyrovae.ModelConfig(image_shape=data.image_shape, z_dim=2, hidden=(16,)))
     pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=2), run_dir=tmp_path, progress=False, verbose=False)
     config = (tmp_path / "config.json").read_text()
-    with pytest.raises(SettingError, match="epochs=1 is fewer than the 2 epochs trained"):
+    with pytest.raises(ValueError, match="epochs=1 is fewer than the 2 epochs trained"):
         pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=1), run_dir=tmp_path, resume=True, progress=False)
     assert (tmp_path / "config.json").read_text() == config

@@ -96,8 +96,6 @@ def _resumed(run: RunDir, args: argparse.Namespace) -> TrainConfig:
                                      f"train a new run with another run_dir=DIR")
     changed = {name: getattr(args, name) for name in RESUMABLE
                if name in args.given and getattr(args, name) != getattr(config, name)}
-    if (epochs := changed.get("epochs", config.epochs)) < (done := run.load_checkpoint().progress.epoch):
-        raise ValueError(f"epochs={epochs} is fewer than the {done} epochs trained; ask for epochs={done} or more")
     print(f"resuming {run.path} with the settings in its config.json (only {', '.join(map(flag, RESUMABLE))} apply)")
     for name, value in changed.items():
         print(f"  {flag(name)} {value} replaces the run's {getattr(config, name)}, in config.json too")

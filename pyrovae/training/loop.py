@@ -32,7 +32,7 @@ from pyrovae.runs.checkpoint import Checkpoint, Progress
 from pyrovae.runs.load import restore
 from pyrovae.runs.rundir import CHECKPOINT, RunDir
 from pyrovae.runs.writer import RunWriter
-from pyrovae.settings import SettingError, resolve_device
+from pyrovae.settings import resolve_device
 from pyrovae.training.callbacks import Callback, MetricsFile, PlaceClassMeans, TensorBoardEvents
 from pyrovae.training.config import LOWER_WHEN_OUT_OF_MEMORY, PROGRESS_REFRESH_STEPS, TrainConfig
 from pyrovae.training.preflight import check_training
@@ -149,11 +149,15 @@ def fit(vae: VAE, data: Dataset | torch.utils.data.Dataset | torch.Tensor | np.n
         if config.batch_size > len(data.train) and processes.is_main:
             log.warning(f"batch_size={config.batch_size} is larger than the training set ({len(data.train)} images): "
                         f"every step trains on all of them, one step per epoch")
+        checkpoint = run.load_checkpoint(map_location=device) if resume else None
+        if checkpoint is not None and config.epochs < checkpoint.progress.epoch:
+            raise ValueError(f"epochs={config.epochs} is fewer than the {checkpoint.progress.epoch} epochs trained; "
+                             f"ask for epochs={checkpoint.progress.epoch} or more")
         if writer is not None:
             writer.prepare(resume, overwrite, extra=[name for callback in callbacks for name in callback.files])
         wait_for_all(processes)
         with _tf32(config.tf32), _compiled(vae.encoder, vae.decoder, enabled=config.compile):
-            return _train(vae, data, config, run, resume, processes, progress, verbose, callbacks)
+            return _train(vae, data, config, run, checkpoint, processes, progress, verbose, callbacks)
 
 
 @contextlib.contextmanager
@@ -181,19 +185,16 @@ def _compiled(*modules: torch.nn.Module, enabled: bool):
             del module.forward  # the instance attribute set above: the class's forward shows again
 
 
-def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, resume: bool, processes: Processes,
-           progress: bool, verbose: bool, callbacks: Sequence[Callback]) -> list[dict[str, float]]:
-    """:func:`fit` once its input is checked and, on rank 0, the run directory locked and prepared."""
+def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, checkpoint: Checkpoint | None,
+           processes: Processes, progress: bool, verbose: bool, callbacks: Sequence[Callback]) -> list[dict]:
+    """:func:`fit` once its input is checked and, on rank 0, the run directory locked and prepared; ``checkpoint``
+    is the one resumed from."""
     pyro.clear_param_store()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)  # one kernel per step
     start = Progress(kl_weight=torch.as_tensor(config.kl_schedule.initial_weight(vae.device)))
-    if resume:
-        checkpoint = run.load_checkpoint(map_location=vae.device)
+    if checkpoint is not None:
         restore(run, checkpoint, vae, optimizer)
         start = checkpoint.progress
-        if config.epochs < start.epoch:  # before config.json is written: it keeps telling the truth
-            raise SettingError("epochs", f"epochs={config.epochs} is fewer than the {start.epoch} epochs trained; "
-                                         f"ask for epochs={start.epoch} or more")
         ranks = checkpoint.rng.get("ranks", [])
         set_rng_state(ranks[processes.rank] if len(ranks) == processes.world_size else checkpoint.rng)
         if processes.parallel and len(ranks) != processes.world_size:  # another world size: fresh streams
@@ -202,7 +203,7 @@ def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, res
         pyro.set_rng_seed(config.seed + processes.rank)  # each process its own noise; rank 0 as when alone
     writes = run is not None and processes.is_main
     if writes:
-        if resume:
+        if checkpoint is not None:
             run.write_metrics(start.metrics)
         run.write_config(run_config(vae, data, config))
     trainer = Trainer(vae, data, config, run if writes else None, optimizer, start, processes)
