@@ -1,13 +1,8 @@
-"""Run directories: ``config.json``, ``checkpoint.pt``, ``metrics.jsonl``, pictures and TensorBoard events.
+"""Run directories: ``config.json``, ``checkpoint.pt`` (and ``best.pt``), ``metrics.jsonl``, pictures, TensorBoard.
 
-Checkpoints are loaded with ``torch.load(weights_only=True)`` and checked against
-:class:`~pyrovae.runs.checkpoint.Checkpoint`. Every file is written whole (:mod:`pyrovae.files`):
-a crash, a reader or a full disk sees the old checkpoint or the new one, never half of one.
-``config.json`` is read through :func:`~pyrovae.settings.settings_from_json`: known keys
-and types only. The one exception to whole files: TensorBoard's event files in
-``tensorboard/``, which grow while training runs (:mod:`pyrovae.report.tensorboard`).
-
-One process at a time writes a run (:mod:`pyrovae.runs.writer`); readers take no lock.
+Checkpoints load with ``torch.load(weights_only=True)`` as a :class:`~pyrovae.runs.checkpoint.Checkpoint`,
+``config.json`` through :func:`~pyrovae.settings.settings_from_json`. Every file but TensorBoard's events is written
+whole (:mod:`pyrovae.files`). One process at a time writes a run (:mod:`pyrovae.runs.writer`).
 """
 
 from __future__ import annotations
@@ -30,12 +25,11 @@ Settings = TypeVar("Settings")
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
-STALE_EVAL = "eval.stale.json"
-"""Where resuming moves ``eval.json``: its numbers belong to the checkpoint that training replaces."""
-TENSORBOARD = "tensorboard"
-"""The folder of a run's TensorBoard event files (``tensorboard=True``)."""
+STALE_EVAL = "eval.stale.json"  # where resuming moves eval.json: it scored the checkpoint that training replaces
+TENSORBOARD = "tensorboard"  # the folder of TensorBoard's event files (tensorboard=True)
 CONFIG_SECTIONS = ("model", "data", "train", "source")
 
 
@@ -116,17 +110,17 @@ class RunDir:
 
     def clear(self, extra: Iterable[str] = ()) -> None:
         """Delete the files of a previous run here (and the ``extra`` names), keeping anything else."""
-        for name in (CONFIG, CHECKPOINT, METRICS, EVAL, STALE_EVAL, *extra):
+        for name in (CONFIG, CHECKPOINT, BEST, METRICS, EVAL, STALE_EVAL, *extra):
             self.file(name).unlink(missing_ok=True)
         shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
 
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint, name: str = CHECKPOINT) -> None:
         buffer = io.BytesIO()  # whole before the disk sees it: a full disk is told the bytes it needed
         torch.save(checkpoint.to_state(), buffer)
-        write_atomically(self.file(CHECKPOINT), buffer.getvalue())
+        write_atomically(self.file(name), buffer.getvalue())
 
-    def load_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint:
-        path = self.file(CHECKPOINT)
+    def load_checkpoint(self, map_location: str | torch.device = "cpu", name: str = CHECKPOINT) -> Checkpoint:
+        path = self.file(name)
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; train first, with run_dir='{self.path}'")
         try:

@@ -33,7 +33,7 @@ from pyrovae.runs.load import restore
 from pyrovae.runs.rundir import CHECKPOINT, RunDir
 from pyrovae.runs.writer import RunWriter
 from pyrovae.settings import resolve_device
-from pyrovae.training.callbacks import Callback, MetricsFile, PlaceClassMeans, TensorBoardEvents
+from pyrovae.training.callbacks import BestEpoch, Callback, MetricsFile, PlaceClassMeans, TensorBoardEvents
 from pyrovae.training.config import LOWER_WHEN_OUT_OF_MEMORY, PROGRESS_REFRESH_STEPS, TrainConfig
 from pyrovae.training.preflight import check_training
 from pyrovae.training.step import SVIStep, training_objective
@@ -212,8 +212,8 @@ def _train(vae: VAE, data: Dataset, config: TrainConfig, run: RunDir | None, che
 
 
 def _built_in_callbacks(trainer: Trainer) -> list[Callback]:
-    """The epoch-end work :func:`fit` always does: the metrics file and, when asked for, TensorBoard's events;
-    without labels, the placement of the class means."""
+    """The epoch-end work :func:`fit` always does: the metrics file and, when asked for, TensorBoard's events,
+    ``best.pt`` and early stopping; without labels, the placement of the class means."""
     config, run = trainer.config, trainer.run
     callbacks: list[Callback] = [PlaceClassMeans(trainer.vae, trainer.data.train.x, config.seed)] \
         if trainer.plan.clusters else []
@@ -222,6 +222,8 @@ def _built_in_callbacks(trainer: Trainer) -> list[Callback]:
         if config.tensorboard:
             callbacks.append(TensorBoardEvents(run.path, trainer.vae, trainer.data.val, trainer.data.image_shape,
                                                config.epochs, config.tensorboard_every))
+    if config.early_stop or config.keep == "best":
+        callbacks.append(BestEpoch(trainer.history, run if config.keep == "best" else None, config.early_stop))
     return callbacks
 
 
@@ -235,7 +237,7 @@ class Trainer:
         self.objective, self.plan = training_objective(vae, data, config, config.batch_size // processes.world_size,
                                                        processes)
         self.svi_step = SVIStep(vae, optimizer, self.objective.elbo, config.skip_nonfinite > 0, processes,
-                                objective=self.objective)
+                                objective=self.objective, clip_norm=config.clip_norm)
         self.kl_weight: float | torch.Tensor = start.kl_weight  # the balance goes on from it; schedules reset it
         self.epoch, self.history, self.skipped = start.epoch, list(start.metrics), start.skipped
         self.partial = None if start.partial is None else EpochState(**start.partial)
@@ -276,6 +278,8 @@ class Trainer:
                 for callback in callbacks:
                     callback.epoch_done(row)
                 trained.append(row)
+                if any(callback.stop for callback in callbacks):
+                    break
                 if any_rank(self.stop.requested is not None, self.processes):
                     stopped_by = self.stop.requested or "a signal (on another rank)"
                     raise TrainingInterrupted(interrupted_message(self.run, epoch, stopped_by, f"after epoch {epoch}"))

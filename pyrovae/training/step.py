@@ -27,13 +27,9 @@ from pyrovae.training.config import ELBOS, TrainConfig
 
 
 class ELBOLoss(nn.Module):
-    """The VAE's minibatch objective as a module (like Pyro's ``ELBOModule``), so DDP can wrap it.
-
-    ``forward(x, y, kl_weight=w)`` runs ``elbo`` on the VAE's model and guide, called with
-    those arguments and ``data_size``, and returns the loss to minimize and its
-    :class:`~pyrovae.inference.objectives.ELBOParts` summed over the minibatch (detached; the loss
-    without the data plate's dataset scaling). DDP then all-reduces the gradients.
-    """
+    """The VAE's minibatch objective as a module (like Pyro's ``ELBOModule``), so DDP can wrap it; its
+    ``forward(x, y, kl_weight=w)`` returns the loss and its :class:`ELBOParts` summed over the minibatch (detached,
+    without the dataset scaling)."""
 
     Parts = ELBOParts
 
@@ -49,8 +45,7 @@ class ELBOLoss(nn.Module):
         return parts.loss, parts._replace(loss=parts.loss.detach() / plate_scale)
 
     def epoch_metrics(self, totals: torch.Tensor) -> dict[str, float]:
-        """Per-example means of the loss and its reconstruction and KL terms from an epoch's summed parts
-        and, last, the examples seen."""
+        """Per-example means of the loss, reconstruction and KL from an epoch's summed parts and examples seen."""
         loss, recon, kl = (totals[:3] / max(totals[3].item(), 1)).tolist()
         return {"train_loss": loss, "recon": recon, "kl": kl}
 
@@ -69,19 +64,15 @@ class ELBOLoss(nn.Module):
 class SVIStep:
     """One optimizer step on a minibatch's (KL-weighted) negative ELBO: ``step(x, y, kl_weight=w)``.
 
-    ``objective`` replaces the :class:`ELBOLoss` by another objective module (the semi-supervised
-    one takes ``(x_labeled, y_labeled, x_unlabeled)``). Returns the objective's detached parts,
-    summed over the minibatch, and a 0-dim flag: were the loss and every gradient finite? With
-    ``skip_nonfinite`` the flag is read before the update (a device sync) and a non-finite step
-    changes nothing; otherwise the flag stays on the device. Under torchrun the objective runs
-    inside DDP. Pyro checks the model and guide on the first step only: their structure is static.
-    """
+    ``objective`` replaces the :class:`ELBOLoss`. Returns the objective's detached parts and a 0-dim flag: were the
+    loss and every gradient finite? With ``skip_nonfinite`` a non-finite step changes nothing (reading the flag syncs
+    the device); ``clip_norm`` clips the gradients' total norm. Pyro checks model and guide on the first step only."""
 
     def __init__(self, vae: VAE, optimizer: torch.optim.Optimizer, elbo: pyro.infer.ELBO,
                  skip_nonfinite: bool = False, processes: Processes = SINGLE, data_size: int | None = None,
-                 objective: nn.Module | None = None):
+                 objective: nn.Module | None = None, clip_norm: float | None = None):
         self.vae, self.optimizer = vae, optimizer
-        self.skip_nonfinite = skip_nonfinite
+        self.skip_nonfinite, self.clip_norm = skip_nonfinite, clip_norm
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
         self.objective = objective if objective is not None else ELBOLoss(vae, elbo, data_size)
         self.loss = data_parallel(self.objective) if processes.parallel else self.objective
@@ -94,10 +85,11 @@ class SVIStep:
         self.checked = True
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # The sum of the loss and every gradient entry is finite exactly when they all are (short of
-        # the sum overflowing past 3e38); cheaper than a norm.
+        # finite exactly when the loss and every gradient entry are (barring overflow); cheaper than a norm
         sums = [loss.detach(), *(p.grad.sum() for p in self.parameters if p.grad is not None)]
         finite = torch.isfinite(torch.stack(sums).sum())
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
         if not (self.skip_nonfinite and not finite):
             self.optimizer.step()
         return parts, finite
@@ -107,8 +99,7 @@ class BatchPlan(Protocol):
     """How an epoch's minibatches are drawn: its steps, its shuffled order, and the batches of that order."""
 
     steps: int
-    clusters: bool
-    """Whether the class means are learned without any label (and so placed by k-means after a first epoch)."""
+    clusters: bool  # whether the class means are learned without any label (and placed by k-means after epoch 1)
 
     def epoch_order(self, generator: torch.Generator) -> torch.Tensor: ...
 
@@ -137,8 +128,7 @@ class ShuffledBatches:
 
 
 class MixedBatches:
-    """Hidden labels: ``(x_labeled, y_labeled, x_unlabeled)`` minibatches that mix the few labelled images into
-    every step (:class:`~pyrovae.data.label_mix.LabelMix`)."""
+    """Hidden labels: ``(x_labeled, y_labeled, x_unlabeled)`` minibatches (see :class:`LabelMix`)."""
 
     def __init__(self, data: Dataset, mix: LabelMix, clusters: bool):
         self.data, self.mix, self.clusters = data, mix, clusters
@@ -156,11 +146,8 @@ class MixedBatches:
 
 def training_objective(vae: VAE, data: Dataset, config: TrainConfig, batch_size: int,
                        processes: Processes = SINGLE) -> tuple[ELBOLoss | SemiSupervisedLoss, BatchPlan]:
-    """The minibatch objective that trains ``vae`` on ``data``, and the plan of its batches of ``batch_size``.
-
-    With hidden labels it is the semi-supervised objective over mixed batches; otherwise the
-    (KL-weighted) negative ELBO that ``config.elbo`` names, over shuffled batches.
-    """
+    """The minibatch objective that trains ``vae`` on ``data`` and the plan of its batches: with hidden labels the
+    semi-supervised objective over mixed batches, else the negative ELBO of ``config.elbo`` over shuffled ones."""
     name = "trace" if config.elbo == "meanfield" and not vae.closed_form_kl else config.elbo  # see fit's note
     options = {"estimator": config.estimator} if name == "iwae" else {}
     elbo = ELBOS[name](num_particles=config.particles, vectorize_particles=config.particles > 1,
