@@ -114,10 +114,10 @@ class RunDir:
             self.file(name).unlink(missing_ok=True)
         shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
 
-    def save_checkpoint(self, checkpoint: Checkpoint, name: str = CHECKPOINT) -> None:
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         buffer = io.BytesIO()  # whole before the disk sees it: a full disk is told the bytes it needed
         torch.save(checkpoint.to_state(), buffer)
-        write_atomically(self.file(name), buffer.getvalue())
+        write_atomically(self.file(CHECKPOINT), buffer.getvalue())
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu", name: str = CHECKPOINT) -> Checkpoint:
         path = self.file(name)

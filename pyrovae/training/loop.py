@@ -299,12 +299,8 @@ class Trainer:
         return state.step % PROGRESS_REFRESH_STEPS == 0 and any_rank(self.stop.requested is not None, self.processes)
 
     def _train_epoch(self, epoch: int, state: EpochState, bar: tqdm) -> None:
-        """Take the steps of the epoch left in ``state``, setting the KL weight before each.
-
-        Returns early, between steps and before drawing the next batch (drawing consumes
-        random numbers), when a stop was requested or more non-finite steps were skipped
-        than ``skip_nonfinite`` allows.
-        """
+        """Take the steps of the epoch left in ``state``, setting the KL weight before each; return early (before
+        drawing the next batch, which consumes random numbers) on a stop or past ``skip_nonfinite``."""
         schedule, svi_step, steps = self.config.kl_schedule, self.svi_step, self.plan.steps
         budget = self.config.skip_nonfinite - self.skipped
         if self._stop_requested(state):
