@@ -1,4 +1,4 @@
-"""What each ``pyrovae`` subcommand does: ``train``, ``evaluate``, ``sample`` and ``plot``."""
+"""What each ``pyrovae`` subcommand does: ``train``, ``evaluate``, ``sample``, ``encode``, ``reconstruct``, ``plot``."""
 
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from pyrovae.model.build import build_vae
 from pyrovae.model.config import LABEL_PRIORS, ModelConfig
 from pyrovae.model.vae import VAE
 from pyrovae.report import plots
+from pyrovae.report.latents import posteriors
 from pyrovae.report.tensorboard import check_installed, write_run_events
 from pyrovae.runs.load import load_data, load_run
 from pyrovae.runs.rundir import CHECKPOINT, EVAL, RunDir, default_run_dir
@@ -167,16 +169,23 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"written to {out}")
 
 
-def _sample(args: argparse.Namespace) -> None:
+def _output_file(args: argparse.Namespace, kinds: dict[str, str]) -> Path:
+    """``--out``, refused unless it ends in a suffix of ``kinds`` (each with what it writes) and its folder exists."""
     out = Path(args.out)
-    if out.suffix not in (".png", ".npy", ".csv"):
-        raise ValueError(f"--out {out} must end in .png (a picture grid), .npy or .csv (an (N, D) array)")
+    if out.suffix not in kinds:
+        *others, last = (f"{suffix} ({kind})" for suffix, kind in kinds.items())
+        raise ValueError(f"--out {out} must end in {', '.join(others)} or {last}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    return out
+
+
+def _sample(args: argparse.Namespace) -> None:
+    out = _output_file(args, {".png": "a picture grid", ".npy": "an (N, D) array", ".csv": "the same as text"})
     check_positive(args, "n")
     if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
         raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     run = load_run(args.run_dir, data=False)
     vae, image_shape, likelihood = run.vae, run.config["model"]["image_shape"], run.config["model"]["likelihood"]
     if out.suffix == ".png" and (plots.is_table(image_shape) or args.binary):
@@ -217,6 +226,61 @@ def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int, b
                 np.savetxt(csv, rows, fmt="%.9g", delimiter=",")
 
 
+def _encode(args: argparse.Namespace) -> None:
+    out = _output_file(args, {".npy": "one record per example", ".npz": "one array per field"})
+    check_positive(args, "limit")
+    loaded = load_run(args.run_dir)
+    split = getattr(loaded.data, args.split)
+    x, y = split.x[:args.limit], split.y[:args.limit]
+    loc, scale = posteriors(loaded.vae, as_floats(x))
+    fields = {"loc": loc.numpy(), "scale": scale.numpy()}
+    if loaded.data.num_classes >= 2:  # labels hidden from a few-label run's training split stay -1
+        fields["y"] = y.numpy()
+    buffer = io.BytesIO()
+    if out.suffix == ".npz":
+        np.savez(buffer, **fields)
+    else:
+        records = np.empty(len(x), dtype=[(name, array.dtype, array.shape[1:]) for name, array in fields.items()])
+        for name, array in fields.items():
+            records[name] = array
+        np.save(buffer, records)
+    write_atomically(out, buffer.getvalue())
+    print(f"wrote q(z|x) of {len(x)} {args.split} examples ({', '.join(fields)}) to {out}")
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    out = _output_file(args, {".png": "originals above reconstructions", ".npy": "an (N, D) array",
+                              ".csv": "the same as text"})
+    check_positive(args, "n")
+    n = args.n or (8 if out.suffix == ".png" else None)
+    if out.suffix == ".png" and n > plots.MAX_GRID_IMAGES // 2:
+        raise ValueError(f"--n {n} is too many images for one readable .png (at most {plots.MAX_GRID_IMAGES // 2}); "
+                         f"write them to an .npy file instead")
+    loaded = load_run(args.run_dir)
+    split, image_shape = getattr(loaded.data, args.split), loaded.config["model"]["image_shape"]
+    x, y = as_floats(split.x[:n]), split.y[:n]
+    y = None if loaded.vae.classifier is not None else y  # as the run's picture: a classifier's own labels
+    if out.suffix == ".png":
+        if plots.is_table(image_shape):
+            raise ValueError(f"--out {out}: {plots.TABLE}; write the reconstructions to an .npy or .csv file")
+        plots.save(plots.reconstructions_figure(loaded.vae, x, image_shape, n=len(x), y=y), out)
+    else:
+        labels = [None] * len(x) if y is None else y.split(SAMPLE_CHUNK)
+        _write_rows(out, torch.cat([loaded.vae.reconstruct(*batch) for batch in zip(x.split(SAMPLE_CHUNK), labels)])
+                    .numpy())
+    print(f"wrote {len(x)} reconstructions of {args.split} examples to {out}")
+
+
+def _write_rows(out: Path, rows: np.ndarray) -> None:
+    """Write the array ``rows`` to the .npy or .csv file ``out``, whole or not at all."""
+    buffer = io.BytesIO()
+    if out.suffix == ".csv":
+        np.savetxt(buffer, rows, fmt="%.9g", delimiter=",")
+    else:
+        np.save(buffer, rows)
+    write_atomically(out, buffer.getvalue())
+
+
 def _plot(args: argparse.Namespace) -> None:
     if args.tensorboard:
         check_installed()
@@ -243,4 +307,5 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "plot": _plot}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "encode": _encode,
+            "reconstruct": _reconstruct, "plot": _plot}

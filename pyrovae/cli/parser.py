@@ -112,6 +112,29 @@ def build_parser() -> Parser:
                         help="write 0/1 Bernoulli draws of the pixels instead of their means (bernoulli likelihood)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: %(default)s)")
 
+    encode = commands.add_parser(
+        "encode", help="write the posterior q(z|x) of every image", formatter_class=formatter,
+        description="Encode a split of the run's data: for each example the mean and scale of q(z|x), and its\n"
+                    "label if the data have labels. A .npy holds one record per example with the fields\n"
+                    "loc, scale and y (np.load(FILE)['loc']); a .npz the same arrays by name.",
+        epilog="example:\n  pyrovae encode runs/digits --out latents.npy\n")
+    reconstruct = commands.add_parser(
+        "reconstruct", help="decode the posterior means of images", formatter_class=formatter,
+        description="Reconstruct the first N images of a split as E[x | z = posterior mean]: a .png shows\n"
+                    "them above their originals (not for a table's rows), a .npy or .csv writes the (N, D)\n"
+                    "array of reconstructions.",
+        epilog="example:\n  pyrovae reconstruct runs/digits --n 16 --out reconstructions.png\n")
+    for command in (encode, reconstruct):
+        command.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+        command.add_argument("--split", choices=("train", "val", "test"), default="test",
+                             help="which split of the run's data (default: %(default)s)")
+    encode.add_argument("--limit", type=int, metavar="N", help="encode only the first N examples (default: all)")
+    encode.add_argument("--out", required=True, metavar="FILE", help="output .npy or .npz")
+    reconstruct.add_argument("--n", type=int, metavar="N",
+                             help=f"the number of images (default: 8 in a .png, at most {plots.MAX_GRID_IMAGES // 2}; "
+                                  f"all in an .npy or .csv)")
+    reconstruct.add_argument("--out", required=True, metavar="FILE", help="output .png, .npy or .csv")
+
     plot = commands.add_parser(
         "plot", help="draw a run's pictures", formatter_class=formatter,
         description="Write a run's pictures into its directory, as `pyrovae train` does at the end:\n"
@@ -140,10 +163,12 @@ def build_parser() -> Parser:
     plot.add_argument("--out", dest="out_dir", metavar="DIR",
                       help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
                            "or still training")
-    for threads, quiet in ((training, run), (evaluate, evaluate), (sample, sample), (plot, plot)):
+    where = {training: run} | {command: command for command in (evaluate, sample, encode, reconstruct, plot)}
+    for threads, quiet in where.items():
         threads.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
         quiet.add_argument("--quiet", action="store_true", help="no progress bar, no output line but the last")
-    parser.commands = {"train": train, "evaluate": evaluate, "sample": sample, "plot": plot}
+    parser.commands = {"train": train, "evaluate": evaluate, "sample": sample, "encode": encode,
+                       "reconstruct": reconstruct, "plot": plot}
     flags = parser.flags
     for command in parser.commands.values():
         for action in command.options:

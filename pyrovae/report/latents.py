@@ -16,9 +16,15 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 @torch.no_grad()
+def posteriors(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loc, scale)`` of q(z|x) for every image, each ``(N, Z)``, in batches (see :meth:`VAE.encode`)."""
+    locs, scales = zip(*(vae.encode(batch) for batch in x.split(batch_size)))
+    return torch.cat(locs), torch.cat(scales)
+
+
 def encoder_means(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """E_q[z | x] for every image, ``(N, Z)``, computed in batches."""
-    return torch.cat([vae.encode(batch)[0] for batch in x.split(batch_size)])
+    return posteriors(vae, x, batch_size=batch_size)[0]
 
 
 def active_units(means: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> torch.Tensor:
