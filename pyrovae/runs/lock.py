@@ -9,6 +9,8 @@ refused writer prints, and deletes it when done.
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import os
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
+from pyrovae.files import FULL, NoSpaceError
 from pyrovae.settings import SettingError
 
 HOLDER_WAIT = 1.0
@@ -26,17 +29,16 @@ class RunInUse(SettingError):
     """Another process holds the run directory's lock; nothing was written."""
 
 
+class CannotLock(SettingError):
+    """The run directory's lock file cannot be created (a read-only folder, a folder in its place); nothing was
+    written."""
+
+
 def lock_path(run_dir: str | Path) -> Path:
     """``RUN.lock`` beside the run directory ``RUN`` (symbolic links resolved, so every name of a folder
     gets the same lock)."""
     run_dir = Path(run_dir).resolve()
     return run_dir.with_name(run_dir.name + ".lock")
-
-
-def _write_holder(fd: int) -> None:
-    """Write ``pid N, started T`` into the lock file just locked, for a refused writer's message."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
 
 
 class RunLock:
@@ -49,17 +51,47 @@ class RunLock:
         self.run_dir, self.setting = Path(run_dir), setting
         self.path = lock_path(run_dir)
         try:
-            self._lock = FileLock(self.path, timeout=0, on_acquired=_write_holder)
+            self._lock = FileLock(self.path, timeout=0, on_acquired=self._write_holder)
         except ValueError:  # a soft lock (no native one here): filelock's own record names the holder's pid
             self._lock = FileLock(self.path, timeout=0)
 
     def acquire(self) -> None:
-        """Take the lock, or raise :class:`RunInUse` naming the holder's pid and start time."""
+        """Take the lock (creating the folders it goes in), or raise :class:`RunInUse` naming the holder's pid and
+        start time; a lock file that cannot be written raises :class:`CannotLock` (:class:`~pyrovae.files.NoSpaceError`
+        on a full disk) naming it, and leaves neither it nor the folders made for it behind."""
+        made = list(itertools.takewhile(lambda folder: not folder.exists(), self.path.parents))
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
         except Timeout:
             raise RunInUse(self.setting, f"{self.run_dir} is in use by another pyrovae process ({self._holder()}); "
                                          f"wait for it or choose another {self.setting}") from None
+        except OSError as error:
+            for folder in made:  # the innermost first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise self._cannot_lock(error) from None
+
+    def _write_holder(self, fd: int) -> None:
+        """Write ``pid N, started T`` into the lock file just locked, for a refused writer's message; if that fails,
+        delete the file while still holding it (filelock then lets go)."""
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            raise
+
+    def _cannot_lock(self, error: OSError) -> OSError | SettingError:
+        """The one-line error for a lock file that could not be created or written."""
+        if error.errno in FULL:
+            return NoSpaceError(f"no space left on the device of {self.path.parent} for the lock file "
+                                f"{self.path.name}; free some space or choose another {self.setting}")
+        if error.errno == errno.EISDIR:
+            return CannotLock(self.setting, f"{self.path}, where the lock of {self.run_dir} goes, is a folder; "
+                                            f"remove it or choose another {self.setting}")
+        return CannotLock(self.setting, f"cannot create the lock file {self.path} ({error.strerror}); make "
+                                        f"{self.path.parent} writable or choose another {self.setting}")
 
     def release(self) -> None:
         """Delete the lock file, then let go of the lock (filelock copes with a file deleted under it)."""

@@ -69,7 +69,6 @@ class RunWriter:
         error ends the block, the folder is removed: a run that fails before its first
         checkpoint leaves nothing behind.
         """
-        self.path.absolute().parent.mkdir(parents=True, exist_ok=True)
         with RunLock(self.path, self.setting):
             existed = self.path.exists()
             try:
