@@ -26,8 +26,10 @@ from pyrovae import (
 from pyrovae.cli import main
 from pyrovae.inference.importance import ImportanceSampler
 from pyrovae.memory import OutOfMemory, TooBig, is_out_of_memory, parameter_bytes
+from pyrovae.model import size
+from pyrovae.model.build import flow_bytes
 from pyrovae.training import preflight
-from pyrovae.training.preflight import check_model_fits, flow_bytes, model_bytes
+from pyrovae.training.preflight import check_model_fits, model_bytes
 
 QUICK = ["--epochs", "1", "--hidden", "16", "--z-dim", "2", "--threads", "1", "--no-progress", "--device", "cpu"]
 
@@ -76,7 +78,7 @@ def test_the_parameters_are_counted_without_building_the_model(config):
 def test_a_flow_guides_networks_are_counted_by_extrapolation_exactly(config):
     vae = build_vae(config)
     posteriors = [vae.posterior, getattr(vae, "upper_posterior", torch.nn.Identity())]
-    assert flow_bytes(config) == 4 * sum(parameter_bytes(posterior) for posterior in posteriors)
+    assert flow_bytes(config) == sum(parameter_bytes(posterior) for posterior in posteriors)
 
 
 @pytest.fixture
@@ -103,7 +105,7 @@ def test_the_refusal_names_the_batch_size_when_it_is_what_grew(images, monkeypat
 
 
 def test_a_model_refused_by_formula_names_its_largest_setting(monkeypatch):
-    monkeypatch.setattr(preflight, "free_bytes", lambda device: 10**9)
+    monkeypatch.setattr(size, "free_bytes", lambda device: 10**9)
     check_model_fits(ModelConfig(hidden=(400, 400)), torch.device("cpu"))
     with pytest.raises(TooBig, match=r"^hidden=300000 needs about [\d.]+GB .* has 1\.00GB free; lower hidden$"):
         check_model_fits(ModelConfig(hidden=(400, 300_000), z_dim=20), torch.device("cpu"))

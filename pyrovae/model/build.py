@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from pyrovae.memory import parameter_bytes
 from pyrovae.model.config import ModelConfig
 from pyrovae.model.likelihoods import (
     BernoulliLikelihood,
@@ -15,6 +17,7 @@ from pyrovae.model.likelihoods import (
 from pyrovae.model.nets import ConvClassifier, ConvDecoder, ConvEncoder, MLPClassifier, MLPDecoder, MLPEncoder
 from pyrovae.model.posteriors import DiagonalPosterior, FlowPosterior, context_size
 from pyrovae.model.priors import ClassMeansPrior, MixturePrior, StandardNormalPrior, VampPrior
+from pyrovae.model.size import refuse_beyond, weight_bytes
 from pyrovae.model.two_layer import TwoLayerVAE
 from pyrovae.model.vae import VAE
 
@@ -50,9 +53,33 @@ def build_posterior(config: ModelConfig, z_dim: int) -> nn.Module:
     return FlowPosterior(config.guide, z_dim, context_size(config.guide, z_dim), config.flow_layers)
 
 
+def flow_bytes(config: ModelConfig) -> int:
+    """The bytes of a flow guide's parameters: Pyro's autoregressive networks cannot be built on ``meta``, so their
+    count, a quadratic in the latent size, is extrapolated (Newton's form) from 2, 3, 4 latents, built without
+    drawing from the caller's random stream."""
+    if config.guide == "diagonal":
+        return 0
+    latent_sizes = [config.z_dim] if config.latent_layers == 1 else [config.z_dim, config.lower_dim]
+    with torch.random.fork_rng(devices=[]):
+        at_2, at_3, at_4 = (parameter_bytes(build_posterior(config, size)) for size in (2, 3, 4))
+    first, second = at_3 - at_2, at_4 - 2 * at_3 + at_2
+    return sum(at_2 + first * (z - 2) + second * (z - 2) * (z - 3) // 2 for z in latent_sizes)
+
+
+def check_fits(config: ModelConfig, device: torch.device | None = None, copies: int = 1,
+               what: str = "for the model's weights") -> None:
+    """Refuse, before building it, a model whose parameters (``copies`` of them) cannot fit in the free memory of
+    ``device``, by default where models are built now (``meta`` allocates nothing), naming the setting to lower."""
+    device = device or torch.get_default_device()
+    if device.type != "meta":
+        refuse_beyond(config, copies * (weight_bytes(config) + flow_bytes(config)), device, what)
+
+
 def build_vae(config: ModelConfig) -> VAE:
     """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``) as ``config``
-    names it, its unset few-label settings as for every label kept."""
+    names it, its unset few-label settings as for every label kept; :class:`~pyrovae.memory.TooBig` if it cannot
+    fit in memory (:func:`check_fits`)."""
+    check_fits(config)
     config = config.with_label_defaults()
     likelihood = build_likelihood(config)
     z_dim = config.lower_dim  # the layer that the encoder and the decoder face

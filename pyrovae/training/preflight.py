@@ -1,16 +1,16 @@
 """Will it fit? Checks made before any training work, memory estimates among them.
 
-:func:`model_bytes` counts the parameters' memory on PyTorch's ``meta`` device, which allocates nothing (so
-``z_dim=10**9`` is refused in milliseconds); a step's peak is extrapolated from two small probes
-(:func:`~pyrovae.memory.peak_at`). A setting that cannot fit in the device's free memory is refused by
-:class:`~pyrovae.memory.TooBig`, naming the setting furthest above its default.
+A model is first sized by formula (:func:`~pyrovae.model.build.check_fits`, so ``z_dim=10**9`` is refused in
+microseconds), then :func:`model_bytes` counts its parameters on PyTorch's ``meta`` device, which allocates
+nothing; a step's peak is extrapolated from two small probes (:func:`~pyrovae.memory.peak_at`). A setting that
+cannot fit in the device's free memory is refused by :class:`~pyrovae.memory.TooBig`, naming the setting furthest
+above its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
 
 import torch
 
@@ -21,8 +21,9 @@ from pyrovae.distributed import SINGLE, Processes
 from pyrovae.inference.evaluate import evaluating
 from pyrovae.inference.semi_supervised import learns_from_few_labels
 from pyrovae.memory import TooBig, free_bytes, in_bytes, parameter_bytes, peak_at, where
-from pyrovae.model.build import build_posterior, build_vae
+from pyrovae.model.build import build_vae, check_fits
 from pyrovae.model.config import ModelConfig
+from pyrovae.model.size import SIZE_DEFAULTS, largest, model_sizes, refuse_beyond
 from pyrovae.model.vae import VAE
 from pyrovae.settings import SettingError
 from pyrovae.training.config import TrainConfig
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_COPIES = 4
 """Copies of every parameter that training holds: the weights, their gradients, Adam's two moments."""
+TRAINING_PARTS = "for the weights, their gradients and Adam's moments"
 
 
 def model_bytes(config: ModelConfig) -> int:
@@ -41,46 +43,11 @@ def model_bytes(config: ModelConfig) -> int:
     return TRAINING_COPIES * parameter_bytes(vae)
 
 
-def flow_bytes(config: ModelConfig) -> int:
-    """The bytes training holds for a flow guide's parameters: Pyro's autoregressive networks cannot be built on
-    ``meta``, so their count, a quadratic in the latent size, is extrapolated (Newton's form) from 2, 3, 4 latents."""
-    if config.guide == "diagonal":
-        return 0
-    latent_sizes = [config.z_dim] if config.latent_layers == 1 else [config.z_dim, config.lower_dim]
-    at_2, at_3, at_4 = (parameter_bytes(build_posterior(config, size)) for size in (2, 3, 4))
-    first, second = at_3 - at_2, at_4 - 2 * at_3 + at_2
-    return TRAINING_COPIES * sum(at_2 + first * (z - 2) + second * (z - 2) * (z - 3) // 2 for z in latent_sizes)
-
-
-SIZE_DEFAULTS = {"z_dim": ModelConfig.z_dim, "hidden": max(ModelConfig.hidden),
-                 "prior_components": ModelConfig.prior_components}
-"""The defaults of the model settings that set its memory."""
-
-
-def model_sizes(config: ModelConfig) -> dict[str, int]:
-    """The model settings that set its memory, by name (the widest layer stands for ``hidden``)."""
-    sizes = {"z_dim": config.z_dim, "hidden": max(config.hidden, default=1)}
-    if config.prior in ("mixture", "vamp"):
-        sizes["prior_components"] = config.prior_components
-    return sizes
-
-
-def largest(sizes: Mapping[str, int], defaults: Mapping[str, int]) -> str:
-    """The setting furthest above its default, the likeliest slip of a digit."""
-    return max(sizes, key=lambda name: sizes[name] / defaults[name])
-
-
 def check_model_fits(config: ModelConfig, device: torch.device) -> None:
-    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it."""
-    sizes, free = model_sizes(config), free_bytes(device)
-    culprit = largest(sizes, SIZE_DEFAULTS)
-    needed = flow_bytes(config)  # first: counting the whole model builds the flows for real
-    if needed <= free:
-        needed = model_bytes(config)
-    if needed > free:
-        raise TooBig(culprit, f"{culprit}={sizes[culprit]} needs about {in_bytes(needed)} for the weights, their "
-                              f"gradients and Adam's moments; {where(device)} has {in_bytes(free)} free; "
-                              f"lower {culprit}")
+    """Refuse a model whose parameters cannot be trained in ``device``'s free memory, before building it: by
+    formula, then counted exactly."""
+    check_fits(config, device, TRAINING_COPIES, TRAINING_PARTS)
+    refuse_beyond(config, model_bytes(config), device, TRAINING_PARTS)
 
 
 ADAM_MOMENTS = 2
