@@ -86,7 +86,7 @@ class RunLock:
         """The one-line error for a lock file that could not be created or written."""
         if error.errno in FULL:
             return NoSpaceError(f"no space left on the device of {self.path.parent} for the lock file "
-                                f"{self.path.name}; free some space or choose another {self.setting}")
+                                f"{self.path.name}; free some space")
         if error.errno == errno.EISDIR:
             return CannotLock(self.setting, f"{self.path}, where the lock of {self.run_dir} goes, is a folder; "
                                             f"remove it or choose another {self.setting}")
