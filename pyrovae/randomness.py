@@ -7,6 +7,7 @@ A checkpoint's state is Pyro's plus the GPUs'. Numpy's key array travels as an i
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,11 +32,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "numpy" not in state:
         torch.set_rng_state(state["torch"].cpu())
     else:
-        name, keys, *position = state["numpy"]
-        pyro.util.set_rng_state({**state, "torch": state["torch"].cpu(),
-                                 "numpy": (name, keys.cpu().numpy().astype(np.uint32), *position)})
+        pyro.util.set_rng_state(_as_pyro(state))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([gpu.cpu() for gpu in state["cuda"]])
+
+
+def rng_state_problem(state: Any) -> str | None:
+    """What keeps :func:`set_rng_state` from restoring ``state`` (and each rank's), found by restoring it into
+    scratch generators; ``None`` if nothing does. A checkpoint's random state is checked so before a resume."""
+    if not isinstance(state, dict) or not torch.is_tensor(state.get("torch")):
+        return "it lacks torch's state"
+    try:
+        torch.Generator().set_state(state["torch"].cpu())
+        if "numpy" in state:
+            pyro_state = _as_pyro(state)
+            random.Random().setstate(pyro_state["random"])
+            np.random.RandomState().set_state(pyro_state["numpy"])
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as error:
+        return f"{type(error).__name__} restoring it"
+    if not all(torch.is_tensor(gpu) and gpu.dtype == torch.uint8 for gpu in state.get("cuda", [])):
+        return "its GPU states are not byte tensors"
+    ranks = state.get("ranks", [])
+    if not isinstance(ranks, list):
+        return "its ranks are not a list"
+    return next((problem for problem in map(rng_state_problem, ranks) if problem), None)
+
+
+def _as_pyro(state: dict[str, Any]) -> dict[str, Any]:
+    """A state from :func:`rng_state` as ``pyro.util.set_rng_state`` takes it: on the CPU, numpy's keys as uint32."""
+    name, keys, *position = state["numpy"]
+    return {**state, "torch": state["torch"].cpu(), "numpy": (name, keys.cpu().numpy().astype(np.uint32), *position)}
 
 
 def unchanged(device: torch.device) -> contextlib.AbstractContextManager:

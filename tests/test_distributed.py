@@ -13,6 +13,7 @@ import torch
 
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset
 from pyrovae.distributed import SINGLE, Processes, shard
+from pyrovae.runs.rundir import RunDir
 from pyrovae.training.loop import Trainer
 
 WORKER = """
@@ -96,7 +97,7 @@ def test_torchrun_writes_one_run_directory_resumes_and_evaluates_like_one_proces
                        cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert len(torch.load(out / "checkpoint.pt", weights_only=True)["rng"]["ranks"]) == 2
+    assert len(RunDir(out).load_checkpoint().rng["ranks"]) == 2
 
     evaluated = torchrun("evaluate", str(out), "--num-samples", "50", "--no-progress", "--device", "cpu", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -21,6 +21,7 @@ import torch
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit
 from pyrovae.cli import main
 from pyrovae.data.datasets import load_dataset
+from pyrovae.runs.checkpoint import Checkpoint
 from pyrovae.runs.load import load_run
 from pyrovae.runs.rundir import CheckpointError, RunDir
 from pyrovae.training.step import SVIStep
@@ -67,7 +68,7 @@ def run_with_fault(mode, at, out):
 
 
 def weights(run_dir):
-    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)["model"]
+    return RunDir(run_dir).load_checkpoint().model
 
 
 def metrics_without_timing(run_dir):
@@ -94,13 +95,13 @@ def test_resume_after_a_fault_reproduces_the_uninterrupted_run(uninterrupted, tm
         assert stopped.returncode == 130, stopped.stderr
         assert f"{mode} received" in stopped.stderr and "--resume" in stopped.stderr
         assert "Traceback" not in stopped.stderr
-        partial = torch.load(out / "checkpoint.pt", weights_only=True)["partial"]
+        partial = RunDir(out).load_checkpoint().progress.partial
         assert partial["step"] == at - (epochs_kept * STEPS_PER_EPOCH)
     else:
         assert stopped.returncode == -signal.SIGKILL
         assert out.with_name("run.lock").is_file()  # the killed holder's lock file stays; its lock went with it
     assert len(RunDir(out).read_metrics()) >= epochs_kept
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == epochs_kept
+    assert RunDir(out).load_checkpoint().progress.epoch == epochs_kept
 
     resumed = subprocess.run([sys.executable, "-m", "pyrovae", *TRAIN, "--out", str(out), "--resume"],
                              capture_output=True, text=True, timeout=300)
@@ -194,7 +195,7 @@ class Payload:
 
 
 def good_state(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    return RunDir(run_dir).load_checkpoint().to_state()
 
 
 CHECKPOINT_DAMAGE = {
@@ -206,8 +207,8 @@ CHECKPOINT_DAMAGE = {
     "a list": lambda run, ckpt: torch.save([1, 2, 3], ckpt),
     "epoch tampered to text": lambda run, ckpt: torch.save({**good_state(run), "epoch": "3"}, ckpt),
     "weights replaced by numbers": lambda run, ckpt: torch.save({**good_state(run), "model": {"w": 1.0}}, ckpt),
-    "weights of another shape": lambda run, ckpt: torch.save(
-        {**good_state(run), "model": {k: v[..., :1] for k, v in good_state(run)["model"].items()}}, ckpt),
+    "weights of another shape": lambda run, ckpt: ckpt.write_bytes(Checkpoint.from_state(  # with its digest
+        {**good_state(run), "model": {k: v[..., :1] for k, v in good_state(run)["model"].items()}}, ckpt).to_bytes()),
 }
 
 
@@ -329,8 +330,8 @@ def test_a_nonfinite_step_stops_training_naming_epoch_and_step(tmp_path, where):
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 4 of 11.*still holds the state after epoch 1"
                                                  r".*lr=0.0001, now 0.001.*kl_warmup=10.*skip_nonfinite=N"):
         fit(vae, data, TrainConfig(epochs=3, device="cpu"), run_dir=tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    checkpoint = RunDir(tmp_path).load_checkpoint()
+    assert checkpoint.progress.epoch == 1 and all(torch.isfinite(v).all() for v in checkpoint.model.values())
     assert [row["epoch"] for row in RunDir(tmp_path).read_metrics()] == [1]
 
 

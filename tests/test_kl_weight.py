@@ -7,6 +7,7 @@ import torch
 from pyrovae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, from_arrays, load_dataset
 from pyrovae.inference.kl_weight import MIN_KL_WEIGHT
 from pyrovae.inference.objectives import MeanFieldELBO, TraceELBO
+from pyrovae.runs.rundir import RunDir
 
 
 def parts_at(vae, x, weight, elbo):
@@ -108,7 +109,7 @@ def test_balance_moves_the_weight_and_resumes_from_the_checkpoint(digits, tmp_pa
     config = TrainConfig(epochs=2, kl_balance=1e-4, device="cpu")
     history = fit(digits_vae(), digits, config, run_dir=tmp_path, progress=False)
     assert 0 < history[0]["kl_weight"] < history[1]["kl_weight"]
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["kl_weight"]
+    saved = RunDir(tmp_path).load_checkpoint().progress.kl_weight
     resumed = fit(digits_vae(), digits, TrainConfig(epochs=3, kl_balance=1e-4, device="cpu"), run_dir=tmp_path,
                   resume=True, progress=False)
     # The third epoch starts from the saved weight, not from zero again.

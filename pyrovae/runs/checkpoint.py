@@ -1,17 +1,30 @@
 """What a checkpoint holds: :class:`Checkpoint`, the one schema of ``checkpoint.pt``.
 
-The file is a flat dict of tensors and plain containers, so ``torch.load(weights_only=True)``
-reads it and a crafted file cannot run code. A file without every entry, or with one of the
-wrong type, is refused as :class:`CheckpointError`.
+The state is a flat dict of tensors and plain containers, so ``torch.load(weights_only=True)``
+reads it and a crafted file cannot run code. The file wraps the state's bytes with their SHA-256,
+so that a damaged file is told apart (an integrity check, not a signature). A file that fails the
+check, lacks an entry, or has one of the wrong type or shape is refused as :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pyrovae.randomness import rng_state_problem
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pyrovae checkpoint"
+"""The ``format`` entry of a checkpoint file, beside ``sha256`` and ``payload`` (the state's bytes)."""
+METRICS_KEYS = ("epoch", "train_loss", "kl_weight", "skipped_batches", "val_neg_elbo", "epoch_seconds")
+"""The numbers every row of ``metrics.jsonl`` holds."""
 
 
 class CheckpointError(ValueError):
@@ -47,6 +60,30 @@ class Checkpoint:
     rng: dict[str, Any] = _entry(dict)
     progress: Progress = _entry(Progress)
 
+    def to_bytes(self) -> bytes:
+        """The file's bytes: the state as ``torch.save`` writes it, wrapped with its SHA-256."""
+        payload = _saved(self.to_state())
+        return _saved({"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                       "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+        """The checkpoint in ``data``, the bytes of ``path``: its digest checked, then its entries. A file of
+        pyrovae 0.3.0 has no digest; it loads, with a note."""
+        wrapped = _loaded(data, path)
+        digested = isinstance(wrapped, dict) and wrapped.get("format") == FORMAT
+        if digested:
+            payload = wrapped.get("payload")
+            data = payload.numpy().tobytes() if torch.is_tensor(payload) and payload.dtype == torch.uint8 else b""
+            if hashlib.sha256(data).hexdigest() != wrapped.get("sha256"):
+                raise CheckpointError(f"{path} does not match its SHA-256 digest: the file is damaged; restore a copy "
+                                      f"or train again")
+        checkpoint = cls.from_state(_loaded(data, path, map_location), path)
+        if not digested:
+            log.warning(f"{path} has no SHA-256 digest (pyrovae 0.3.0 wrote it), so damage to it would go unseen; "
+                        f"resuming its training rewrites it with one")
+        return checkpoint
+
     def to_state(self) -> dict[str, Any]:
         """The flat dict ``torch.save`` writes: the progress's entries beside the weights."""
         return {"model": self.model, "optimizer": self.optimizer, "rng": self.rng, **vars(self.progress)}
@@ -62,8 +99,12 @@ class Checkpoint:
                 problem = "lacks" if name not in state else "has a malformed"
                 raise CheckpointError(f"{path} {problem} entry {name!r}, so it is not a pyrovae checkpoint; "
                                       f"train again or restore a copy")
-        if not all(torch.is_tensor(value) for value in state["model"].values()):
-            raise CheckpointError(f"{path} has model weights that are not tensors; train again or restore a copy")
+        problems = {"model": _weights_problem(state["model"]), "rng": rng_state_problem(state["rng"]),
+                    "metrics": next(filter(None, map(metrics_row_problem, state["metrics"])), None)}
+        for name, problem in problems.items():
+            if problem is not None:
+                raise CheckpointError(f"{path} has a malformed entry {name!r} ({problem}); train again or restore "
+                                      f"a copy")
         progress = Progress(**{field.name: state[field.name] for field in dataclasses.fields(Progress)})
         return cls(model=state["model"], optimizer=state["optimizer"], rng=state["rng"], progress=progress)
 
@@ -71,3 +112,38 @@ class Checkpoint:
 ENTRIES = {field.name: field.metadata["kind"]
            for field in (*dataclasses.fields(Checkpoint)[:-1], *dataclasses.fields(Progress))}
 """Every entry of ``checkpoint.pt`` and its type."""
+
+
+def metrics_row_problem(row: Any) -> str | None:
+    """What makes ``row`` no row of ``metrics.jsonl`` (an object with the numbers :data:`METRICS_KEYS`), or ``None``."""
+    if not isinstance(row, dict):
+        return "a row is not a JSON object"
+    missing = [key for key in METRICS_KEYS if type(row.get(key)) not in (int, float)]
+    return f"a row lacks the number {missing[0]!r}" if missing else None
+
+
+def _weights_problem(weights: dict[str, Any]) -> str | None:
+    """What makes ``weights`` no model's state dict (a tensor that is not one, or not finite), or ``None``."""
+    for name, value in weights.items():
+        if not torch.is_tensor(value):
+            return f"{name} is not a tensor"
+        if value.is_floating_point() and not value.isfinite().all():
+            return f"{name} holds NaN or infinite weights"
+    return None
+
+
+def _saved(state: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _loaded(data: bytes, path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of ``data``, the bytes of ``path``; anything it refuses is a
+    :class:`CheckpointError`."""
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, random bytes, or a pickle asking for code
+        raise CheckpointError(f"{path} is not a readable pyrovae checkpoint ({type(error).__name__}); it may be "
+                              f"truncated, corrupt or from an untrusted source. Train again or restore a copy."
+                              ) from None

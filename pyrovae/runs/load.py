@@ -15,6 +15,7 @@ from pyrovae.model.config import ModelConfig
 from pyrovae.model.vae import VAE
 from pyrovae.runs.checkpoint import Checkpoint, CheckpointError
 from pyrovae.runs.rundir import CHECKPOINT, CONFIG, RunDir
+from pyrovae.settings import resolve_device
 
 
 @dataclasses.dataclass
@@ -26,20 +27,23 @@ class LoadedRun:
     data: Dataset | None
     """The dataset as the run configured it (splits, binarization, hidden labels), on the same device; ``None``
     when loaded with ``data=False``."""
-    metrics: list[dict[str, Any]]
-    """The rows of ``metrics.jsonl``, one per epoch."""
+    metrics: list[dict[str, Any]] | None
+    """The rows of ``metrics.jsonl``, one per epoch; ``None`` when loaded with ``metrics=False``."""
     config: dict[str, Any]
     """``config.json`` as a dict, section by section: ``model``, ``data``, ``train``..."""
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = True) -> LoadedRun:
+def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = True,
+             metrics: bool = True) -> LoadedRun:
     """Read a run directory back: its VAE, dataset, metrics and config, as a notebook cell wants them.
 
     ``data=False`` skips the dataset (``pyrovae sample`` needs none, and mnist may not be on
-    this machine). A folder that is not a run, a damaged file, or a run trained in Python on
-    arrays (no data settings) with ``data=True`` raise :class:`CheckpointError` naming the file;
-    data files that cannot be found raise :class:`~pyrovae.data.datasets.DataNotFoundError`.
+    this machine), ``metrics=False`` the metrics. A folder that is not a run, a damaged file, or
+    a run trained in Python on arrays (no data settings) with ``data=True`` raise
+    :class:`CheckpointError` naming the file; data files that cannot be found raise
+    :class:`~pyrovae.data.datasets.DataNotFoundError`; a device this machine lacks, ``ValueError``.
     """
+    device = resolve_device(device) if isinstance(device, str) else device
     run = RunDir(path)
     config = run.read_config()
     model_config = run.settings(ModelConfig, "model")
@@ -47,21 +51,25 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = 
         raise CheckpointError(f"{run.file(CONFIG)} has no data settings (the run was trained in Python on arrays); "
                               f"load it with data=False and bring the arrays yourself")
     checkpoint = run.load_checkpoint(map_location=device)
-    metrics = run.read_metrics()
+    rows = run.read_metrics() if metrics else None
     vae = build_vae(model_config)
     restore(run, checkpoint, vae)
     dataset = load_data(run).to(device) if data else None
-    return LoadedRun(vae=vae.to(device).eval(), data=dataset, metrics=metrics, config=config)
+    return LoadedRun(vae=vae.to(device).eval(), data=dataset, metrics=rows, config=config)
 
 
 def load_data(run: RunDir) -> Dataset:
     """The dataset ``run`` was trained on, as its ``config.json`` describes it, on the CPU.
 
-    Refused with :class:`~pyrovae.data.sources.SourceChanged` when the data read now differ from
-    what the run recorded (shape, dtype or content hash; see :mod:`pyrovae.data.sources`).
+    A file or folder named by a relative path is read where the run recorded it, whatever the
+    working directory. Refused with :class:`~pyrovae.data.sources.SourceChanged` when the data
+    read now differ from what the run recorded (shape, dtype or content hash; see
+    :mod:`pyrovae.data.sources`).
     """
-    data = load_dataset(run.settings(DataConfig, "data"))
-    recorded = run.read_config().get("source")
+    config, recorded = run.settings(DataConfig, "data"), run.read_config().get("source")
+    if recorded is not None and recorded.get("kind") in ("arrays", "image-folder") and "path" in recorded:
+        config = dataclasses.replace(config, dataset=recorded["path"])
+    data = load_dataset(config)
     if recorded is not None and data.provenance is not None:
         check_unchanged(recorded, data.provenance)
     return data

@@ -7,8 +7,8 @@ whole (:mod:`pyrovae.files`). One process at a time writes a run (:mod:`pyrovae.
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import torch
 
 from pyrovae.files import append_line, write_atomically
-from pyrovae.runs.checkpoint import Checkpoint, CheckpointError
-from pyrovae.settings import settings_from_json
+from pyrovae.runs.checkpoint import Checkpoint, CheckpointError, metrics_row_problem
+from pyrovae.settings import SettingError, settings_from_json
 
 Settings = TypeVar("Settings")
 
@@ -34,8 +34,9 @@ CONFIG_SECTIONS = ("model", "data", "train", "source")
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
-    """``runs/<timestamp>``, made unique if two runs start in the same second."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    """``runs/<timestamp>-<pid>``: processes started at once each get their own, without creating it (a refused
+    run leaves nothing); one process's runs in the same second are told apart by a suffix."""
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     path = Path(root) / stamp
     suffix = 1
     while path.exists():
@@ -48,6 +49,8 @@ class RunDir:
     """One training run's folder and the files in it."""
 
     def __init__(self, path: str | Path):
+        if not str(path):
+            raise SettingError("run_dir", "run_dir is empty; choose a folder for the run directory")
         self.path = Path(path)
 
     def file(self, name: str) -> Path:
@@ -66,13 +69,17 @@ class RunDir:
             raise CheckpointError(f"{path} does not exist; is {self.path} a pyrovae run directory "
                                   f"(written by training with run_dir='{self.path}')?")
         try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            config = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, or nested too deep
             raise CheckpointError(f"{path} is not valid JSON ({error}); restore it or train again") from None
         if not isinstance(config, dict) or not set(config) <= set(CONFIG_SECTIONS):
             found = sorted(config) if isinstance(config, dict) else type(config).__name__
             raise CheckpointError(f"{path} is not a pyrovae run config: expected the sections "
                                   f"{', '.join(CONFIG_SECTIONS)}, found {found}; restore it or train again")
+        for name, section in config.items():
+            if not isinstance(section, dict | None):
+                raise CheckpointError(f"{path} has a {name} section that is a {type(section).__name__}, not an "
+                                      f"object; restore the file or train again")
         return config
 
     def settings(self, cls: type[Settings], section: str) -> Settings:
@@ -91,17 +98,23 @@ class RunDir:
         append_line(self.file(METRICS), json.dumps(row))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.jsonl``; a line that is no metrics row is refused, naming the file and the line."""
         path = self.file(METRICS)
         if not path.is_file():
             return []
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise CheckpointError(f"{path} line {number} is not JSON (was the run killed while writing it?); "
-                                      f"training with run_dir='{self.path}' and resume=True rewrites the file "
-                                      f"from the checkpoint") from None
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # not JSON, or not UTF-8
+                problem = "is not JSON (was the run killed while writing it?)"
+            else:
+                problem = metrics_row_problem(row)
+                problem = problem and f"is not a metrics row ({problem})"
+            if problem:
+                raise CheckpointError(f"{path} line {number} {problem}; training with run_dir='{self.path}' and "
+                                      f"resume=True rewrites the file from the checkpoint")
+            rows.append(row)
         return rows
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -115,20 +128,12 @@ class RunDir:
         shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        buffer = io.BytesIO()  # whole before the disk sees it: a full disk is told the bytes it needed
-        torch.save(checkpoint.to_state(), buffer)
-        write_atomically(self.file(CHECKPOINT), buffer.getvalue())
+        """Replace ``checkpoint.pt``, its bytes made whole first (a full disk is told how many it needed)."""
+        write_atomically(self.file(CHECKPOINT), checkpoint.to_bytes())
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu", name: str = CHECKPOINT) -> Checkpoint:
         path = self.file(name)
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; train first, with run_dir='{self.path}'")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as error:  # truncated zip, random bytes, or a pickle asking for code
-            raise CheckpointError(
-                f"{path} is not a readable pyrovae checkpoint ({type(error).__name__}); it may be "
-                f"truncated, corrupt or from an untrusted source. Train again or restore a copy."
-            ) from None
-        return Checkpoint.from_state(state, path)
+        return Checkpoint.from_bytes(path.read_bytes(), path, map_location)
 

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from pyrovae.distributed import SINGLE, Processes, all_reduce_sum, any_rank, gat
 from pyrovae.memory import OutOfMemory, is_out_of_memory
 from pyrovae.model.vae import VAE
 from pyrovae.randomness import derived_seed, rng_state, set_rng_state
-from pyrovae.runs.checkpoint import Checkpoint, Progress
+from pyrovae.runs.checkpoint import Checkpoint, CheckpointError, Progress
 from pyrovae.runs.load import restore
 from pyrovae.runs.rundir import CHECKPOINT, RunDir
 from pyrovae.runs.writer import RunWriter
@@ -75,6 +76,22 @@ class EpochState:
         return cls(order=order, sums=torch.zeros(num_parts, device=device),
                    weight_sum=torch.zeros((), dtype=torch.float64, device=device),
                    first_bad_step=torch.full((), -1, device=device))
+
+    @classmethod
+    def check_saved(cls, saved: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint's ``partial`` entry (``path``'s) unless it holds an epoch in progress, before a
+        resume uses any of the checkpoint."""
+        types = typing.get_type_hints(cls)
+        typed = set(saved) == set(types) and all(isinstance(saved[name], kind) for name, kind in types.items())
+        if not (typed and cls(**saved).consistent()):
+            raise CheckpointError(f"{path} has a malformed entry 'partial' (not an epoch in progress); train again "
+                                  f"or restore a copy")
+
+    def consistent(self) -> bool:
+        """Whether the tensors have their shapes and the position lies inside the epoch's order."""
+        return (self.order.ndim == 1 and not self.order.is_floating_point() and self.sums.ndim == 1
+                and self.weight_sum.ndim == 0 and self.first_bad_step.ndim == 0
+                and 0 <= self.skipped <= self.step <= len(self.order) and 0 <= self.seen <= len(self.order))
 
     def add(self, parts: tuple[torch.Tensor, ...], finite: torch.Tensor, kl_weight: float | torch.Tensor,
             examples: int) -> None:
@@ -150,6 +167,8 @@ def fit(vae: VAE, data: Dataset | torch.utils.data.Dataset | torch.Tensor | np.n
             log.warning(f"batch_size={config.batch_size} is larger than the training set ({len(data.train)} images): "
                         f"every step trains on all of them, one step per epoch")
         checkpoint = run.load_checkpoint(map_location=device) if resume else None
+        if checkpoint is not None and checkpoint.progress.partial is not None:
+            EpochState.check_saved(checkpoint.progress.partial, run.file(CHECKPOINT))
         if checkpoint is not None and config.epochs < checkpoint.progress.epoch:
             raise ValueError(f"epochs={config.epochs} is fewer than the {checkpoint.progress.epoch} epochs trained; "
                              f"ask for epochs={checkpoint.progress.epoch} or more")
