@@ -13,19 +13,25 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import CheckpointError, load_run
+from pyrovae import CheckpointError, DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_dataset, load_run
 from pyrovae.cli import main
 from pyrovae.runs.rundir import RunDir, default_run_dir
 from pyrovae.training.loop import EpochState
 
-TINY = ["--hidden", "16", "--z-dim", "2", "--epochs", "1", "--no-progress", "--device", "cpu", "--threads", "1"]
 STORED_0_3_0 = Path(__file__).parent / "data" / "run-0.3.0"
+
+
+def train(data_config, run_dir):
+    """A tiny model trained for one epoch into ``run_dir``, as ``pyrovae train`` would but for its pictures."""
+    data = load_dataset(data_config)
+    vae = build_vae(ModelConfig(image_shape=data.image_shape, z_dim=2, hidden=(16,)))
+    fit(vae, data, TrainConfig(epochs=1, device="cpu"), run_dir=run_dir, progress=False, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     path = tmp_path_factory.mktemp("integrity") / "run"
-    assert main(["train", *TINY, "--out", str(path)]) == 0
+    train(DataConfig(), path)
     return path
 
 
@@ -177,17 +183,18 @@ def test_a_run_on_a_relative_dataset_path_loads_from_any_working_directory(tmp_p
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     np.save("ok.npy", np.random.default_rng(0).random((60, 4, 4), dtype=np.float32))
-    assert main(["train", *TINY, "--dataset", "ok.npy", "--out", "run"]) == 0
+    train(DataConfig(dataset="ok.npy"), "run")
     monkeypatch.chdir(tmp_path / "elsewhere")
     loaded = load_run(tmp_path / "here" / "run")
     assert len(loaded.data.train) + len(loaded.data.val) + len(loaded.data.test) == 60
 
 
 def test_an_empty_run_directory_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where an empty path would put the run
+    vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,)))
     with pytest.raises(ValueError) as error:
-        RunDir("")
-    assert "run_dir" in one_line(error)
+        fit(vae, torch.rand(40, 4, 4), TrainConfig(epochs=1, device="cpu"), run_dir="", progress=False)
+    assert "empty" in one_line(error)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -19,7 +19,7 @@ import torch
 
 from pyrovae.files import append_line, write_atomically
 from pyrovae.runs.checkpoint import Checkpoint, CheckpointError, metrics_row_problem
-from pyrovae.settings import SettingError, settings_from_json
+from pyrovae.settings import settings_from_json
 
 Settings = TypeVar("Settings")
 
@@ -50,7 +50,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         if not str(path):
-            raise SettingError("run_dir", "run_dir is empty; choose a folder for the run directory")
+            raise ValueError("the path of the run directory is empty; name its folder")
         self.path = Path(path)
 
     def file(self, name: str) -> Path:
