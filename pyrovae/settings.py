@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -91,12 +92,55 @@ def guess(value: Any, names: Collection[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a value has a field's type: bool is not an int, an int is a float, a sequence is a list or tuple of
+    its items."""
+    origin = typing.get_origin(annotation)
+    if _is_union(annotation):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation in (bool, str):
+        return isinstance(value, annotation)
+    if annotation in (int, float):
+        return isinstance(value, (int, annotation)) and not isinstance(value, bool)
+    if origin in (Sequence, tuple, list):
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    raise TypeError(f"no type check for the annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    """How a message names a field's type: ``int``, ``str | None``, ``tuple of int``."""
+    if _is_union(annotation):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (Sequence, tuple, list):
+        return f"tuple of {_type_name(typing.get_args(annotation)[0])}"
+    return "None" if annotation is type(None) else annotation.__name__
+
+
+INT64 = 2**63
+"""An int setting lies in [-INT64, INT64), as torch's and numpy's 64-bit integers."""
+
+
 def check_choices(settings: Any) -> None:
-    """Check every ``Literal`` field of the settings dataclass instance ``settings`` (for ``__post_init__``)."""
+    """Check every field of the settings dataclass instance ``settings`` against its annotation, first thing in
+    ``__post_init__``: a ``Literal`` holds one of its choices, any other field a value of its type (bool is not an
+    int, an int is a float, a tuple may be a list), a float is finite and an int fits in 64 bits, so that no value
+    reaches torch that it cannot take."""
     for name, annotation in _type_hints(type(settings)).items():
-        choices = _choices_of(annotation)
+        value, choices = getattr(settings, name), _choices_of(annotation)
         if choices is not None:
-            check_choice(name, getattr(settings, name), choices)
+            check_choice(name, value, choices)
+        elif not _matches(value, annotation):
+            kind = _without_none(annotation)
+            single = typing.get_origin(kind) in (Sequence, tuple, list) and _matches(value, get_args(kind)[0])
+            fix = f"; write {name}=({value!r},)" if single else ""
+            raise SettingError(name, f"{name} must be {_type_name(annotation)}, got {value!r}{fix}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(name, f"{name} must be a finite number, got {value}")
+        elif isinstance(value, int) and not -INT64 <= value < INT64:
+            raise SettingError(name, f"{name}={value} does not fit in a 64-bit integer; choose a smaller {name}")
 
 
 def check_positive(settings: Any, *names: str) -> None:
@@ -197,50 +241,16 @@ def in_flags(text: str, flags: Mapping[str, argparse.Action], settings: Collecti
 
 # --- config.json ------------------------------------------------------------------------------------
 
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether a JSON value has a field's type (bool is not an int; an int is a float; a choice is its type)."""
-    origin = typing.get_origin(annotation)
-    if _is_union(annotation):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
-    if origin is Literal:  # which choice is judged by __post_init__, naming the choices
-        return any(_matches(value, type(choice)) for choice in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation in (bool, str):
-        return isinstance(value, annotation)
-    if annotation in (int, float):
-        return isinstance(value, (int, annotation)) and not isinstance(value, bool)
-    if origin in (Sequence, tuple, list):
-        item = typing.get_args(annotation)[0]
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    raise TypeError(f"no JSON check for the annotation {annotation!r}")
-
-
-def _type_name(annotation: Any) -> str:
-    """How a message names a field's JSON type: ``int``, ``str | None``, ``list of int``."""
-    if _is_union(annotation):
-        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
-    if typing.get_origin(annotation) is Literal:
-        return " | ".join(dict.fromkeys(type(choice).__name__ for choice in typing.get_args(annotation)))
-    if typing.get_origin(annotation) in (Sequence, tuple, list):
-        return f"list of {_type_name(typing.get_args(annotation)[0])}"
-    return "None" if annotation is type(None) else annotation.__name__
-
-
 def settings_from_json(cls: type[Settings], values: Any, where: str) -> Settings:
-    """``cls`` from a parsed JSON object, perhaps someone else's: its keys and types are checked before the class's
-    own checks. Every failure is one ``ValueError`` line starting with ``where``, e.g. ``"runs/a/config.json, ..."``."""
+    """``cls`` from a parsed JSON object, perhaps someone else's: its keys are checked, then the class checks the
+    values. Every failure is one ``ValueError`` line starting with ``where``, e.g. ``"runs/a/config.json, ..."``."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected an object of settings, got {type(values).__name__}")
-    hints = _type_hints(cls)
     fields = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
                          f"known keys are {', '.join(sorted(fields))}")
-    for key, value in values.items():
-        if not _matches(value, hints[key]):
-            raise ValueError(f"{where}: {key!r} must be {_type_name(hints[key])}, got {value!r}")
     try:
         return cls(**values)
     except ValueError as error:

@@ -57,7 +57,7 @@ CLI_CASES = [
     (["train", "--batch-size", "-5"], "--batch-size must be positive, got -5"),
     (["train", "--particles", "0"], "--particles must be positive, got 0"),
     (["train", "--lr", "0"], "--lr must be positive"),
-    (["train", "--lr", "nan"], "--lr must be positive"),
+    (["train", "--lr", "nan"], "--lr must be a finite number"),
     (["train", "--kl-weight", "-1"], "--kl-weight must be positive"),
     (["train", "--kl-warmup", "-2"], "--kl-warmup must be a non-negative"),
     (["train", "--kl-balance", "1e-4", "--kl-warmup", "3"], "--kl-balance sets the weight itself.*without "
@@ -181,9 +181,9 @@ PYTHON_CASES = [
     ("JSON with an unknown key", lambda v: settings_from_json(ModelConfig, {"zdim": 2}, "c.json"), ValueError,
      "unknown key.*'zdim'"),
     ("JSON with a string number", lambda v: settings_from_json(ModelConfig, {"z_dim": "2"}, "c.json"), ValueError,
-     "'z_dim' must be int"),
+     "z_dim must be int"),
     ("JSON with a bool for an int", lambda v: settings_from_json(TrainConfig, {"epochs": True}, "c.json"),
-     ValueError, "'epochs' must be int"),
+     ValueError, "epochs must be int"),
     # arrays handed to the data layer
     ("NaN in arrays", lambda v: from_arrays(NAN_X), ValueError, "NaN"),
     ("uint8 range in arrays", lambda v: fit(v["plain"], from_arrays(X * 255), TrainConfig(epochs=1, device="cpu"),

@@ -19,6 +19,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from pyrovae.model.checks import check_examples
 from pyrovae.randomness import unchanged
 
 PARTICLES = "particles"
@@ -66,6 +67,7 @@ def check_model_and_guide(model: Callable, guide: Callable, x: torch.Tensor, mod
 
     The probe leaves the caller's random stream and enclosing Pyro handlers alone.
     """
+    check_examples(x)
     kwargs = split_examples(model_kwargs or {}, len(x), slice(0, 2))
     args = split_examples(tuple(model_args), len(x), slice(0, 2))
     with torch.no_grad(), poutine.block(), unchanged(x.device):

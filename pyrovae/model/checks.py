@@ -6,11 +6,21 @@ shape would fail deep in the nets and NaNs or bad labels would train quietly to 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
+def check_examples(x: Any, name: str = "x") -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor of one or more examples, one a row."""
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name} must be a torch tensor, got {type(x).__name__}; convert it with torch.as_tensor(x)")
+    if x.dim() == 0 or not len(x):
+        raise ValueError(f"{name} holds no examples (shape {tuple(x.shape)}); pass at least one")
+
+
 def check_images(x: torch.Tensor, x_dim: int, name: str = "data") -> None:
-    """Raise ``ValueError`` unless ``x`` is an ``(N, x_dim)`` tensor of finite floats."""
+    """Raise ``ValueError`` unless ``x`` is an ``(N, x_dim)`` tensor of finite floats, ``N >= 1``."""
     if torch.is_tensor(x) and x.dtype == torch.uint8:
         raise ValueError(f"{name} are uint8 pixels; scale them to [0, 1] floats first, with "
                          f"pyrovae.data.datasets.as_floats(x) (x / 255)")
@@ -20,6 +30,7 @@ def check_images(x: torch.Tensor, x_dim: int, name: str = "data") -> None:
     if x.ndim != 2 or x.shape[1] != x_dim:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, but this model expects (N, {x_dim}) flattened images; "
                          f"reshape with x.reshape(len(x), -1) or build the model for this image size")
+    check_examples(x, name)
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
 

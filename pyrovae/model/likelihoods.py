@@ -117,7 +117,13 @@ class LocationScaleLikelihood(nn.Module):
         return self.loc_and_scale(params)[0]
 
     def check_data(self, x: torch.Tensor, name: str = "data") -> None:
-        """Any finite value is in the support (the VAE checks finiteness)."""
+        """Raise ``ValueError`` for values whose squares overflow ``x``'s float type: any finite value is in the
+        support, but such values make the nets' outputs and the squared error infinite."""
+        largest, limit = x.abs().max().item(), torch.finfo(x.dtype).max ** 0.5
+        if largest > limit:
+            raise ValueError(f"{name} has values as large as {largest:.3g}, whose squares overflow {x.dtype} (beyond "
+                             f"{limit:.3g}); rescale the data, e.g. standardize it (subtract its mean, divide by its "
+                             f"standard deviation)")
 
 
 class GaussianLikelihood(LocationScaleLikelihood):

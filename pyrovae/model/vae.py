@@ -145,6 +145,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, y: int | torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``n`` draws from the prior; ``y`` (one class, or ``n`` labels) for a conditional model."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n counts the samples and must be a whole number, 0 or more, got {n!r}")
         y = torch.full((n,), y, dtype=torch.long, device=self.device) if isinstance(y, int) else y
         if y is not None:
             self.check_labels(y, "y")
