@@ -36,6 +36,7 @@ def one_line(error: BaseException) -> str:
     (lambda: DataConfig(val_fraction="0.1"), "val_fraction", "must be float"),
     (lambda: EvaluateConfig(limit=2.0), "limit", "must be int | None"),
     (lambda: TrainConfig(seed=10**30), "seed", "does not fit in a 64-bit integer"),
+    (lambda: TrainConfig(seed=-1), "seed", "must lie in [0, 2**32)"),
     (lambda: ModelConfig(z_dim=10**30), "z_dim", "does not fit in a 64-bit integer"),
 ])
 def test_a_value_of_the_wrong_type_is_a_setting_error_naming_it(make, name, fix):

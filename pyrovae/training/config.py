@@ -75,6 +75,8 @@ class TrainConfig:
                                                    f"between 0 and 1, got {self.labeled_fraction}")
         if self.aux_weight is not None and not self.aux_weight >= 0:
             raise SettingError("aux_weight", f"aux_weight cannot be negative, got {self.aux_weight}")
+        if not 0 <= self.seed < 2**32:
+            raise SettingError("seed", f"seed must lie in [0, 2**32), the seeds numpy takes, got {self.seed}")
         if self.skip_nonfinite < 0:
             raise SettingError("skip_nonfinite",
                                f"skip_nonfinite counts batches and cannot be negative, got {self.skip_nonfinite}")
