@@ -20,7 +20,17 @@ from torch.utils.data import Subset
 
 from pyrovae.data.idx import DataNotFoundError as DataNotFoundError  # pyrovae.DataNotFoundError
 from pyrovae.data.idx import find_idx_files, read_idx
-from pyrovae.data.sources import TORCHVISION_PREFIX, Source, arrays_of, labels_of, materialize, read_source, resized
+from pyrovae.data.sources import (
+    TORCHVISION_PREFIX,
+    Source,
+    arrays_of,
+    check_fits,
+    checked_labels,
+    labels_of,
+    materialize,
+    read_source,
+    resized,
+)
 from pyrovae.data.splits import shuffled_cut, validation_indices
 from pyrovae.data.streaming import MEMORY_SHARE, Storage, StreamedSplit, default_workers, streams
 from pyrovae.memory import free_bytes, in_bytes
@@ -235,11 +245,15 @@ def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
         train_x, train_y = arrays_of(train_x)
     if isinstance(test_x, torch.utils.data.Dataset):
         test_x, test_y = arrays_of(test_x)
-    train = Split.from_arrays(train_x, train_y)
-    image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(torch.as_tensor(train_x).shape)))
+    train_x = _images_in(train_x, "the training data")
+    test_x = None if test_x is None else _images_in(test_x, "the test data")
+    examples = len(train_x) + (0 if test_x is None else len(test_x))
+    train = Split.from_arrays(train_x, checked_labels(train_y, len(train_x), "train_y", examples))
+    image_shape = tuple(int(s) for s in (image_shape or _infer_image_shape(train_x.shape)))
     keep, held = validation_indices(len(train), val_fraction)
     val = Split(train.x[held], train.y[held])
-    test = val if test_x is None else Split.from_arrays(test_x, test_y)
+    test = val if test_x is None else Split.from_arrays(test_x, checked_labels(test_y, len(test_x), "test_y",
+                                                                                 examples))
     return _assemble(name, image_shape, Split(train.x[keep], train.y[keep]), val, test, binarize, labeled, label_seed)
 
 
@@ -263,15 +277,30 @@ def _assemble(name: str, image_shape: tuple[int, ...], train: Split | StreamedSp
     return data
 
 
+def _images_in(x: Any, what: str) -> torch.Tensor:
+    """``x`` as a tensor of images or rows, or a ValueError saying what data may be."""
+    kinds = ("a Dataset, a tensor or array of images (N, H, W) or (N, C, H, W) or of rows (N, D), or a torch "
+             "dataset of (image, label) pairs")
+    try:
+        images = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        got = type(x).__name__ + (f" of {x.dtype}" if isinstance(x, np.ndarray) else "")
+        if isinstance(x, (str, Path)):
+            got += f"; load a dataset by name with load_dataset(DataConfig(dataset={str(x)!r}))"
+        raise ValueError(f"{what} must be {kinds}, got {got}") from None
+    if images.ndim not in (2, 3, 4) or images.numel() == 0 or images.is_complex():
+        raise ValueError(f"{what} has shape {tuple(images.shape)} ({images.dtype}); it must be {kinds}, "
+                         f"non-empty, of real numbers")
+    return images
+
+
 def _infer_image_shape(shape: torch.Size) -> tuple[int, int, int]:
     if len(shape) == 4:
         return tuple(shape[1:])
     if len(shape) == 3:
         return (1, shape[1], shape[2])
-    if len(shape) == 2:
-        side = int(round(shape[1] ** 0.5))
-        return (1, side, side) if side * side == shape[1] else (1, 1, shape[1])
-    raise ValueError(f"images must have shape (N, D), (N, H, W) or (N, C, H, W), got {tuple(shape)}")
+    side = int(round(shape[1] ** 0.5))  # rows (N, D): square images if D is a square
+    return (1, side, side) if side * side == shape[1] else (1, 1, shape[1])
 
 
 def hide_labels(split: Split | StreamedSplit, labeled: int, num_classes: int, seed: int) -> Split | StreamedSplit:
@@ -340,6 +369,8 @@ def _from_source(source: Source, config: DataConfig, device: torch.device) -> Da
     """A user's source, its training images in memory or streamed, as :func:`streams` chooses."""
     keep, held = (index.numpy() for index in validation_indices(len(source.train), config.val_fraction))
     train_examples = Subset(source.train, keep)
+    if config.image_size is not None:  # the validation and test images are resized into memory, even when streaming
+        check_fits(len(held) + len(source.test), source.example_shape[0], config.image_size, source.dtype.itemsize)
     free = min(free_bytes(torch.device("cpu")), free_bytes(device))
     limit = MEMORY_SHARE * free if config.memory_limit is None else config.memory_limit * 2**30
     workers = default_workers() if config.workers is None else config.workers

@@ -6,15 +6,17 @@ since (:func:`check_unchanged`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import hashlib
 import inspect
 import io
+import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -99,21 +101,24 @@ def read_arrays(path: Path, image_size: int | None = None) -> Source:
             with loaded:
                 arrays = {key: loaded[key] for key in loaded.files}
     except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
-        if "Object arrays" in str(error) or "Python objects" in str(error):
-            raise ValueError(f"cannot read {path}: {str(error).rstrip('.')}. A ragged array (rows of different "
+        if "Object arrays" in str(error) or "Python objects" in str(error):  # numpy's words advise allow_pickle
+            raise ValueError(f"cannot read {path}: it holds Python objects. A ragged array (rows of different "
                              f"lengths) is saved as objects; save one regular array of shape {ARRAY_SHAPES}") from None
-        damage = "empty (0 bytes)" if path.stat().st_size == 0 else "truncated or corrupt: numpy cannot read it"
-        raise ValueError(f"{path} is {damage}; write it again (numpy.save, numpy.savez)") from None
+        raise _unreadable(path) from None
+    if not all(isinstance(array, np.ndarray) for array in arrays.values()):  # numpy hands back a garbled member's bytes
+        raise _unreadable(path)
     if "x_train" in arrays:
         if "x_test" not in arrays:
             raise ValueError(f"{path} has x_train but no x_test; save both splits, or one array under 'x'")
         x, test_x = _images(arrays["x_train"], f"{path}['x_train']"), _images(arrays["x_test"], f"{path}['x_test']")
         _check_same_kind(x, test_x, path)
-        y, test_y = _labels(arrays.get("y_train"), x), _labels(arrays.get("y_test"), test_x)
+        examples = len(x) + len(test_x)
+        y = checked_labels(arrays.get("y_train"), len(x), f"{path}['y_train']", examples)
+        test_y = checked_labels(arrays.get("y_test"), len(test_x), f"{path}['y_test']", examples)
         content = (x, y, test_x, test_y)
     elif "x" in arrays:
         x = _images(arrays["x"], f"{path}['x']" if path.suffix == ".npz" else str(path))
-        y, test_x, test_y = _labels(arrays.get("y"), x), None, None
+        y, test_x, test_y = checked_labels(arrays.get("y"), len(x), f"{path}['y']", len(x)), None, None
         content = (x, y)
     else:
         raise ValueError(f"{path} holds {', '.join(sorted(arrays)) or 'no arrays'}; name the images 'x' (and the "
@@ -133,8 +138,18 @@ def read_arrays(path: Path, image_size: int | None = None) -> Source:
     return Source(*splits, tuple(example), x.dtype, provenance, streamable=isinstance(x, np.memmap))
 
 
+def _unreadable(path: Path) -> ValueError:
+    """The error for a file numpy cannot read: empty, damaged, or not a numpy file at all, by its first bytes."""
+    with path.open("rb") as file:
+        head = file.read(len(np.lib.format.MAGIC_PREFIX))
+    damage = ("empty (0 bytes)" if not head else "truncated or corrupt: numpy cannot read it"
+              if head.startswith((np.lib.format.MAGIC_PREFIX, b"PK")) else "not a numpy file")
+    return ValueError(f"{path} is {damage}; write it again (numpy.save, numpy.savez)")
+
+
 def read_image_folder(path: Path, image_size: int | None) -> Source:
-    """Images in class subfolders (``path/CLASS/IMAGE``); only their headers are decoded here, to check sizes."""
+    """Images in class subfolders (``path/CLASS/IMAGE``), regular files only; only their headers are decoded here
+    (and a PNG's checksums checked), to check sizes."""
     from PIL import Image
     from torchvision.datasets import ImageFolder
 
@@ -148,10 +163,14 @@ def read_image_folder(path: Path, image_size: int | None) -> Source:
 
     def files() -> Iterable[bytes]:
         for file, label in folder.samples:
+            if not Path(file).is_file():  # reading a pipe would block, a device (/dev/zero) never end
+                raise ValueError(f"{file} is not a regular file (a pipe, device or broken link); move it out of "
+                                 f"{path}")
             content = Path(file).read_bytes()
-            with Image.open(io.BytesIO(content)) as image:  # the header only
+            with _readable_image(file), Image.open(io.BytesIO(content)) as image:  # the header only
                 sizes.add((image.height, image.width))
                 modes.add(Image.getmodebase(image.mode))
+                image.verify()  # a PNG's checksums, without decoding its pixels: a truncated file fails here
             yield f"{Path(file).relative_to(path)}\0{label}\0{len(content)}\0".encode() + content
 
     digest = _sha256(files())
@@ -169,7 +188,29 @@ def _open_image(file: str, mode: str) -> Any:
     """A PIL image read and converted to ``mode`` (a function, so that DataLoader workers can pickle it)."""
     from PIL import Image
 
-    return Image.open(file).convert(mode)
+    with _readable_image(file):
+        return Image.open(file).convert(mode)
+
+
+@contextlib.contextmanager
+def _readable_image(file: str) -> Iterator[None]:
+    """PIL's failures to read ``file`` (not an image, damaged, more pixels than its decompression-bomb limit) as
+    one-line ValueErrors naming it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{file} has more pixels than PIL's limit of {Image.MAX_IMAGE_PIXELS} for one image (a "
+                         f"guard against decompression bombs); shrink it, or move it out of the folder") from None
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{file} is not an image file PIL can read (empty, or another kind of file); replace it "
+                         f"with an image, or move it out of the folder") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ValueError(f"cannot read the image {file} ({error}); replace it, or move it out of the "
+                         f"folder") from None
 
 
 def read_torchvision(name: str, data_dir: str | None, image_size: int | None, download: bool) -> Source:
@@ -349,8 +390,9 @@ def _mixed_sizes(sizes: list[tuple[int, ...]], where: str) -> NoReturn:
 
 def _images(x: np.ndarray, where: str) -> np.ndarray:
     """Check an array of images or rows: a shape pyrovae reads, uint8 or finite floats (read in chunks)."""
-    if x.dtype == object or x.ndim not in (2, 3, 4):
-        raise ValueError(f"{where} has shape {x.shape} ({x.dtype}); save a regular array of shape {ARRAY_SHAPES}")
+    if x.dtype == object or x.ndim not in (2, 3, 4) or x.size == 0:
+        raise ValueError(f"{where} has shape {x.shape} ({x.dtype}); save a regular, non-empty array of shape "
+                         f"{ARRAY_SHAPES}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{where} holds {x.dtype}; save uint8 pixels (0 ... 255) or floats")
     if np.issubdtype(x.dtype, np.floating):
@@ -361,15 +403,21 @@ def _images(x: np.ndarray, where: str) -> np.ndarray:
     return x
 
 
-def _labels(y: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+def checked_labels(y: Any, count: int, where: str, examples: int) -> np.ndarray:
+    """The class labels of ``count`` images as int64 (0 if missing): integers 0, 1, ..., fewer classes than the
+    ``examples`` of all splits (a larger label is a mistake that would make a model of that many classes)."""
     if y is None:
-        return np.zeros(len(x), dtype=np.int64)
-    y = np.asarray(y)
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels 'y' must be {len(x)} integers >= 0, one per image, got {y.dtype} of shape {y.shape}")
-    if len(y) and y.min() < 0:
-        raise ValueError(f"labels 'y' must be classes 0, 1, ..., and {int((y < 0).sum())} of {len(y)} are negative "
-                         f"(the smallest {y.min()}); number the classes from 0")
+        return np.zeros(count, dtype=np.int64)
+    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: {count} images need {count} labels, integers >= 0, one per image; got {y.dtype} "
+                         f"of shape {y.shape}")
+    if count and y.min() < 0:
+        raise ValueError(f"{where}: labels must be classes 0, 1, ..., and {int((y < 0).sum())} of {len(y)} are "
+                         f"negative (the smallest {y.min()}); number the classes from 0")
+    if count and y.max() >= examples:
+        raise ValueError(f"{where} holds the label {y.max()}, more classes than the {examples} examples; number the "
+                         f"classes 0, 1, ... without gaps")
     return y.astype(np.int64)
 
 
