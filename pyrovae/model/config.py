@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
-
-import torch
 
 from pyrovae.model.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.model.nets import ACTIVATIONS
@@ -146,7 +145,7 @@ class ModelConfig:
 
     @property
     def x_dim(self) -> int:
-        return int(torch.Size(self.image_shape).numel())
+        return math.prod(self.image_shape)
 
     @property
     def conditional(self) -> bool:
