@@ -15,7 +15,7 @@ import torch
 
 from pyrovae.cli.commands import COMMANDS
 from pyrovae.cli.parser import build_parser
-from pyrovae.files import NoSpaceError
+from pyrovae.files import CannotWrite
 from pyrovae.memory import OutOfMemory
 from pyrovae.settings import check_positive, in_flags
 from pyrovae.training.stopping import TrainingInterrupted
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             COMMANDS[args.command](args)
         if said is not None:  # --quiet: the last line alone
             print(said.getvalue().rstrip("\n").rpartition("\n")[2])
-    except (ValueError, FileNotFoundError, FloatingPointError, NoSpaceError, OutOfMemory) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError, CannotWrite, OutOfMemory) as error:
         message = in_flags(str(error), parser.flags, getattr(error, "settings", ()))
         print(f"pyrovae {args.command}: error: {message}", file=sys.stderr)
         return 2

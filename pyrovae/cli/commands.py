@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_da
 from pyrovae.data.label_mix import visible_labels
 from pyrovae.defaults import binarization, configure
 from pyrovae.distributed import from_main, join
-from pyrovae.files import NoSpaceError, cannot_write, write_atomically
+from pyrovae.files import NoSpaceError, atomic_file, cannot_write, write_atomically
 from pyrovae.inference.evaluate import EvaluateConfig, class_log_prior, evaluation_report
 from pyrovae.model.build import build_vae
 from pyrovae.model.config import LABEL_PRIORS, ModelConfig
@@ -62,7 +63,7 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(from_main(args.run_dir or default_run_dir(), processes))
     run = RunDir(out)
     if processes.is_main:  # refused before any data are read; fit checks again, under the run's lock
-        RunWriter(run).check(args.resume, args.overwrite)
+        RunWriter(run).check(args.resume, args.overwrite, extra=RunPictures.files)
     if args.resume:  # the saved settings, and the data they were trained on (refused if they changed)
         model_config, data = run.settings(ModelConfig, "model"), load_data(run)
         train_config = _resumed(run, args)
@@ -84,7 +85,7 @@ def _train(args: argparse.Namespace) -> None:
     except NoSpaceError as full:
         then = (f"continue exactly with `pyrovae train --out {out} --resume`" if run.file(CHECKPOINT).exists()
                 else "train again")
-        raise NoSpaceError(f"{full}; free some space, then {then}") from None
+        raise NoSpaceError(f"{full}, then {then}") from None
     print(f"done: {out}  (next: pyrovae evaluate {out})")
 
 
@@ -133,9 +134,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     processes, device = join(resolve_device(settings.device))
     vae = load_run(args.run_dir, device, data=False).vae
     data = load_data(RunDir(args.run_dir))
-    out = Path(args.out or Path(args.run_dir) / EVAL)
-    if why := cannot_write(out.parent):
-        raise ValueError(f"cannot write {out} ({why}); write it elsewhere with --out FILE")
+    out = _output_file(args, default=Path(args.run_dir) / EVAL)
     split = getattr(data, settings.split)
     if settings.limit is not None:
         split = Split(split.x[:settings.limit], split.y[:settings.limit])
@@ -169,14 +168,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"written to {out}")
 
 
-def _output_file(args: argparse.Namespace, kinds: dict[str, str]) -> Path:
-    """``--out``, refused unless it ends in a suffix of ``kinds`` (each with what it writes) and its folder exists."""
-    out = Path(args.out)
-    if out.suffix not in kinds:
+def _output_file(args: argparse.Namespace, kinds: dict[str, str] | None = None, default: Path | None = None) -> Path:
+    """``--out`` (or ``default``), refused unless it ends in a suffix of ``kinds`` (each with what it writes; any
+    suffix without), its folder exists and takes files, and it is no folder itself."""
+    out = Path(args.out or default)
+    if kinds and out.suffix not in kinds:
         *others, last = (f"{suffix} ({kind})" for suffix, kind in kinds.items())
         raise ValueError(f"--out {out} must end in {', '.join(others)} or {last}")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder, not a file; remove it or write elsewhere with --out FILE")
+    if why := cannot_write(out.parent):
+        raise ValueError(f"cannot write {out} ({why}); write it elsewhere with --out FILE")
     return out
 
 
@@ -211,19 +215,27 @@ def _sample(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int, binary: bool = False) -> None:
     """Write ``n`` decoded prior draws, their means or with ``binary`` a Bernoulli draw of them, to the ``.npy`` or
-    ``.csv`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory)."""
+    ``.csv`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory), whole or not at all; refused before
+    any is drawn if the file cannot fit in the free space of its folder."""
+    npy, header = path.suffix == ".npy", io.BytesIO()
+    if npy:
+        fields = np.lib.format.header_data_from_array_1_0(np.empty((0, vae.x_dim), np.float32))
+        np.lib.format.write_array_header_1_0(header, {**fields, "shape": (n, vae.x_dim)})
+    size = len(header.getvalue()) + n * vae.x_dim * (4 if npy else 2)  # a .csv value takes 2 bytes or more
+    free = shutil.disk_usage(path.parent).free
+    if size > free:
+        raise ValueError(f"--n {n} samples take {'' if npy else 'at least '}{size:,} bytes in {path.name}, and "
+                         f"{path.parent} has {free:,} free; lower --n or write them elsewhere with --out FILE")
     labels = plots.sample_labels(vae, n, label)
-    npy = path.suffix == ".npy"
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, vae.x_dim)) if npy else None
-    with contextlib.nullcontext() if npy else path.open("w") as csv:
+    with atomic_file(path, size if npy else None) as file:
+        file.write(header.getvalue())
         for start in range(0, n, chunk):
             means = vae.sample(min(chunk, n - start), None if labels is None else labels[start:start + chunk])
-            rows = (torch.bernoulli(means) if binary else means).numpy()
+            rows = (torch.bernoulli(means) if binary else means).numpy().astype(np.float32, copy=False)
             if npy:
-                array[start:start + len(rows)] = rows
-                array.flush()
+                file.write(rows.tobytes())
             else:
-                np.savetxt(csv, rows, fmt="%.9g", delimiter=",")
+                np.savetxt(file, rows, fmt="%.9g", delimiter=",")
 
 
 def _encode(args: argparse.Namespace) -> None:
@@ -291,9 +303,12 @@ def _plot(args: argparse.Namespace) -> None:
                                    interpolate=args.interpolate and tuple(args.interpolate),
                                    elbo=loaded.config["train"]["elbo"])
     folder = Path(args.out_dir or args.run_dir)
-    with contextlib.suppress(OSError):  # if it cannot be made, cannot_write says why
+    try:
         folder.mkdir(parents=True, exist_ok=True)
-    if why := cannot_write(folder):
+        why = cannot_write(folder)
+    except OSError as error:
+        why = error.strerror
+    if why:
         raise ValueError(f"cannot write pictures into {folder} ({why}); draw them elsewhere with --out DIR")
     into_run = folder.resolve() == run.path.resolve()
     with RunWriter(run, setting="out_dir").writing() if into_run else contextlib.nullcontext():

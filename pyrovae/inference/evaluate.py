@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -25,7 +26,7 @@ from pyrovae.inference.importance import ImportanceSampler
 from pyrovae.memory import OutOfMemory, bytes_allocated, is_out_of_memory
 from pyrovae.model.vae import VAE
 from pyrovae.randomness import derived_seed, seeded, unchanged
-from pyrovae.settings import DEVICE_HELP, Device, check_choices, check_positive, setting
+from pyrovae.settings import DEVICE_HELP, Device, SettingError, check_choices, check_positive, setting
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ NO_MEMORY_LEFT = ("out of memory with a sample or two of an image or two; free m
                   "on another device")
 CPU_CHUNK_BYTES = 64 * 2**20
 """On a CPU, chunks stay below 64 MiB whatever the budget: bigger ones are slower (fresh pages faulted in)."""
+LONGEST = 24 * 3600
+"""Seconds an estimate of the log-likelihood may be projected to take: a day (papers' K = 5000 takes minutes)."""
 
 
 @dataclasses.dataclass
@@ -176,10 +179,9 @@ def _check_estimator(num_samples: int, memory_budget: float) -> None:
 @torch.no_grad()
 def _log_likelihood(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
                     progress: bool = False, note_chunks: bool = False) -> torch.Tensor:
-    """:func:`log_likelihood` of a sampler whose settings were checked; ``note_chunks`` says if samples split."""
-    particles, examples = chunk_shape(sampler, num_samples, memory_budget)
-    if note_chunks:
-        _note_chunks(particles, num_samples, sampler.x.device, memory_budget)
+    """:func:`log_likelihood` of a sampler whose settings were checked; ``note_chunks``: refused if too long
+    (:func:`_planned_chunks`), and said if samples split."""
+    particles, examples = (_planned_chunks if note_chunks else chunk_shape)(sampler, num_samples, memory_budget)
     with tqdm(total=len(sampler), disable=not progress, unit="example", desc=f"log p(x), K={num_samples}",
               dynamic_ncols=True) as bar:
         return _in_chunks(lambda part, particles: _log_mean_weight(sampler, part, num_samples, particles),
@@ -215,13 +217,27 @@ def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: flo
     return particles, max(1, min(len(sampler), pairs // particles))
 
 
-def _note_chunks(particles: int, num_samples: int, device: torch.device, memory_budget: float) -> None:
-    """Say so when chunking splits each example's ``num_samples`` samples into chunks of ``particles``."""
+def _planned_chunks(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
+                    scores: int = 1) -> tuple[int, int]:
+    """:func:`chunk_shape`, refused if one chunk's time projects the estimate (``scores`` per example: one per
+    class) to take longer than :data:`LONGEST`; noted when each example's samples are split."""
+    particles, examples = chunk_shape(sampler, num_samples, memory_budget)
+    chunks = -(-num_samples // particles) * -(-len(sampler) // examples) * scores
+    if chunks > 1:  # a single chunk is the estimate itself
+        with unchanged(sampler.x.device):
+            start = time.perf_counter()
+            _log_mean_weight(sampler, slice(0, examples), particles, particles).cpu()  # .cpu() waits for a GPU
+            took = time.perf_counter() - start
+        if took * chunks > LONGEST:
+            raise SettingError("num_samples", f"num_samples={num_samples} would take about {took * chunks / 3600:,.0f} "
+                                              f"hours here ({chunks:,} chunks of {took:.2g} s); lower num_samples "
+                                              f"(papers report K=5000)")
     if particles < num_samples:
-        budget = min(memory_budget, CPU_CHUNK_BYTES) if device.type == "cpu" else memory_budget
+        budget = min(memory_budget, CPU_CHUNK_BYTES) if sampler.x.device.type == "cpu" else memory_budget
         log.warning(f"num_samples={num_samples} samples of one image exceed one chunk of {budget / 2**20:.0f} MiB: "
                     f"each image's are drawn in {-(-num_samples // particles)} chunks of {particles} and combined "
                     f"exactly")
+    return particles, examples
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -316,8 +332,8 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     with evaluating(vae):
         batch_size = min(batch_size, chunk_shape(vae_sampler(vae, x, y), 1, memory_budget)[1])
         if num_samples:
-            _note_chunks(chunk_shape(vae_sampler(vae, x, y), num_samples, memory_budget)[0], num_samples, vae.device,
-                         memory_budget)
+            per_example = vae.num_classes if vae.conditional else 1
+            _planned_chunks(vae_sampler(vae, x, y), num_samples, memory_budget, per_example)
         with tqdm(total=sum(len(x[starts[b]:starts[b] + EVAL_BLOCK]) for b in mine), disable=not progress,
                   unit="example", desc=desc, dynamic_ncols=True) as bar:
             for block in mine:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pyrovae.files import cannot_write, temporary_name
 from pyrovae.runs.checkpoint import CheckpointError
 from pyrovae.runs.lock import RunLock
-from pyrovae.runs.rundir import CHECKPOINT, CONFIG, EVAL, METRICS, STALE_EVAL, RunDir
+from pyrovae.runs.rundir import BEST, CHECKPOINT, CONFIG, EVAL, METRICS, STALE_EVAL, RunDir
 from pyrovae.settings import SettingError
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,13 @@ class RunWriter:
         self.run, self.setting = run, setting
         self.path = run.path
 
-    def check(self, resume: bool = False, overwrite: bool = False) -> None:
+    def check(self, resume: bool = False, overwrite: bool = False, extra: Iterable[str] = ()) -> None:
         """Refuse, reading only, a folder that training may not write: under the lock, before any work (and, in
         the CLI, once more before any data are read).
 
         The folder must be writable (or creatable) and hold no earlier run unless it is
-        resumed (``resume``) or replaced (``overwrite``). Messages name the settings of
+        resumed (``resume``) or replaced (``overwrite``); none of the run's files, nor the ``extra``
+        names written there too, may be a folder. Messages name the settings of
         :func:`~pyrovae.training.loop.fit`: ``run_dir``, ``resume``, ``overwrite``.
         """
         if resume and overwrite:
@@ -44,6 +45,11 @@ class RunWriter:
         if self.path.exists() and not self.path.is_dir():
             raise SettingError("run_dir", f"run_dir {self.path} is a file, not a folder; choose a folder for the "
                                           f"run directory")
+        folder = next((name for name in (CONFIG, CHECKPOINT, BEST, METRICS, EVAL, STALE_EVAL, *extra)
+                       if self.run.file(name).is_dir()), None)
+        if folder:
+            raise SettingError("run_dir", f"{self.run.file(folder)} is a folder where the run writes a file; remove "
+                                          f"it or choose another run_dir folder")
         holds_run = self.run.file(CHECKPOINT).exists() or self.run.file(CONFIG).exists()
         if resume and not self.run.file(CHECKPOINT).exists():
             raise CheckpointError(f"resume=True found no {CHECKPOINT} in {self.path}; train there without "
