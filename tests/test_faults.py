@@ -267,7 +267,7 @@ CONFIG_DAMAGE = {
                            "unknown likelihood 'poisson'"),
     "unknown key": (lambda run: edit_config(run, lambda c: c["model"].update(exec="import os")),
                     "unknown key.*'exec'"),
-    "wrong type": (lambda run: edit_config(run, lambda c: c["model"].update(z_dim="2")), "'z_dim' must be int"),
+    "wrong type": (lambda run: edit_config(run, lambda c: c["model"].update(z_dim="2")), "z_dim must be int"),
     "bad value": (lambda run: edit_config(run, lambda c: c["model"].update(z_dim=-1)), "z_dim must be at least 1"),
     "bad data section": (lambda run: edit_config(run, lambda c: c["data"].update(dataset="etc")),
                          "unknown dataset"),

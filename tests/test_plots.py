@@ -262,3 +262,9 @@ def test_plot_command_labels_the_curves_for_the_runs_objective(tmp_path, monkeyp
     monkeypatch.setattr(plots, "training_curves_figure", lambda *args: drawn.append(args) or Figure())
     assert main(["plot", str(out), "--only", "training_curves"]) == 0
     assert drawn[0][1] == "iwae"
+
+
+def test_interpolation_does_not_apply_to_a_test_split_of_one_image(small_vae):
+    one, two = (Split(torch.rand(n, 16), torch.ones(n, dtype=torch.long)) for n in (1, 2))
+    assert "one image" in plots.unavailable_pictures(small_vae, one, [], (1, 4, 4))["interpolation"]
+    assert "interpolation" not in plots.unavailable_pictures(small_vae, two, [], (1, 4, 4))

@@ -164,6 +164,9 @@ def test_a_damaged_metrics_line_is_named_and_only_what_reads_metrics_is_stopped(
     assert "metrics.jsonl line 2" in one_line(error)
     refused_in_one_line(["plot", str(run), "--only", "training_curves"], capsys, "metrics.jsonl line 2")
     assert load_run(run, data=False, metrics=False).metrics is None  # what evaluate and sample ask for
+    for command, out in (("evaluate", "e.json"), ("sample", "s.npy"), ("encode", "z.npy"), ("reconstruct", "r.npy")):
+        flags = ["--elbo-only", "--limit", "5", "--no-progress"] if command == "evaluate" else []
+        assert main([command, str(run), *flags, "--out", str(run.parent / out)]) == 0, command
 
 
 # --- item 14: the device is checked before the checkpoint is blamed -------------------------------
@@ -189,12 +192,13 @@ def test_a_run_on_a_relative_dataset_path_loads_from_any_working_directory(tmp_p
     assert len(loaded.data.train) + len(loaded.data.val) + len(loaded.data.test) == 60
 
 
-def test_an_empty_run_directory_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+def test_an_empty_run_directory_is_refused_and_nothing_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # where an empty path would put the run
     vae = build_vae(ModelConfig(image_shape=(1, 4, 4), z_dim=2, hidden=(8,)))
     with pytest.raises(ValueError) as error:
         fit(vae, torch.rand(40, 4, 4), TrainConfig(epochs=1, device="cpu"), run_dir="", progress=False)
     assert "empty" in one_line(error)
+    refused_in_one_line(["train", "--epochs", "1", "--out", ""], capsys, "empty")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -267,7 +267,8 @@ def test_in_flags_rewrites_python_names_and_nothing_else(text, settings, expecte
 @pytest.mark.parametrize("argv,parts", [
     (["train", "--prior", "mixtur"], ["pyrovae train: error: ", "--prior", "'mixtur'", "standard, class-means, "
                                       "mixture, vamp", "did you mean 'mixture'?"]),
-    (["trian"], ["pyrovae: error: ", "'trian'", "train, evaluate, sample, encode, reconstruct, plot", "did you mean 'train'?"]),
+    (["trian"], ["pyrovae: error: ", "'trian'", "train, evaluate, sample, encode, reconstruct, plot",
+                 "did you mean 'train'?"]),
     (["plot", "RUN", "--only", "samples", "manifol"], ["pyrovae plot: error: ", "--only", "did you mean 'manifold'?"]),
     (["train", "--z-dim", "two"], ["pyrovae train: error: ", "--z-dim", "'two'"]),
     (["train", "--zdim", "3"], ["pyrovae train: error: unrecognized arguments: --zdim 3", "did you mean '--z-dim'?"]),

@@ -60,8 +60,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume and args.run_dir is None:
         raise ValueError("resume=True needs run_dir=DIR, the run directory to continue")
     processes, _ = join(resolve_device(args.device))
-    out = Path(from_main(args.run_dir or default_run_dir(), processes))
-    run = RunDir(out)
+    run = RunDir(from_main(default_run_dir() if args.run_dir is None else args.run_dir, processes))
+    out = run.path
     if processes.is_main:  # refused before any data are read; fit checks again, under the run's lock
         RunWriter(run).check(args.resume, args.overwrite, extra=RunPictures.files)
     if args.resume:  # the saved settings, and the data they were trained on (refused if they changed)
@@ -132,7 +132,7 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
 def _evaluate(args: argparse.Namespace) -> None:
     settings = from_args(EvaluateConfig, args)
     processes, device = join(resolve_device(settings.device))
-    vae = load_run(args.run_dir, device, data=False).vae
+    vae = load_run(args.run_dir, device, data=False, metrics=False).vae
     data = load_data(RunDir(args.run_dir))
     out = _output_file(args, default=Path(args.run_dir) / EVAL)
     split = getattr(data, settings.split)
@@ -190,7 +190,7 @@ def _sample(args: argparse.Namespace) -> None:
     if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
         raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
-    run = load_run(args.run_dir, data=False)
+    run = load_run(args.run_dir, data=False, metrics=False)
     vae, image_shape, likelihood = run.vae, run.config["model"]["image_shape"], run.config["model"]["likelihood"]
     if out.suffix == ".png" and (plots.is_table(image_shape) or args.binary):
         why = "a .png grid shows the means, not --binary draws" if args.binary else plots.TABLE
@@ -241,7 +241,7 @@ def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int, b
 def _encode(args: argparse.Namespace) -> None:
     out = _output_file(args, {".npy": "one record per example", ".npz": "one array per field"})
     check_positive(args, "limit")
-    loaded = load_run(args.run_dir)
+    loaded = load_run(args.run_dir, metrics=False)
     split = getattr(loaded.data, args.split)
     x, y = split.x[:args.limit], split.y[:args.limit]
     loc, scale = posteriors(loaded.vae, as_floats(x))
@@ -268,7 +268,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     if out.suffix == ".png" and n > plots.MAX_GRID_IMAGES // 2:
         raise ValueError(f"--n {n} is too many images for one readable .png (at most {plots.MAX_GRID_IMAGES // 2}); "
                          f"write them to an .npy file instead")
-    loaded = load_run(args.run_dir)
+    loaded = load_run(args.run_dir, metrics=False)
     split, image_shape = getattr(loaded.data, args.split), loaded.config["model"]["image_shape"]
     x, y = as_floats(split.x[:n]), split.y[:n]
     y = None if loaded.vae.classifier is not None else y  # as the run's picture: a classifier's own labels

@@ -385,7 +385,7 @@ def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]
                          image_shape: Sequence[int] = (1, 28, 28)) -> dict[str, str]:
     """The pictures that do not apply to this run, each with the reason."""
     reasons = {"training_curves": (not metrics, "metrics.jsonl has no epochs yet"),
-               "interpolation": (test.y is None, "the test split has no labels"),
+               "interpolation": (test.y is None or len(test) < 2, "the test split has no labels or one image"),
                "class_samples": (not vae.conditional,
                                  "the model is not conditional (prior='class-means', or decoder_conditioning=True)")}
     unavailable = {name: reason for name, (missing, reason) in reasons.items() if missing}
