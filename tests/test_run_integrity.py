@@ -120,6 +120,10 @@ CRAFTED = {
     "partial": lambda checkpoint: setattr(checkpoint.progress, "partial", {"foo": 1}),
     "partial step": lambda checkpoint: setattr(checkpoint.progress, "partial", partial_epoch(step=10**12)),
     "metrics": lambda checkpoint: setattr(checkpoint.progress, "metrics", [1, 2, 3]),
+    "epoch": lambda checkpoint: setattr(checkpoint.progress, "epoch", -1),
+    "skipped": lambda checkpoint: setattr(checkpoint.progress, "skipped", -5),
+    "kl_weight": lambda checkpoint: setattr(checkpoint.progress, "kl_weight", torch.tensor(float("nan"))),
+    "kl_weight of three": lambda checkpoint: setattr(checkpoint.progress, "kl_weight", torch.zeros(3)),
 }
 
 

@@ -51,7 +51,7 @@ class RunPictures(Callback):
         self.vae, self.data, self.run, self.image_shape = vae, data, run, image_shape
 
     def training_done(self, trained: list[dict[str, float]]) -> None:
-        options = plots.PictureOptions(elbo=self.run.read_config()["train"]["elbo"])
+        options = plots.PictureOptions(elbo=self.run.settings(TrainConfig, "train").elbo)
         plots.save_run_pictures(self.vae, self.data.test, self.image_shape, self.run.path,
                                 metrics=self.run.read_metrics(), options=options)
 
@@ -191,7 +191,7 @@ def _sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
     run = load_run(args.run_dir, data=False, metrics=False)
-    vae, image_shape, likelihood = run.vae, run.config["model"]["image_shape"], run.config["model"]["likelihood"]
+    vae, image_shape, likelihood = run.vae, run.vae.config.image_shape, run.vae.config.likelihood
     if out.suffix == ".png" and (plots.is_table(image_shape) or args.binary):
         why = "a .png grid shows the means, not --binary draws" if args.binary else plots.TABLE
         raise ValueError(f"--out {out}: {why}; write the samples to an .npy or .csv file")
@@ -269,7 +269,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
         raise ValueError(f"--n {n} is too many images for one readable .png (at most {plots.MAX_GRID_IMAGES // 2}); "
                          f"write them to an .npy file instead")
     loaded = load_run(args.run_dir, metrics=False)
-    split, image_shape = getattr(loaded.data, args.split), loaded.config["model"]["image_shape"]
+    split, image_shape = getattr(loaded.data, args.split), loaded.vae.config.image_shape
     x, y = as_floats(split.x[:n]), split.y[:n]
     y = None if loaded.vae.classifier is not None else y  # as the run's picture: a classifier's own labels
     if out.suffix == ".png":
@@ -297,11 +297,11 @@ def _plot(args: argparse.Namespace) -> None:
     if args.tensorboard:
         check_installed()
     loaded = load_run(args.run_dir, resolve_device(args.device))
-    vae, data, image_shape = loaded.vae, loaded.data, loaded.config["model"]["image_shape"]
+    vae, data, image_shape = loaded.vae, loaded.data, loaded.vae.config.image_shape
     run = RunDir(args.run_dir)
     options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, seed=args.seed,
                                    interpolate=args.interpolate and tuple(args.interpolate),
-                                   elbo=loaded.config["train"]["elbo"])
+                                   elbo=run.settings(TrainConfig, "train").elbo)
     folder = Path(args.out_dir or args.run_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -99,8 +99,12 @@ class Checkpoint:
                 problem = "lacks" if name not in state else "has a malformed"
                 raise CheckpointError(f"{path} {problem} entry {name!r}, so it is not a pyrovae checkpoint; "
                                       f"train again or restore a copy")
+        weight = state["kl_weight"]
         problems = {"model": _weights_problem(state["model"]), "rng": rng_state_problem(state["rng"]),
-                    "metrics": next(filter(None, map(metrics_row_problem, state["metrics"])), None)}
+                    "metrics": next(filter(None, map(metrics_row_problem, state["metrics"])), None),
+                    "kl_weight": None if weight.numel() == 1 and weight.isfinite().all() and weight >= 0
+                    else "not one finite number >= 0",
+                    **{name: "a negative count" for name in ("epoch", "skipped") if state[name] < 0}}
         for name, problem in problems.items():
             if problem is not None:
                 raise CheckpointError(f"{path} has a malformed entry {name!r} ({problem}); train again or restore "
