@@ -175,12 +175,12 @@ def test_a_damaged_metrics_line_is_named_and_only_what_reads_metrics_is_stopped(
 
 # --- item 14: the device is checked before the checkpoint is blamed -------------------------------
 
-@pytest.mark.parametrize("device", ["tpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    torch.cuda.is_available(), reason="this machine has a GPU"))])
+@pytest.mark.parametrize("device", ["tpu", *(pytest.param(cuda, marks=pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this machine has a GPU")) for cuda in ("cuda", torch.device("cuda")))])
 def test_a_device_this_machine_lacks_is_named_not_the_checkpoint(trained, device):
     with pytest.raises(ValueError) as error:
         load_run(trained, device=device, data=False)
-    assert device in one_line(error) and "checkpoint" not in str(error.value)
+    assert str(device) in one_line(error) and "checkpoint" not in str(error.value)
 
 
 # --- item 18: run-directory paths -----------------------------------------------------------------

@@ -44,6 +44,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = 
     :class:`~pyrovae.data.datasets.DataNotFoundError`; a device this machine lacks, ``ValueError``.
     """
     device = resolve_device(device) if isinstance(device, str) else device
+    if device.type == "cuda":  # a GPU this machine lacks is named, not blamed on the checkpoint
+        resolve_device("cuda")
     run = RunDir(path)
     config = run.read_config()
     model_config = run.settings(ModelConfig, "model")
