@@ -118,9 +118,13 @@ def _trace_sum(trace: poutine.Trace, layout: Layout) -> torch.Tensor:
                for site in _sample_sites(trace).values())
 
 
-def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, layout: Layout,
-                           model_args: Sequence = (), model_kwargs: dict | None = None) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, len(x))``."""
+Traces = tuple[poutine.Trace, poutine.Trace]
+"""A guide's trace and the model's trace replayed on it."""
+
+
+def importance_traces(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, layout: Layout,
+                      model_args: Sequence = (), model_kwargs: dict | None = None) -> Traces:
+    """The guide's trace of z_k ~ q(z|x), k = 1..num_particles, and the model's replayed on it."""
     model_kwargs = model_kwargs or {}
     with pyro.plate(PARTICLES, num_particles, dim=layout.particle_dim):
         guide_trace = poutine.trace(guide).get_trace(x, *model_args, **model_kwargs)
@@ -128,13 +132,26 @@ def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, nu
         if layout.enumerated:
             replayed = poutine.enum(replayed, first_available_dim=layout.particle_dim - 1)
         model_trace = poutine.trace(replayed).get_trace(x, *model_args, **model_kwargs)
+    return guide_trace, model_trace
+
+
+def trace_weights(guide_trace: poutine.Trace, model_trace: poutine.Trace, layout: Layout, num_particles: int,
+                  n: int) -> torch.Tensor:
+    """log p(x, z_k) - log q(z_k|x) of :func:`importance_traces`, shape ``(num_particles, n)``."""
     log_p = _trace_sum(model_trace, layout)
     enumeration_dims = list(range(log_p.dim() + layout.particle_dim))  # every dim left of the particles
     if enumeration_dims:
         log_p = log_p.logsumexp(enumeration_dims)
     weights = log_p - _trace_sum(guide_trace, layout)
     weights = weights.reshape(weights.shape[layout.particle_dim], weights.shape[layout.data_dim])
-    return weights.expand(num_particles, len(x))
+    return weights.expand(num_particles, n)
+
+
+def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, layout: Layout,
+                           model_args: Sequence = (), model_kwargs: dict | None = None) -> torch.Tensor:
+    """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape ``(num_particles, len(x))``."""
+    traces = importance_traces(model, guide, x, num_particles, layout, model_args, model_kwargs)
+    return trace_weights(*traces, layout, num_particles, len(x))
 
 
 class ImportanceSampler:
@@ -154,7 +171,12 @@ class ImportanceSampler:
 
     def log_weights(self, examples: slice, num_particles: int) -> torch.Tensor:
         """``(num_particles, n)`` log weights of the examples ``x[examples]``."""
+        return trace_weights(*self.traces(examples, num_particles), self.layout, num_particles,
+                             len(self.x[examples]))
+
+    def traces(self, examples: slice, num_particles: int) -> Traces:
+        """The guide's and the model's traces of ``num_particles`` draws for the examples ``x[examples]``."""
         n = len(self.x)
-        return log_importance_weights(self.model, self.guide, self.x[examples], num_particles, self.layout,
-                                      split_examples(self.model_args, n, examples),
-                                      split_examples(self.model_kwargs, n, examples))
+        return importance_traces(self.model, self.guide, self.x[examples], num_particles, self.layout,
+                                 split_examples(self.model_args, n, examples),
+                                 split_examples(self.model_kwargs, n, examples))
