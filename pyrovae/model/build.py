@@ -18,6 +18,7 @@ from pyrovae.model.nets import ConvClassifier, ConvDecoder, ConvEncoder, MLPClas
 from pyrovae.model.posteriors import DiagonalPosterior, FlowPosterior, context_size
 from pyrovae.model.priors import ClassMeansPrior, MixturePrior, StandardNormalPrior, VampPrior
 from pyrovae.model.size import refuse_beyond, weight_bytes
+from pyrovae.model.tables import TableLikelihood, TableVAE, table_encoder
 from pyrovae.model.two_layer import TwoLayerVAE
 from pyrovae.model.vae import VAE
 
@@ -75,11 +76,24 @@ def check_fits(config: ModelConfig, device: torch.device | None = None, copies: 
         refuse_beyond(config, copies * (weight_bytes(config) + flow_bytes(config)), device, what)
 
 
+def build_table_vae(config: ModelConfig) -> TableVAE:
+    """A fresh :class:`~pyrovae.model.tables.TableVAE` of the table whose column types are ``config.columns``."""
+    nets = dict(hidden=config.hidden, activation=config.activation)
+    likelihood = TableLikelihood(config.columns, config.likelihood_scale, config.learn_scale)
+    encoder = table_encoder(config.columns, config.z_dim, **nets, context_dim=context_size(config.guide, config.z_dim))
+    decoder = MLPDecoder(config.z_dim, likelihood.num_params, **nets)
+    return TableVAE(encoder, decoder, config.z_dim, likelihood, prior=build_prior(config, encoder), config=config,
+                    posterior=build_posterior(config, config.z_dim))
+
+
 def build_vae(config: ModelConfig) -> VAE:
-    """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``) as ``config``
-    names it, its unset few-label settings as for every label kept; :class:`~pyrovae.memory.TooBig` if it cannot
-    fit in memory (:func:`check_fits`)."""
+    """A fresh :class:`VAE` (a :class:`~pyrovae.model.two_layer.TwoLayerVAE` for ``latent_layers=2``, a
+    :class:`~pyrovae.model.tables.TableVAE` for a table's ``columns``) as ``config`` names it, its unset few-label
+    settings as for every label kept; :class:`~pyrovae.memory.TooBig` if it cannot fit in memory
+    (:func:`check_fits`)."""
     check_fits(config)
+    if config.columns is not None:
+        return build_table_vae(config)
     config = config.with_label_defaults()
     likelihood = build_likelihood(config)
     z_dim = config.lower_dim  # the layer that the encoder and the decoder face

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
+from pyrovae.model.columns import parse_column
 from pyrovae.model.likelihoods import LEARN_SCALE, LIKELIHOODS
 from pyrovae.model.nets import ACTIVATIONS
 from pyrovae.model.posteriors import GUIDES
@@ -52,15 +53,20 @@ class ModelConfig:
     likelihood: Likelihood = setting("bernoulli", "p(x|z): bernoulli for binary pixels, continuous-bernoulli for "
                                                   "grayscale pixels in [0, 1], discretized-logistic for 8-bit "
                                                   "pixels (exact bits per dimension), gaussian or laplace for any "
-                                                  "real values")
+                                                  "real values; table for the columns of a table, each its own "
+                                                  "(from the data)")
     likelihood_scale: float = setting(0.1, "scale S of the gaussian (variance S^2) or laplace likelihood; its "
                                            "initial value when the scale is learned", metavar="S")
     learn_scale: LearnScale | None = setting(None, "learn the gaussian/laplace scale: one per pixel, or predicted "
                                                    "by the decoder for every image (discretized-logistic: always "
-                                                   "learned, by default by the decoder)")
+                                                   "learned, by default by the decoder; table: by default one per "
+                                                   "column)")
     grayscale_targets: bool = setting(False, "let the Bernoulli likelihood score grayscale pixels in [0, 1] "
                                              "(then not a normalized log-likelihood)", from_data=True)
     num_classes: int | None = setting(None, "the number of labels, which a conditional model needs", from_data=True)
+    columns: Sequence[str] | None = setting(None, "a table's column types, one per column: real, positive, count, "
+                                                  "binary or categorical:L (L levels); a table model has "
+                                                  "likelihood='table'", from_data=True)
     decoder_conditioning: bool = setting(False, "also feed one-hot y to the decoder, p(x|z, y) (the classic CVAE)")
     class_means_init: float | None = setting(None, f"standard deviation S of the draw of the initial class means "
                                                    f"of prior='class-means': apart (3) with labels, close (0.3) to "
@@ -112,7 +118,11 @@ class ModelConfig:
             raise SettingError("hidden", f"hidden must hold positive layer sizes, got {list(self.hidden)}")
         if self.likelihood == "discretized-logistic" and self.learn_scale is None:
             self.learn_scale = "decoder"  # its scale is always learned
-        if self.learn_scale is not None and self.likelihood not in ("gaussian", "laplace", "discretized-logistic"):
+        self._check_table()
+        if self.likelihood == "table" and self.learn_scale is None:
+            self.learn_scale = "pixel"  # one per column: a fixed scale cannot suit every standardized column
+        if self.learn_scale is not None and self.likelihood not in ("gaussian", "laplace", "discretized-logistic",
+                                                                    "table"):
             raise ValueError(f"learn_scale={self.learn_scale!r} needs the gaussian, laplace or discretized-logistic "
                              f"likelihood, not {self.likelihood}; add likelihood='gaussian' or likelihood='laplace'")
         if self.conditional and (self.num_classes is None or self.num_classes < 2):
@@ -142,6 +152,34 @@ class ModelConfig:
         if self.label_guide == "classifier" and self.prior == "vamp":
             raise SettingError("label_guide", "label_guide='classifier' makes the encoder read y, and the vamp prior "
                                               "runs the encoder on pseudo-inputs without labels; choose another prior")
+
+    def _check_table(self) -> None:
+        """Refuse ``columns`` without the table likelihood or with settings that a table model does not take yet."""
+        if self.columns is None:
+            if self.likelihood == "table":
+                raise SettingError("likelihood", "likelihood='table' needs columns, the column types of a table (its "
+                                                 "Dataset.columns); train on a .csv or .parquet table")
+            return
+        self.columns = tuple(self.columns)
+        if not self.columns:
+            raise SettingError("columns", "columns is empty; a table needs at least one column")
+        for spec in self.columns:
+            try:
+                parse_column(spec)
+            except ValueError as error:
+                raise SettingError("columns", str(error)) from None
+        if self.likelihood != "table":
+            raise SettingError("likelihood", f"columns describe a table, whose likelihood is 'table', not "
+                                             f"{self.likelihood!r}; set likelihood='table'")
+        if self.image_shape != (1, 1, len(self.columns)):
+            raise SettingError("image_shape", f"a table of {len(self.columns)} columns has image_shape "
+                                              f"(1, 1, {len(self.columns)}), got {list(self.image_shape)}")
+        unsupported = {"net": self.net != "mlp", "prior": self.prior in ("vamp", *LABEL_PRIORS),
+                       "decoder_conditioning": self.decoder_conditioning, "latent_layers": self.latent_layers != 1}
+        name = next((name for name, refused in unsupported.items() if refused), None)
+        if name is not None:
+            raise SettingError(name, f"a table model does not take {name}={getattr(self, name)!r} yet; leave "
+                                     f"{name} at its default ({getattr(ModelConfig, name)!r})")
 
     @property
     def x_dim(self) -> int:

@@ -14,8 +14,9 @@ from torch import nn
 
 from pyrovae.model.nets import MIN_SCALE, gaussian_parameters, inverse_softplus
 
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace", "discretized-logistic")
-"""Names of the built-in likelihoods, as ``--likelihood`` takes them."""
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian", "laplace", "discretized-logistic", "table")
+"""Names of the built-in likelihoods, as ``--likelihood`` takes them (``table``: a likelihood per column of a table,
+:mod:`pyrovae.model.tables`)."""
 LEARN_SCALE = ("pixel", "decoder")
 """How a Gaussian, Laplace or logistic scale is learned: one per pixel, or predicted by the decoder per image."""
 LEVELS = 256
