@@ -11,9 +11,11 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
 import pyrovae
+from pyrovae.inference.objectives import IWAEBound, MeanFieldELBO
 from pyrovae.model.build import build_vae
 from pyrovae.model.columns import TableLikelihood, parse_column
 from pyrovae.model.config import ModelConfig
+from pyrovae.model.priors import VampPrior
 from pyrovae.model.tables import TableInputs, TableVAE, table_encoder
 from pyrovae.settings import SettingError
 
@@ -136,8 +138,12 @@ def test_the_importance_estimate_is_factor_analysis_log_p_of_the_observed_cells(
         assert abs(value.item() - marginal.log_prob(row[seen]).item()) < 0.05
 
 
-@pytest.mark.parametrize("settings", [{}, {"guide": "iaf", "prior": "mixture", "prior_components": 2}])
-def test_training_on_a_mixed_table_with_missing_cells_lowers_the_loss(settings):
+@pytest.mark.parametrize("settings, loss", [
+    ({}, Trace_ELBO()),
+    ({"learn_scale": "decoder"}, MeanFieldELBO()),
+    ({"guide": "iaf", "prior": "mixture", "prior_components": 2}, IWAEBound(num_particles=4)),  # MIWAE
+])
+def test_training_on_a_mixed_table_with_missing_cells_lowers_the_loss(settings, loss):
     pyro.clear_param_store()
     torch.manual_seed(0)
     n = 64
@@ -150,7 +156,7 @@ def test_training_on_a_mixed_table_with_missing_cells_lowers_the_loss(settings):
                          likelihood_scale=1.0, **settings)
     vae = build_vae(config)
     vae.check_data(x)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.02}), loss)
     losses = [svi.step(x) for _ in range(150)]
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 1.0 * n
     assert torch.isfinite(pyrovae.log_likelihood(vae, x, num_samples=20)).all()
@@ -213,4 +219,4 @@ def test_a_table_model_refuses_labels_and_the_vamp_prior():
     with pytest.raises(ValueError, match="reads no labels"):
         TableVAE(encoder, decoder, 2, likelihood, decoder_conditioning=True, num_classes=2)
     with pytest.raises(ValueError, match="vamp"):
-        TableVAE(encoder, decoder, 2, likelihood, prior=pyrovae.model.priors.VampPrior(encoder, 1, 2))
+        TableVAE(encoder, decoder, 2, likelihood, prior=VampPrior(encoder, 1, 2))

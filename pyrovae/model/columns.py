@@ -76,7 +76,7 @@ class TableLikelihood(nn.Module):
     The decoder emits, type by type: real locs (then raw scales, with ``learn_scale="decoder"``), positive columns'
     log-locs (and raw scales), count log-rates, binary logits, and each categorical column's L logits. The scales of
     real and positive columns are fixed (``learn_scale=None``), learned per column (``"pixel"``) or predicted by the
-    decoder (``"decoder"``), as the Gaussian likelihood's of images.
+    decoder (``"decoder"``), as ``learn_scale`` says for the Gaussian likelihood of images.
     """
 
     def __init__(self, columns: Sequence[str], scale: float = 1.0, learn_scale: str | None = "pixel"):
@@ -90,35 +90,36 @@ class TableLikelihood(nn.Module):
                        len(group) * (self.scales[kind].params_per_pixel if kind in self.scales else 1)
                        for kind, group in self.groups.items()}
         self.num_params = sum(self.widths.values())
+        # where each column lies: its type, its place among that type's columns, its levels
+        place = {j: (kind, p) for kind, group in self.groups.items() for p, j in enumerate(group)}
+        self.places = [(*place[j], parse_column(spec)[1]) for j, spec in enumerate(self.columns)]
 
-    def parameters_of(self, params: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
-        """Each type's parameters, its columns last (categorical: then the padded levels)."""
-        blocks = dict(zip(self.widths, params.split(list(self.widths.values()), dim=-1)))
+    def cell_parameters(self, params: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Each type's parameters from the decoder's outputs, ``(loc, scale)``, ``(rate,)`` or ``(logits,)``, its
+        columns last (categorical: then the padded levels)."""
         parameters = {}
-        for kind, block in blocks.items():
+        for kind, block in zip(self.widths, params.split(list(self.widths.values()), dim=-1)):
             if kind in self.scales:
                 loc, scale = self.scales[kind].loc_and_scale(block)
                 parameters[kind] = loc, scale.expand_as(loc)
+            elif kind == "count":
+                parameters[kind] = (block.exp(),)  # from log-rates
+            elif kind == "categorical":
+                parameters[kind] = (self.levels.pad(block),)
             else:
-                parameters[kind] = (block.exp() if kind == "count" else
-                                    self.levels.pad(block) if kind == "categorical" else block),
+                parameters[kind] = (block,)  # binary logits
         return parameters
 
     def forward(self, params: torch.Tensor) -> dict[str, dist.TorchDistribution]:
         """Each type's distribution, batch shape ``(..., N, columns of the type)``."""
-        return {kind: family(kind, *parameters) for kind, parameters in self.parameters_of(params).items()}
+        return {kind: family(kind, *parameters) for kind, parameters in self.cell_parameters(params).items()}
 
     def column_distributions(self, params: torch.Tensor) -> list[dist.TorchDistribution]:
         """One distribution per column, in the table's order, batch shape ``(..., N)``."""
-        parameters = self.parameters_of(params)
-        place = {j: (kind, p) for kind, group in self.groups.items() for p, j in enumerate(group)}
-        columns = []
-        for j in range(len(self.columns)):
-            kind, p = place[j]
-            levels = parse_column(self.columns[j])[1]
-            cells = [value[..., p, :levels] if kind == "categorical" else value[..., p] for value in parameters[kind]]
-            columns.append(family(kind, *cells))
-        return columns
+        parameters = self.cell_parameters(params)
+        return [family(kind, *(value[..., p, :levels] if kind == "categorical" else value[..., p]
+                               for value in parameters[kind]))
+                for kind, p, levels in self.places]
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z] of every column, ``(..., N, C)``: a categorical column's most probable level instead."""
