@@ -53,10 +53,11 @@ class ModelConfig:
     likelihood: Likelihood = setting("bernoulli", "p(x|z): bernoulli for binary pixels, continuous-bernoulli for "
                                                   "grayscale pixels in [0, 1], discretized-logistic for 8-bit "
                                                   "pixels (exact bits per dimension), gaussian or laplace for any "
-                                                  "real values; table for the columns of a table, each its own "
-                                                  "(from the data)")
-    likelihood_scale: float = setting(0.1, "scale S of the gaussian (variance S^2) or laplace likelihood; its "
-                                           "initial value when the scale is learned", metavar="S")
+                                                  "real values; table for a table, a likelihood per column type "
+                                                  "(with a .csv or .parquet dataset)")
+    likelihood_scale: float = setting(0.1, "scale S of the gaussian (variance S^2) or laplace likelihood (table: "
+                                           "of its real and positive columns); its initial value when the scale "
+                                           "is learned", metavar="S")
     learn_scale: LearnScale | None = setting(None, "learn the gaussian/laplace scale: one per pixel, or predicted "
                                                    "by the decoder for every image (discretized-logistic: always "
                                                    "learned, by default by the decoder; table: by default one per "
