@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
 from torch.utils.data import Subset
 
+from pyrovae.data import tables
 from pyrovae.data.idx import DataNotFoundError as DataNotFoundError  # pyrovae.DataNotFoundError
 from pyrovae.data.idx import find_idx_files, read_idx
 from pyrovae.data.sources import (
@@ -31,10 +32,13 @@ from pyrovae.data.sources import (
     read_source,
     resized,
 )
-from pyrovae.data.splits import shuffled_cut, validation_indices
+from pyrovae.data.splits import held_out_test, shuffled_cut, validation_indices
 from pyrovae.data.streaming import MEMORY_SHARE, Storage, StreamedSplit, default_workers, streams
 from pyrovae.memory import free_bytes, in_bytes
 from pyrovae.settings import SettingError, check_choices, setting
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 """The bundled datasets' names; ``dataset`` also takes a path or ``torchvision:NAME``."""
@@ -54,8 +58,9 @@ class DataConfig:
     dataset: str = setting("digits", "digits is bundled with scikit-learn (no download); mnist and fashion-mnist "
                                      "are read from IDX files or downloaded; or your own data: a .npy/.npz file of "
                                      "(N, D), (N, H, W) or (N, C, H, W) arrays (uint8 pixels or floats, labels "
-                                     "under 'y'), a folder of images in class subfolders, or torchvision:NAME (any "
-                                     "torchvision dataset class, e.g. torchvision:CIFAR10)", metavar="NAME|PATH")
+                                     "under 'y'), a .csv or .parquet table (see column_types), a folder of images "
+                                     "in class subfolders, or torchvision:NAME (any torchvision dataset class, e.g. "
+                                     "torchvision:CIFAR10)", metavar="NAME|PATH")
     data_dir: str | None = setting(None, "folder holding the four IDX files of mnist or fashion-mnist "
                                          "(train-images-idx3-ubyte, ...; .gz or not), or the root of a "
                                          "torchvision:NAME dataset", metavar="DIR")
@@ -79,6 +84,9 @@ class DataConfig:
                                                "machine or of the training GPU)", metavar="GIB")
     workers: int | None = setting(None, "DataLoader worker processes that read streamed batches (default: one per "
                                         "spare core, at most 4)", metavar="N")
+    column_types: str | None = setting(None, "the types of a .csv or .parquet table's columns where the inferred ones "
+                                             "do not fit, as NAME=TYPE,NAME=TYPE; types: real, positive, count, "
+                                             "binary, categorical", metavar="NAME=TYPE,...")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -86,8 +94,8 @@ class DataConfig:
         if is_path and not ("/" in self.dataset or Path(self.dataset).suffix or Path(self.dataset).exists()):
             close = difflib.get_close_matches(self.dataset, DATASETS, n=1)
             guess = f"; did you mean {close[0]!r}?" if close else ""
-            raise SettingError("dataset", f"unknown dataset {self.dataset!r}: choose {', '.join(DATASETS)}, a .npy or "
-                                          f".npz file, a folder of images, or torchvision:NAME{guess}")
+            raise SettingError("dataset", f"unknown dataset {self.dataset!r}: choose {', '.join(DATASETS)}, a "
+                                          f".npy/.npz/.csv/.parquet file, an image folder, or torchvision:NAME{guess}")
         if (self.dataset == "digits" or is_path) and self.data_dir is not None:
             what = ("the digits dataset is bundled with scikit-learn and reads no files" if self.dataset == "digits"
                     else f"dataset={self.dataset!r} names its own files")
@@ -105,6 +113,7 @@ class DataConfig:
                                                f"{self.memory_limit}")
         if self.workers is not None and self.workers < 0:
             raise SettingError("workers", f"workers counts processes and cannot be negative, got {self.workers}")
+        tables.check_table_settings(self)
         if self.storage == "stream" and self.binarize == "static":
             raise SettingError("binarize", "binarize='static' draws every training image once, in memory; with "
                                            "storage='stream' use binarize='dynamic' (a fresh draw per batch)",
@@ -113,13 +122,15 @@ class DataConfig:
 
 @dataclasses.dataclass
 class Split:
-    """Flattened images ``x`` (N, D), uint8 pixels or finite floats, and labels ``y`` (N,); checked on creation."""
+    """Flattened images ``x`` (N, D), uint8 pixels or finite floats, and labels ``y`` (N,); checked on creation.
+    With ``table``, ``x`` holds the encoded rows of a table, ``NaN`` where a cell is missing."""
 
     x: torch.Tensor
     y: torch.Tensor
+    table: bool = False
 
     def __post_init__(self) -> None:
-        check_pixels(self.x, "images")
+        check_pixels(self.x, "rows" if self.table else "images", missing=self.table)
         if self.y.shape != (len(self.x),):
             raise ValueError(f"{len(self.x)} images need {len(self.x)} labels, got labels of shape "
                              f"{tuple(self.y.shape)}")
@@ -136,7 +147,7 @@ class Split:
         return len(self.x)
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        return dataclasses.replace(self, x=self.x.to(device), y=self.y.to(device))
 
     def read(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         return (self.x[index] for index in batches)
@@ -160,6 +171,13 @@ class Dataset:
     config: DataConfig | None = None
     provenance: dict[str, Any] | None = None
     """What was read, as :func:`pyrovae.data.sources.read_source` describes it (a run saves it in ``config.json``)."""
+    schema: tables.TableSchema | None = None
+    """How a table's columns are encoded (None for images)."""
+
+    @property
+    def columns(self) -> tuple[str, ...] | None:
+        """A table's column types as the model reads them (``ModelConfig.columns``); None for images."""
+        return None if self.schema is None else self.schema.specs()
 
     @property
     def num_classes(self) -> int:
@@ -200,13 +218,14 @@ def as_floats(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-def check_pixels(x: torch.Tensor, name: str = "images") -> None:
-    """Refuse anything but (N, D) uint8 pixels or finite floats (the likelihood checks its own support)."""
+def check_pixels(x: torch.Tensor, name: str = "images", missing: bool = False) -> None:
+    """Refuse anything but (N, D) uint8 pixels or finite floats, NaN too if ``missing``: the likelihood checks more."""
     if not (x.is_floating_point() or x.dtype == torch.uint8) or x.ndim != 2:
         raise ValueError(f"{name} must be a tensor of flattened images (N, D), uint8 or float, "
                          f"got {x.dtype} of shape {tuple(x.shape)}")
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError(f"{name} contain NaN or infinite values; clean or drop those examples")
+    if x.is_floating_point() and not (torch.isfinite(x) | x.isnan() if missing else torch.isfinite(x)).all():
+        what = "infinite" if missing else "NaN or infinite"
+        raise ValueError(f"{name} contain {what} values; clean or drop those examples")
 
 
 def check_unit_interval(x: torch.Tensor, name: str = "images") -> None:
@@ -227,20 +246,24 @@ def binarize_once(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
     return torch.bernoulli(x.cpu(), generator=generator).to(x.device)
 
 
-def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
+def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset | pd.DataFrame,
                 train_y: torch.Tensor | np.ndarray | None = None,
-                test_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset | None = None,
+                test_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset | pd.DataFrame | None = None,
                 test_y: torch.Tensor | np.ndarray | None = None, *,
                 image_shape: Sequence[int] | None = None, binarize: str = "none",
                 val_fraction: float = 0.1, name: str = "arrays", labeled: int | None = None,
                 label_seed: int = 0) -> Dataset:
     """A :class:`Dataset` from in-memory images ``(N, H, W)``, ``(N, C, H, W)``, a table ``(N, D)``, or torch
-    datasets of ``(image, label)`` pairs.
+    datasets of ``(image, label)`` pairs; a pandas DataFrame goes to :func:`from_table`.
 
     Pixels are uint8 or floats (in [0, 1] for the Bernoulli-type likelihoods and ``binarize``). The validation
     split is a fixed random ``val_fraction`` of the training images; without ``test_x`` it is the test split too.
     """
     DataConfig(binarize=binarize, val_fraction=val_fraction, labeled=labeled)  # validates them
+    if tables.is_frame(train_x):
+        if any(value is not None for value in (train_y, test_y, image_shape, labeled)) or binarize != "none":
+            raise ValueError("a DataFrame is a table without labels: pass it alone, or with test_x, val_fraction, name")
+        return from_table(train_x, test_x, val_fraction=val_fraction, name=name)
     if isinstance(train_x, torch.utils.data.Dataset):
         train_x, train_y = arrays_of(train_x)
     if isinstance(test_x, torch.utils.data.Dataset):
@@ -255,6 +278,26 @@ def from_arrays(train_x: torch.Tensor | np.ndarray | torch.utils.data.Dataset,
     test = val if test_x is None else Split.from_arrays(test_x, checked_labels(test_y, len(test_x), "test_y",
                                                                                  examples))
     return _assemble(name, image_shape, Split(train.x[keep], train.y[keep]), val, test, binarize, labeled, label_seed)
+
+
+def from_table(frame: pd.DataFrame, test: pd.DataFrame | None = None, *,
+               column_types: Mapping[str, str] | str | None = None, schema: tables.TableSchema | None = None,
+               val_fraction: float = 0.1, name: str = "the table") -> Dataset:
+    """A :class:`Dataset` of a table's rows, encoded by ``schema`` or by one inferred from the training rows with
+    ``column_types`` (:func:`~pyrovae.data.tables.infer_schema`). Without ``test``, the test and validation rows are
+    held out as a ``.npy`` table's are: fixed random fractions."""
+    DataConfig(val_fraction=val_fraction)  # validates it
+    tables.check_frame(frame, name)
+    if test is not None:
+        tables.check_frame(test, f"the test rows of {name}", rows=False)
+    held_out, rest = held_out_test(len(frame)) if test is None else (np.arange(0), np.arange(len(frame)))
+    keep, held = validation_indices(len(rest), val_fraction)
+    train, val = rest[keep.numpy()], rest[held.numpy()]
+    schema = schema or tables.infer_schema(frame, train, column_types, name)
+    x = schema.encode(frame, name)
+    test_x = x[held_out] if test is None else schema.encode(test, f"the test rows of {name}")
+    splits = (Split(rows, torch.zeros(len(rows), dtype=torch.long), table=True) for rows in (x[train], x[val], test_x))
+    return Dataset(name, (1, 1, len(schema.columns)), *splits, schema=schema)
 
 
 def _assemble(name: str, image_shape: tuple[int, ...], train: Split | StreamedSplit, val: Split, test: Split,
@@ -332,13 +375,21 @@ def hide_labels(split: Split | StreamedSplit, labeled: int, num_classes: int, se
     return dataclasses.replace(split, y=y)
 
 
-def load_dataset(config: DataConfig | torch.utils.data.Dataset | torch.Tensor | np.ndarray,
-                 test: torch.utils.data.Dataset | torch.Tensor | np.ndarray | None = None,
-                 device: torch.device | str = "cpu") -> Dataset:
+def load_dataset(config: DataConfig | torch.utils.data.Dataset | torch.Tensor | np.ndarray | pd.DataFrame,
+                 test: torch.utils.data.Dataset | torch.Tensor | np.ndarray | pd.DataFrame | None = None,
+                 device: torch.device | str = "cpu", schema: tables.TableSchema | None = None) -> Dataset:
     """Load the dataset ``config`` names, on the CPU; ``device`` is where training will hold it, for
-    ``storage="auto"``. In place of a config, training and ``test`` images go to :func:`from_arrays`."""
+    ``storage="auto"``. In place of a config, training and ``test`` images go to :func:`from_arrays`, a DataFrame
+    to :func:`from_table`. A table is encoded by ``schema`` (a run's) if given, else by the one inferred."""
+    if tables.is_frame(config):
+        return from_table(config, test, schema=schema)
     if not isinstance(config, DataConfig):
         return from_arrays(config, test_x=test)
+    if tables.is_table_file(config.dataset):
+        frame = tables.read_table(config.dataset)
+        data = from_table(frame, column_types=config.column_types, schema=schema, val_fraction=config.val_fraction,
+                          name=config.dataset)
+        return dataclasses.replace(data, config=config, provenance=tables.table_provenance(config.dataset, frame))
     if config.binarize is None:  # no likelihood to ask (pyrovae.configure sets it from one): a fresh draw per batch
         config = dataclasses.replace(config, binarize="dynamic")
     if config.dataset not in DATASETS:

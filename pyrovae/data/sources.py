@@ -25,13 +25,12 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from pyrovae.data.idx import data_root
-from pyrovae.data.splits import shuffled_cut
+from pyrovae.data.splits import TEST_FRACTION as TEST_FRACTION  # pyrovae.data.sources.TEST_FRACTION, as before
+from pyrovae.data.splits import held_out_test
 from pyrovae.memory import TooBig, free_bytes, in_bytes, where
 from pyrovae.settings import SettingError
 
 TORCHVISION_PREFIX = "torchvision:"
-TEST_FRACTION = 0.1
-"""The share of a source without a test split of its own that is held out as its test split."""
 ARRAY_SHAPES = "(N, D), (N, H, W) or (N, C, H, W)"
 CHECK_ROWS = 4096
 """Rows checked at a time for NaN in a float array, so that a memory-mapped file is never read whole."""
@@ -86,7 +85,8 @@ def read_source(dataset: str, data_dir: str | None = None, image_size: int | Non
     if path.is_dir():
         return read_image_folder(path, image_size)
     raise FileNotFoundError(f"dataset={dataset!r} is neither a bundled dataset (digits, mnist, fashion-mnist), "
-                            f"nor a .npy/.npz file, nor an existing folder of images, nor torchvision:NAME")
+                            f"nor a .npy/.npz or .csv/.parquet file, nor an existing folder of images, nor "
+                            f"torchvision:NAME")
 
 
 def read_arrays(path: Path, image_size: int | None = None) -> Source:
@@ -429,10 +429,7 @@ def _check_same_kind(train: np.ndarray, test: np.ndarray, path: Path) -> None:
 
 def _hold_out(examples: Dataset) -> tuple[Subset, Subset]:
     """Train and test splits of a source without its own test split: a fixed random :data:`TEST_FRACTION`."""
-    if len(examples) < 3:
-        raise ValueError(f"{len(examples)} examples are too few to hold out test and validation images; use at "
-                         f"least 3")
-    test, train = shuffled_cut(len(examples), max(1, round(len(examples) * TEST_FRACTION)))
+    test, train = held_out_test(len(examples))
     return Subset(examples, train), Subset(examples, test)
 
 

@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import random_split
 
 SPLIT_SEED = 0
+TEST_FRACTION = 0.1
+"""The share of a source without a test split of its own that is held out as its test split."""
 
 
 def validation_indices(count: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +24,14 @@ def validation_indices(count: int, fraction: float) -> tuple[torch.Tensor, torch
                          f"use more data or a smaller val_fraction")
     held, kept = random_split(range(count), [n_val, count - n_val], generator=torch.Generator().manual_seed(SPLIT_SEED))
     return torch.tensor(kept.indices), torch.tensor(held.indices)
+
+
+def held_out_test(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the test examples held out of ``count`` without a test split of their own (a fixed random
+    :data:`TEST_FRACTION`), and of the rest."""
+    if count < 3:
+        raise ValueError(f"{count} examples are too few to hold out test and validation examples; use at least 3")
+    return shuffled_cut(count, max(1, round(count * TEST_FRACTION)))
 
 
 def shuffled_cut(count: int, at: int) -> tuple[np.ndarray, np.ndarray]:
