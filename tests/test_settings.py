@@ -44,7 +44,7 @@ def test_every_setting_has_a_flag_or_comes_from_the_data(cls):
 
 
 def test_the_marks_on_the_fields_make_the_cli_lists():
-    assert FROM_DATA == marked(ModelConfig, "from_data") and set(FROM_DATA) == {"image_shape", "num_classes",
+    assert FROM_DATA == marked(ModelConfig, "from_data") and set(FROM_DATA) == {"image_shape", "num_classes", "columns",
                                                                                  "grayscale_targets"}
     assert "epochs" in RESUMABLE and "device" in RESUMABLE and "lr" not in RESUMABLE
     assert not marked(DataConfig, "resumable") and not marked(TrainConfig, "from_data")

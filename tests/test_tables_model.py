@@ -11,6 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
 import pyrovae
+from pyrovae.inference.imputation import impute
 from pyrovae.inference.objectives import IWAEBound, MeanFieldELBO
 from pyrovae.model.build import build_vae
 from pyrovae.model.columns import TableLikelihood, parse_column
@@ -121,6 +122,17 @@ class ExactPosterior(nn.Module):
 
 
 def test_the_importance_estimate_is_factor_analysis_log_p_of_the_observed_cells():
+    vae, x, (weight, bias, noise) = factor_analysis()
+    estimate = pyrovae.log_likelihood(vae, x, num_samples=5000)
+    for row, value in zip(x, estimate):
+        seen = ~row.isnan()
+        marginal = dist.MultivariateNormal(bias[seen], weight[seen] @ weight[seen].T + noise**2 * torch.eye(seen.sum()))
+        assert abs(value.item() - marginal.log_prob(row[seen]).item()) < 0.05
+
+
+def factor_analysis():
+    """A factor-analysis table VAE (5 real columns, z in R^2) with its exact posterior as encoder, and six rows
+    with 1 to 4 missing cells."""
     torch.manual_seed(0)
     weight, bias, noise = torch.randn(5, 2), torch.randn(5), 0.5
     decoder = nn.Linear(2, 5)
@@ -131,11 +143,52 @@ def test_the_importance_estimate_is_factor_analysis_log_p_of_the_observed_cells(
     vae = TableVAE(ExactPosterior(weight, bias, noise), decoder, 2, likelihood)
     x = bias + torch.randn(6, 2) @ weight.T + noise * torch.randn(6, 5)
     x[0, 1] = x[1, [0, 3]] = x[2, [1, 2, 4]] = x[3, :4] = NAN
-    estimate = pyrovae.log_likelihood(vae, x, num_samples=5000)
-    for row, value in zip(x, estimate):
+    return vae, x, (weight, bias, noise)
+
+
+def conditional_gaussian(row, weight, bias, noise):
+    """The mean and covariance of the missing cells of ``row`` given its observed ones, under factor analysis."""
+    seen = ~row.isnan()
+    covariance = weight @ weight.T + noise**2 * torch.eye(len(row))
+    gain = covariance[~seen][:, seen] @ torch.linalg.inv(covariance[seen][:, seen])
+    mean = bias[~seen] + gain @ (row[seen] - bias[seen])
+    return mean, covariance[~seen][:, ~seen] - gain @ covariance[seen][:, ~seen]
+
+
+def test_imputation_with_the_exact_posterior_is_the_exact_conditional_mean():
+    vae, x, parameters = factor_analysis()
+    filled = impute(vae, x, num_samples=5000)
+    for row, imputed in zip(x, filled):
         seen = ~row.isnan()
-        marginal = dist.MultivariateNormal(bias[seen], weight[seen] @ weight[seen].T + noise**2 * torch.eye(seen.sum()))
-        assert abs(value.item() - marginal.log_prob(row[seen]).item()) < 0.05
+        assert torch.equal(imputed[seen], row[seen])
+        if (~seen).any():
+            mean, _ = conditional_gaussian(row, *parameters)
+            assert torch.allclose(imputed[~seen], mean, atol=0.03)
+
+
+def test_multiple_imputations_spread_as_the_conditional_distribution():
+    vae, x, parameters = factor_analysis()
+    draws = impute(vae, x, num_samples=2000, draws=3000)
+    assert draws.shape == (3000, *x.shape)
+    row = x[2]
+    mean, covariance = conditional_gaussian(row, *parameters)
+    cells = draws[:, 2, row.isnan()]
+    assert torch.equal(draws[:, 2, ~row.isnan()], row[~row.isnan()].expand(3000, -1))
+    assert torch.allclose(cells.mean(0), mean, atol=0.08)
+    assert torch.allclose(cells.var(0), covariance.diagonal(), rtol=0.15)
+
+
+def test_single_imputation_takes_each_columns_most_probable_value():
+    vae = constant_vae()
+    filled = impute(vae, X, num_samples=10)
+    expected = [THETA[4:7].argmax(), THETA[0], (THETA[3] > 0).float(), THETA[2].exp().round(),
+                by_hand(4).mean, THETA[7:9].argmax()]
+    for j, value in enumerate(expected):
+        missing = X[:, j].isnan()
+        assert torch.allclose(filled[missing, j], torch.as_tensor(value, dtype=torch.float32).expand(missing.sum()))
+    assert torch.equal(filled[~X.isnan()], X[~X.isnan()])
+    with pytest.raises(ValueError, match="draws"):
+        impute(vae, X, draws=0)
 
 
 @pytest.mark.parametrize("settings, loss", [
