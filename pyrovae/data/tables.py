@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ MISSING = ("", "NA", "NaN")
 MAX_LEVELS = 10
 """Integers with at most this many distinct values are categorical (two: binary); with more, and none negative, a
 count (negative ones: real)."""
-Level = Union[str, int, float, bool]
+Level = str | int | float | bool
 NEEDS = {"real": "a finite number", "positive": "a number > 0", "count": "a whole number >= 0"}
 """What a cell of a numeric column type must hold."""
 
