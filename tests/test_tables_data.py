@@ -248,3 +248,15 @@ def test_a_dataframe_loads_with_nan_kept_where_images_still_refuse_it():
     images[0, 0] = np.nan
     one_line_error(ValueError, lambda: from_arrays(images), "NaN")
     one_line_error(ValueError, lambda: from_arrays(frame, np.zeros(N, dtype=int)), "DataFrame", "labels")
+
+
+def test_fit_trains_a_table_model_on_a_dataframe_with_missing_cells():
+    import pyrovae
+
+    frame = with_missing(mixed_frame())
+    columns = from_arrays(frame).columns
+    vae = pyrovae.build_vae(pyrovae.ModelConfig(image_shape=(1, 1, len(columns)), columns=columns, likelihood="table",
+                                                z_dim=2, hidden=(8,)))
+    rows = pyrovae.fit(vae, frame, pyrovae.TrainConfig(epochs=2, batch_size=16, device="cpu"), progress=False,
+                       verbose=False)
+    assert len(rows) == 2 and all(np.isfinite(row["val_neg_elbo"]) for row in rows)
