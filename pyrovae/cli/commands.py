@@ -19,6 +19,7 @@ import torch
 from pyrovae.cli.parser import RESUMABLE
 from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_dataset
 from pyrovae.data.label_mix import visible_labels
+from pyrovae.data.tables import is_table_file
 from pyrovae.defaults import binarization, configure
 from pyrovae.distributed import from_main, join
 from pyrovae.files import NoSpaceError, atomic_file, cannot_write, write_atomically
@@ -110,7 +111,8 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
     if args.labeled is not None and not (args.conditional or args.decoder_conditioning or args.prior in LABEL_PRIORS):
         raise ValueError(f"--labeled {args.labeled} hides labels from a model that reads them; add --conditional "
                          f"(a model without labels needs no --labeled)")
-    return from_args(DataConfig, args, binarize=args.binarize or binarization(args.likelihood))
+    likelihood = "table" if is_table_file(args.dataset) else args.likelihood  # a likelihood per column
+    return from_args(DataConfig, args, binarize=args.binarize or binarization(likelihood))
 
 
 def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
@@ -124,8 +126,12 @@ def _model_config(args: argparse.Namespace, data: Dataset) -> ModelConfig:
     if conditional and data.num_classes < 2:
         raise ValueError(f"{data.name} has no labels (all its examples are of one class) for a model that reads them; "
                          f"train without --conditional, or give labels: an .npz with 'y', or class subfolders")
+    if data.columns and "likelihood" in args.given and args.likelihood != "table":
+        raise ValueError(f"--likelihood {args.likelihood} scores every column alike; a table's columns each have their "
+                         f"own (--column-types): leave --likelihood out")
+    table = {"columns": data.columns, "likelihood": "table"} if data.columns else {}
     model = from_args(ModelConfig, args, prior=prior, image_shape=data.image_shape,
-                      num_classes=data.num_classes if conditional else None)
+                      num_classes=data.num_classes if conditional else None, **table)
     return configure(model, data.config)[0]
 
 

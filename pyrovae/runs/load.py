@@ -10,6 +10,7 @@ import torch
 
 from pyrovae.data.datasets import DataConfig, Dataset, load_dataset
 from pyrovae.data.sources import check_unchanged
+from pyrovae.data.tables import TableSchema
 from pyrovae.model.build import build_vae
 from pyrovae.model.config import ModelConfig
 from pyrovae.model.vae import VAE
@@ -69,12 +70,21 @@ def load_data(run: RunDir) -> Dataset:
     :mod:`pyrovae.data.sources`).
     """
     config, recorded = run.settings(DataConfig, "data"), run.read_config().get("source")
-    if recorded is not None and recorded.get("kind") in ("arrays", "image-folder") and "path" in recorded:
+    if recorded is not None and recorded.get("kind") in ("arrays", "image-folder", "table") and "path" in recorded:
         config = dataclasses.replace(config, dataset=recorded["path"])
-    data = load_dataset(config)
+    data = load_dataset(config, schema=table_schema(run))
     if recorded is not None and data.provenance is not None:
         check_unchanged(recorded, data.provenance)
     return data
+
+
+def table_schema(run: RunDir) -> TableSchema | None:
+    """How ``run`` encodes a table's columns (the ``table`` section of its ``config.json``), or ``None`` for images."""
+    section = run.read_config().get("table")
+    try:
+        return None if section is None else TableSchema.from_json(section, f"{run.file(CONFIG)}, section 'table'")
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
 
 
 def restore(run: RunDir, checkpoint: Checkpoint, vae: VAE, optimizer: torch.optim.Optimizer | None = None) -> None:

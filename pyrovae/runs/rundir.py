@@ -30,7 +30,7 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 STALE_EVAL = "eval.stale.json"  # where resuming moves eval.json: it scored the checkpoint that training replaces
 TENSORBOARD = "tensorboard"  # the folder of TensorBoard's event files (tensorboard=True)
-CONFIG_SECTIONS = ("model", "data", "train", "source")
+CONFIG_SECTIONS = ("model", "data", "train", "source", "table")
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:

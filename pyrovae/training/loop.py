@@ -44,13 +44,13 @@ log = logging.getLogger(__name__)
 
 
 def run_config(vae: VAE, data: Dataset, config: TrainConfig) -> dict[str, Any]:
-    """The ``config.json`` of a run: model, data and training settings (``None`` where unknown), and what
-    data were read (see :mod:`pyrovae.data.sources`)."""
+    """The ``config.json`` of a run: model, data and training settings (``None`` where unknown), what data were
+    read (see :mod:`pyrovae.data.sources`), and how a table's columns are encoded (``None`` for images)."""
     def as_dict(settings: Any) -> dict[str, Any] | None:
         return None if settings is None else dataclasses.asdict(settings)
 
     return {"model": as_dict(vae.config), "data": as_dict(data.config), "train": as_dict(config),
-            "source": data.provenance}
+            "source": data.provenance, "table": None if data.schema is None else data.schema.to_json()}
 
 
 @dataclasses.dataclass
