@@ -11,6 +11,7 @@ log p(x_obs). The encoder reads the observed values, missing cells set to zero, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -67,8 +68,12 @@ class TableVAE(VAE):
     """A :class:`~pyrovae.model.vae.VAE` of an encoded table: p(z) prod_types p(x_type,obs | z), q(z | x_obs, mask).
 
     ``likelihood`` is the :class:`TableLikelihood` of the columns, which the decoder's outputs parametrize. Every
-    prior but the VampPrior and every guide apply; labels (conditional models) do not, for now.
+    prior but the VampPrior and every guide apply; labels (conditional models) do not, for now. ``schema`` is how the
+    table it learned reads and writes its columns (a :class:`pyrovae.data.tables.TableSchema`, which ``fit`` and
+    ``load_run`` set), so that its imputations and samples come back in the table's names, units and levels.
     """
+
+    schema: Any = None
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, z_dim: int, likelihood: TableLikelihood, **parts):
         super().__init__(encoder, decoder, z_dim, len(likelihood.columns), likelihood=likelihood, **parts)

@@ -57,6 +57,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", data: bool = 
     rows = run.read_metrics() if metrics else None
     vae = build_vae(model_config)
     restore(run, checkpoint, vae)
+    if model_config.columns is not None:  # a table: how it reads and writes the table's columns
+        vae.schema = table_schema(run)
     dataset = load_data(run).to(device) if data else None
     return LoadedRun(vae=vae.to(device).eval(), data=dataset, metrics=rows, config=config)
 
