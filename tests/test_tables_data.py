@@ -47,18 +47,18 @@ def one_line_error(error_type, call, *words):
 
 def test_types_are_inferred_from_the_values_and_overridden_by_name():
     frame = mixed_frame()
-    assert infer_schema(frame).specs() == ("real", "count", "categorical:3", "categorical:4", "binary", "binary",
+    assert infer_schema(frame).specs() == ("real", "real", "categorical:3", "categorical:4", "binary", "binary",
                                            "real")
     schema = infer_schema(frame, overrides={"positive": "positive", "small_int": "count", "count": "real"})
     assert schema.specs() == ("real", "real", "categorical:3", "count", "binary", "binary", "positive")
     assert infer_schema(frame, overrides="small_int=count,positive=positive").specs()[3::3] == ("count", "positive")
 
 
-def test_integers_with_few_values_are_categories_and_with_many_counts_or_reals():
+def test_integers_with_few_values_are_categories_and_with_many_reals():
     few = pd.DataFrame({"x": np.arange(100) % MAX_LEVELS})
     many = pd.DataFrame({"x": np.arange(100) % (MAX_LEVELS + 1)})
     negative = pd.DataFrame({"x": np.arange(100) % (MAX_LEVELS + 1) - 3})
-    assert [infer_schema(f).specs() for f in (few, many, negative)] == [(f"categorical:{MAX_LEVELS}",), ("count",),
+    assert [infer_schema(f).specs() for f in (few, many, negative)] == [(f"categorical:{MAX_LEVELS}",), ("real",),
                                                                           ("real",)]
 
 
@@ -172,7 +172,7 @@ def test_an_override_that_does_not_fit_is_refused_naming_the_column_and_the_type
 ], ids=["unseen-level", "missing-column", "extra-column", "negative-count", "zero-positive", "text-in-real"])
 def test_new_rows_that_do_not_fit_the_schema_are_refused_naming_the_column_and_the_value(change, words):
     frame = mixed_frame()
-    schema = infer_schema(frame, overrides={"positive": "positive"})
+    schema = infer_schema(frame, overrides={"positive": "positive", "count": "count"})
     one_line_error(ValueError, lambda: schema.encode(change(frame), "new.csv"), "new.csv", *words)
 
 

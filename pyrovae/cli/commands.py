@@ -1,4 +1,5 @@
-"""What each ``pyrovae`` subcommand does: ``train``, ``evaluate``, ``sample``, ``encode``, ``reconstruct``, ``plot``."""
+"""What each ``pyrovae`` subcommand does: ``train``, ``evaluate``, ``sample``, ``encode``, ``reconstruct``, ``impute``,
+``plot``."""
 
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import torch
 from pyrovae.cli.parser import RESUMABLE
 from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_dataset
 from pyrovae.data.label_mix import visible_labels
-from pyrovae.data.tables import is_table_file
+from pyrovae.data.table_output import table_bytes
+from pyrovae.data.tables import is_table_file, read_table
 from pyrovae.defaults import binarization, configure
 from pyrovae.distributed import from_main, join
 from pyrovae.files import NoSpaceError, atomic_file, cannot_write, write_atomically
 from pyrovae.inference.evaluate import EvaluateConfig, class_log_prior, evaluation_report
+from pyrovae.inference.imputation import impute
 from pyrovae.model.build import build_vae
 from pyrovae.model.config import LABEL_PRIORS, ModelConfig
+from pyrovae.model.tables import TableVAE
 from pyrovae.model.vae import VAE
 from pyrovae.report import plots
 from pyrovae.report.latents import posteriors
@@ -77,8 +81,9 @@ def _train(args: argparse.Namespace) -> None:
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
     parallel = f" in {processes.world_size} processes" if processes.parallel else ""
-    print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation images) "
-          f"on {device}{parallel}; training images {data.train.storage()}; run directory: {out}")
+    examples = "rows" if data.schema is not None else "images"
+    print(f"training on {data.name} ({len(data.train)} train / {len(data.val)} validation {examples}) on {device}"
+          f"{parallel}; training {examples} {data.train.storage()}; run directory: {out}")
     pictures = [RunPictures(vae, data, run, model_config.image_shape)] if processes.is_main else []
     try:
         fit(vae, data, train_config, run_dir=out, resume=args.resume, overwrite=args.overwrite,
@@ -191,13 +196,19 @@ def _output_file(args: argparse.Namespace, kinds: dict[str, str] | None = None, 
 
 
 def _sample(args: argparse.Namespace) -> None:
-    out = _output_file(args, {".png": "a picture grid", ".npy": "an (N, D) array", ".csv": "the same as text"})
+    out = _output_file(args, {".png": "a picture grid", ".npy": "an (N, D) array", ".csv": "the same as text",
+                              ".parquet": "a table's rows"})
     check_positive(args, "n")
     if out.suffix == ".png" and args.n > plots.MAX_GRID_IMAGES:
         raise ValueError(f"--n {args.n} is too many images for one readable .png grid (at most "
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
     run = load_run(args.run_dir, data=False, metrics=False)
     vae, image_shape, likelihood = run.vae, run.vae.config.image_shape, run.vae.config.likelihood
+    if isinstance(vae, TableVAE) and out.suffix != ".png":
+        return _sample_rows(vae, args.n, out, args.seed)
+    if out.suffix == ".parquet":
+        raise ValueError(f"--out {out}: a .parquet file holds a table's rows, and {args.run_dir} models images; "
+                         f"write the samples to an .npy or .csv file")
     if out.suffix == ".png" and (plots.is_table(image_shape) or args.binary):
         why = "a .png grid shows the means, not --binary draws" if args.binary else plots.TABLE
         raise ValueError(f"--out {out}: {why}; write the samples to an .npy or .csv file")
@@ -216,6 +227,36 @@ def _sample(args: argparse.Namespace) -> None:
         _save_samples(vae, args.n, out, args.label, SAMPLE_CHUNK, args.binary)
     of_class = f" of class {args.label}" if args.label is not None else ""
     print(f"wrote {args.n} samples{of_class} to {out}")
+
+
+def _sample_rows(vae: TableVAE, n: int, out: Path, seed: int) -> None:
+    """Write ``n`` rows drawn from a table model: in the table's own columns (.csv, .parquet), or encoded (.npy)."""
+    pyro.set_rng_seed(seed)
+    rows = vae.sample_rows(n)
+    if out.suffix == ".npy":
+        _write_rows(out, rows.numpy())
+    else:
+        write_atomically(out, table_bytes(vae.schema.decode(rows), out.suffix))
+    print(f"wrote {n} rows drawn from the model to {out}")
+
+
+def _impute(args: argparse.Namespace) -> None:
+    out = _output_file(args, {".csv": "the table as text", ".parquet": "the table, typed"})
+    check_positive(args, "num_samples", "draws")
+    vae = load_run(args.run_dir, data=False, metrics=False).vae
+    if not isinstance(vae, TableVAE):
+        raise ValueError(f"{args.run_dir} models images, and impute fills the missing cells of a table; train a run "
+                         f"on the table first: pyrovae train --dataset TABLE.csv")
+    table = read_table(args.dataset)
+    missing = int(table.isna().sum().sum())
+    print(f"imputing {missing} missing cells of {len(table)} rows of {args.dataset}, K={args.num_samples} draws per "
+          f"row" + (f", {args.draws} imputations" if args.draws else ""))
+    pyro.set_rng_seed(args.seed)
+    filled = impute(vae, table, args.num_samples, args.draws, progress=not args.no_progress, name=args.dataset)
+    from_csv = out.suffix == ".csv" and Path(args.dataset).suffix.lower() == ".csv"  # its cells keep their text
+    source = args.dataset if from_csv else None
+    write_atomically(out, table_bytes(filled, out.suffix, source))
+    print(f"wrote {len(filled)} rows, {missing * (args.draws or 1)} cells filled, to {out}")
 
 
 @torch.no_grad()
@@ -329,4 +370,4 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "sample": _sample, "encode": _encode,
-            "reconstruct": _reconstruct, "plot": _plot}
+            "reconstruct": _reconstruct, "impute": _impute, "plot": _plot}

@@ -100,14 +100,17 @@ def build_parser() -> Parser:
 
     sample = commands.add_parser(
         "sample", help="decode draws from the prior", formatter_class=formatter,
-        description="Decode N draws from the prior of a trained run: a .png writes a grid (not for a\n"
-                    "table's rows), a .npy or .csv an (N, D) array of decoded means (with --binary, Bernoulli\n"
-                    "draws of them). A conditional model draws from p(z|y) for the class --class Y.")
+        description="Decode N draws from the prior of a trained run: a .png writes a grid, a .npy or .csv\n"
+                    "an (N, D) array of decoded means (with --binary, Bernoulli draws of them). A conditional\n"
+                    "model draws from p(z|y) for the class --class Y. A table's run draws rows x ~ p(x|z):\n"
+                    "a .csv or .parquet holds them in the table's columns, units and category names, an .npy\n"
+                    "encoded (levels as their indices, reals standardized).")
     sample.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     sample.add_argument("--class", dest="label", type=int, metavar="Y",
                         help="generate class Y (conditional models; without it the classes take turns)")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default: %(default)s)")
-    sample.add_argument("--out", required=True, metavar="FILE", help="output .png, .npy or .csv")
+    sample.add_argument("--out", required=True, metavar="FILE", help="output .png, .npy or .csv (a table: .csv, "
+                                                                     ".parquet or .npy)")
     sample.add_argument("--binary", action="store_true",
                         help="write 0/1 Bernoulli draws of the pixels instead of their means (bernoulli likelihood)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: %(default)s)")
@@ -134,6 +137,25 @@ def build_parser() -> Parser:
                              help=f"the number of images (default: 8 in a .png, at most {plots.MAX_GRID_IMAGES // 2}; "
                                   f"all in an .npy or .csv)")
     reconstruct.add_argument("--out", required=True, metavar="FILE", help="output .png, .npy or .csv")
+
+    impute = commands.add_parser(
+        "impute", help="fill the missing cells of a table", formatter_class=formatter,
+        description="Fill the missing cells (empty, NA or NaN) of a .csv or .parquet table with the run's\n"
+                    "model: each row's K posterior draws are weighed by self-normalized importance weights\n"
+                    "(Mattei & Frellsen 2019), and a cell gets the weighted mean of E[x|z] (a category: its most\n"
+                    "probable level). --draws M writes M imputations drawn by those weights instead, numbered\n"
+                    "in a first column 'imputation'. The output has the input's columns, order and types; in a\n"
+                    ".csv read from a .csv, every observed cell is copied as it was written.",
+        epilog="example:\n  pyrovae impute runs/penguins --dataset incomplete.csv --out filled.csv\n")
+    impute.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    impute.add_argument("--dataset", required=True, metavar="FILE",
+                        help="the .csv or .parquet table to fill, with the columns of the run's table")
+    impute.add_argument("--out", required=True, metavar="FILE", help="output .csv or .parquet")
+    impute.add_argument("--num-samples", type=int, default=1000, metavar="K",
+                        help="posterior draws per row (default: %(default)s)")
+    impute.add_argument("--draws", type=int, metavar="M",
+                        help="write M multiple imputations (default: one, the weighted mean)")
+    impute.add_argument("--seed", type=int, default=0, help="seed of the posterior draws (default: %(default)s)")
 
     plot = commands.add_parser(
         "plot", help="draw a run's pictures", formatter_class=formatter,
@@ -163,12 +185,13 @@ def build_parser() -> Parser:
     plot.add_argument("--out", dest="out_dir", metavar="DIR",
                       help="the folder to write the pictures into (default: RUN_DIR), e.g. when RUN_DIR is read-only "
                            "or still training")
-    where = {training: run} | {command: command for command in (evaluate, sample, encode, reconstruct, plot)}
+    where = {training: run} | {command: command for command in (evaluate, sample, encode, reconstruct, impute,
+                                                                        plot)}
     for threads, quiet in where.items():
         threads.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
         quiet.add_argument("--quiet", action="store_true", help="no progress bar, no output line but the last")
     parser.commands = {"train": train, "evaluate": evaluate, "sample": sample, "encode": encode,
-                       "reconstruct": reconstruct, "plot": plot}
+                       "reconstruct": reconstruct, "impute": impute, "plot": plot}
     flags = parser.flags
     for command in parser.commands.values():
         for action in command.options:

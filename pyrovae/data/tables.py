@@ -32,8 +32,8 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 MISSING = ("", "NA", "NaN")
 """The CSV cells read as missing values."""
 MAX_LEVELS = 10
-"""Integers with at most this many distinct values are categorical (two: binary); with more, and none negative, a
-count (negative ones: real)."""
+"""Integers with at most this many distinct values are categorical (two: binary); with more, real: measurements
+in whole units (grams, millimetres) are far from Poisson, so ``count`` is given, never inferred."""
 Level = str | int | float | bool
 NEEDS = {"real": "a finite number", "positive": "a number > 0", "count": "a whole number >= 0"}
 """What a cell of a numeric column type must hold."""
@@ -311,9 +311,9 @@ def parse_column_types(text: str | Mapping[str, str] | None) -> dict[str, str]:
 def infer_schema(frame: pd.DataFrame, train_rows: Sequence[int] | np.ndarray | torch.Tensor | None = None,
                  overrides: Mapping[str, str] | str | None = None, name: str = "the table") -> TableSchema:
     """Each column's type and encoding, from its observed values in ``train_rows`` (positions or a mask; all rows
-    if None), with the types ``overrides`` gives by name. Inferred: numbers with fractions are real (positive is
-    never inferred: give it); integers with at most :data:`MAX_LEVELS` values categorical, more of them a count
-    (real if any is negative); text, booleans and categories categorical; any two values binary. Refused in one
+    if None), with the types ``overrides`` gives by name; the levels of a category are those of every row. Inferred:
+    numbers real (positive and count are never inferred: give them), but integers with at most :data:`MAX_LEVELS`
+    values categorical; text, booleans and categories categorical; any two values binary. Refused in one
     line naming the column: an entirely missing one, one with one value only, an ID (a distinct value per row), a
     type that does not fit the values."""
     check_frame(frame, name)
@@ -325,21 +325,23 @@ def infer_schema(frame: pd.DataFrame, train_rows: Sequence[int] | np.ndarray | t
     rows = frame if train_rows is None else frame.iloc[np.asarray(train_rows)]
     if len(rows) == 0:
         raise ValueError(f"{name} has no training rows; a table needs rows to learn from")
-    return TableSchema([_column(rows[column], overrides.get(column), name) for column in frame.columns])
+    return TableSchema([_column(rows[column], frame[column], overrides.get(column), name)
+                        for column in frame.columns])
 
 
-def _column(cells: pd.Series, given: str | None, where: str) -> Column:
-    """The column of ``cells`` (training rows), of the type ``given`` or inferred."""
+def _column(cells: pd.Series, every: pd.Series, given: str | None, where: str) -> Column:
+    """The column of ``cells`` (training rows), of the type ``given`` or inferred; its levels are those of
+    ``every`` row of the table, so that held-out rows hold no level the model cannot score."""
     import pandas as pd
 
-    label, dtype = f"{where}: column {cells.name!r}", str(cells.dtype)
+    label, dtype = f"{where}: column {cells.name!r}", _dtype_of_values(every)
     values = cells.dropna().infer_objects()
     if values.empty:
         raise ValueError(f"{label} is entirely missing{' in the training rows' if len(cells) else ''}; drop it")
     if pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_timedelta64_dtype(values):
         raise ValueError(f"{label} holds dates or times ({dtype}); convert them to numbers, or drop the column")
-    distinct = values.unique()
-    if len(distinct) == 1:
+    distinct = every.dropna().infer_objects().unique()
+    if len(values.unique()) == 1:
         raise ValueError(f"{label} has one value only ({distinct[0]!r}): it carries nothing; drop it")
     numbers_ = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     array = values.to_numpy(float) if numbers_ else None
@@ -369,6 +371,17 @@ def _column(cells: pd.Series, given: str | None, where: str) -> Column:
     return Column(str(cells.name), kind, dtype=dtype)
 
 
+def _dtype_of_values(cells: pd.Series) -> str:
+    """The dtype of a column's observed values: that of the column, but for whole numbers or booleans that missing
+    cells made float or object (``int64``, ``bool``), so that the values written back are of their own type."""
+    import pandas as pd
+
+    values = cells.dropna().infer_objects()
+    if pd.api.types.is_float_dtype(values) and len(values) and np.array_equal(values, np.round(values)):
+        return "int64"
+    return str(values.dtype if cells.isna().any() else cells.dtype)
+
+
 def _inferred_type(array: np.ndarray | None, distinct: int, observed: int, label: str) -> str:
     """The type a column's observed values suggest (``array``: their numbers, None for text and booleans)."""
     integers = array is not None and np.array_equal(array, np.round(array))
@@ -381,7 +394,7 @@ def _inferred_type(array: np.ndarray | None, distinct: int, observed: int, label
     if distinct == observed:
         raise ValueError(f"{label} looks like an ID ({distinct} distinct values in {observed} rows): it carries "
                          f"nothing to learn; drop it, or give its type in column_types")
-    return "categorical" if array is None else "count" if array.min() >= 0 else "real"
+    return "categorical" if array is None else "real"
 
 
 def _level(value: Any, label: str) -> Level:

@@ -166,7 +166,8 @@ def fit(vae: VAE, data: Dataset | torch.utils.data.Dataset | torch.Tensor | np.n
             log.warning("elbo='meanfield' has no closed-form KL for a flow guide or two stochastic layers: training "
                         "with the sampled KL, as elbo='trace'")
         if config.batch_size > len(data.train) and processes.is_main:
-            log.warning(f"batch_size={config.batch_size} is larger than the training set ({len(data.train)} images): "
+            log.warning(f"batch_size={config.batch_size} is larger than the training set ({len(data.train)} "
+                        f"{'rows' if data.schema is not None else 'images'}): "
                         f"every step trains on all of them, one step per epoch")
         checkpoint = run.load_checkpoint(map_location=device) if resume else None
         if checkpoint is not None and checkpoint.progress.partial is not None:
