@@ -34,3 +34,15 @@ def small_vae():
 @pytest.fixture
 def binary_batch():
     return torch.bernoulli(torch.full((5, 16), 0.4))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory of one tiny epoch on the bundled digits, trained once per test module that asks for it."""
+    from cli_helpers import TINY
+
+    from pyrovae.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out

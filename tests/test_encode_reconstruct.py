@@ -3,19 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY
 
 from pyrovae import load_run
 from pyrovae.cli import main
 from pyrovae.data.datasets import as_floats
-
-TINY = ["--hidden", "16", "--z-dim", "2", "--epochs", "1", "--no-progress", "--device", "cpu", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("encode") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pandas as pd
 import pyro
 import pytest
 import torch
+from cli_helpers import TINY
 
 import pyrovae
 from pyrovae import load_run
@@ -13,7 +14,6 @@ from pyrovae.cli import main
 from pyrovae.data.table_output import read_cells_as_written
 from pyrovae.data.tables import MISSING, read_table
 
-TINY = ["--hidden", "16", "--z-dim", "2", "--epochs", "2", "--no-progress", "--device", "cpu", "--threads", "1"]
 N = 120
 
 

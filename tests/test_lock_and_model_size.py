@@ -12,6 +12,7 @@ import re
 import shutil
 
 import pytest
+from cli_helpers import TINY, one_line_error
 
 from pyrovae import ModelConfig, build_vae, load_run
 from pyrovae.cli import main
@@ -21,21 +22,6 @@ from pyrovae.model.size import weight_bytes
 from pyrovae.runs.lock import CannotLock, RunLock
 from pyrovae.runs.rundir import RunDir
 from pyrovae.runs.writer import RunWriter
-
-TINY = ["--hidden", "16", "--z-dim", "2", "--epochs", "1", "--no-progress", "--device", "cpu", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lock-and-size") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-def one_line_error(capsys, command):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"pyrovae {command}: error: "), err
-    return err
 
 
 def fail_at(monkeypatch, name, code, path):

@@ -9,24 +9,10 @@ import os
 
 import numpy as np
 import pytest
+from cli_helpers import TINY, one_line_error
 
 from pyrovae.cli import commands, main
 from pyrovae.files import CannotWrite, NoSpaceError, atomic_file, write_atomically
-
-TINY = ["--hidden", "16", "--z-dim", "2", "--epochs", "1", "--no-progress", "--device", "cpu", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("outputs") / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-def one_line_error(capsys, command):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"pyrovae {command}: error: "), err
-    return err
 
 
 def fail_writes(monkeypatch, code, after=0):
