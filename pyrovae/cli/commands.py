@@ -10,7 +10,7 @@ import dataclasses
 import io
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +234,7 @@ def _sample_rows(vae: TableVAE, n: int, out: Path, seed: int) -> None:
     pyro.set_rng_seed(seed)
     rows = vae.sample_rows(n)
     if out.suffix == ".npy":
-        _write_rows(out, rows.numpy())
+        _write_rows(out, [rows.numpy()], n, rows.shape[1])
     else:
         write_atomically(out, table_bytes(vae.schema.decode(rows), out.suffix))
     print(f"wrote {n} rows drawn from the model to {out}")
@@ -261,24 +261,34 @@ def _impute(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def _save_samples(vae: VAE, n: int, path: Path, label: int | None, chunk: int, binary: bool = False) -> None:
-    """Write ``n`` decoded prior draws, their means or with ``binary`` a Bernoulli draw of them, to the ``.npy`` or
-    ``.csv`` file ``path``, ``chunk`` at a time (any ``n`` fits in memory), whole or not at all; refused before
-    any is drawn if the file cannot fit in the free space of its folder."""
-    npy, header = path.suffix == ".npy", io.BytesIO()
-    if npy:
-        fields = np.lib.format.header_data_from_array_1_0(np.empty((0, vae.x_dim), np.float32))
-        np.lib.format.write_array_header_1_0(header, {**fields, "shape": (n, vae.x_dim)})
-    size = len(header.getvalue()) + n * vae.x_dim * (4 if npy else 2)  # a .csv value takes 2 bytes or more
-    free = shutil.disk_usage(path.parent).free
-    if size > free:
-        raise ValueError(f"--n {n} samples take {'' if npy else 'at least '}{size:,} bytes in {path.name}, and "
-                         f"{path.parent} has {free:,} free; lower --n or write them elsewhere with --out FILE")
+    """Write ``n`` decoded prior draws, their means or with ``binary`` a Bernoulli draw of them, ``chunk`` at a
+    time (any ``n`` fits in memory)."""
     labels = plots.sample_labels(vae, n, label)
-    with atomic_file(path, size if npy else None) as file:
-        file.write(header.getvalue())
+
+    def draws() -> Iterator[np.ndarray]:
         for start in range(0, n, chunk):
             means = vae.sample(min(chunk, n - start), None if labels is None else labels[start:start + chunk])
-            rows = (torch.bernoulli(means) if binary else means).numpy().astype(np.float32, copy=False)
+            yield (torch.bernoulli(means) if binary else means).numpy()
+
+    _write_rows(path, draws(), n, vae.x_dim)
+
+
+def _write_rows(path: Path, chunks: Iterable[np.ndarray], n: int, width: int) -> None:
+    """Write ``n`` rows of ``width`` numbers, given in ``chunks`` of rows, to the ``.npy`` or ``.csv`` file ``path``,
+    whole or not at all; refused before any chunk is computed if the file cannot fit in its folder's free space."""
+    npy, header = path.suffix == ".npy", io.BytesIO()
+    if npy:
+        fields = np.lib.format.header_data_from_array_1_0(np.empty((0, width), np.float32))
+        np.lib.format.write_array_header_1_0(header, {**fields, "shape": (n, width)})
+    size = len(header.getvalue()) + n * width * (4 if npy else 2)  # a .csv value takes 2 bytes or more
+    free = shutil.disk_usage(path.parent).free
+    if size > free:
+        raise ValueError(f"--n {n} rows take {'' if npy else 'at least '}{size:,} bytes in {path.name}, and "
+                         f"{path.parent} has {free:,} free; lower --n or write them elsewhere with --out FILE")
+    with atomic_file(path, size if npy else None) as file:
+        file.write(header.getvalue())
+        for rows in chunks:
+            rows = rows.astype(np.float32, copy=False)
             if npy:
                 file.write(rows.tobytes())
             else:
@@ -325,19 +335,9 @@ def _reconstruct(args: argparse.Namespace) -> None:
         plots.save(plots.reconstructions_figure(loaded.vae, x, image_shape, n=len(x), y=y), out)
     else:
         labels = [None] * len(x) if y is None else y.split(SAMPLE_CHUNK)
-        _write_rows(out, torch.cat([loaded.vae.reconstruct(*batch) for batch in zip(x.split(SAMPLE_CHUNK), labels)])
-                    .numpy())
+        rows = (loaded.vae.reconstruct(*batch).numpy() for batch in zip(x.split(SAMPLE_CHUNK), labels))
+        _write_rows(out, rows, len(x), loaded.vae.x_dim)
     print(f"wrote {len(x)} reconstructions of {args.split} examples to {out}")
-
-
-def _write_rows(out: Path, rows: np.ndarray) -> None:
-    """Write the array ``rows`` to the .npy or .csv file ``out``, whole or not at all."""
-    buffer = io.BytesIO()
-    if out.suffix == ".csv":
-        np.savetxt(buffer, rows, fmt="%.9g", delimiter=",")
-    else:
-        np.save(buffer, rows)
-    write_atomically(out, buffer.getvalue())
 
 
 def _plot(args: argparse.Namespace) -> None:
