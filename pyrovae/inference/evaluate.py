@@ -2,7 +2,8 @@
 
 Both estimators take a :class:`~pyrovae.model.vae.VAE` or any Pyro model and guide (the first argument's
 type picks the form). With K draws z_k ~ q(z|x), log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k|x)] - log K
-(Burda, Grosse & Salakhutdinov 2015), the number VAE papers report with K = 5000.
+(Burda, Grosse & Salakhutdinov 2015), the number VAE papers report with K = 5000. A table model's report adds,
+from the same draws, each column type's share of the log-likelihood.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from pyrovae.distributed import SINGLE, Processes, gather_objects, my_blocks
 from pyrovae.inference.importance import ImportanceSampler
 from pyrovae.memory import OutOfMemory, bytes_allocated, is_out_of_memory
+from pyrovae.model.tables import TableVAE
 from pyrovae.model.vae import VAE
 from pyrovae.randomness import derived_seed, seeded, unchanged
 from pyrovae.settings import DEVICE_HELP, Device, SettingError, check_choices, check_positive, setting
@@ -176,25 +178,45 @@ def _check_estimator(num_samples: int, memory_budget: float) -> None:
         raise ValueError(f"the memory budget must be a positive number of bytes, got memory_budget={memory_budget}")
 
 
-@torch.no_grad()
 def _log_likelihood(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
                     progress: bool = False, note_chunks: bool = False) -> torch.Tensor:
     """:func:`log_likelihood` of a sampler whose settings were checked; ``note_chunks``: refused if too long
     (:func:`_planned_chunks`), and said if samples split."""
+    return _importance_estimates(sampler, num_samples, memory_budget, (), progress, note_chunks)[:, 0]
+
+
+@torch.no_grad()
+def _importance_estimates(sampler: ImportanceSampler, num_samples: int, memory_budget: float,
+                          sites: Sequence[str] = (), progress: bool = False,
+                          note_chunks: bool = False) -> torch.Tensor:
+    """The columns of :func:`_log_mean_weight` for every example, ``(N, 1 + len(sites))``, in chunks."""
     particles, examples = (_planned_chunks if note_chunks else chunk_shape)(sampler, num_samples, memory_budget)
     with tqdm(total=len(sampler), disable=not progress, unit="example", desc=f"log p(x), K={num_samples}",
               dynamic_ncols=True) as bar:
-        return _in_chunks(lambda part, particles: _log_mean_weight(sampler, part, num_samples, particles),
+        return _in_chunks(lambda part, particles: _log_mean_weight(sampler, part, num_samples, particles, sites),
                           len(sampler), examples, particles, bar)
 
 
-def _log_mean_weight(sampler: ImportanceSampler, part: slice, num_samples: int, particles: int) -> torch.Tensor:
-    """logsumexp_k w_k - log K of the examples ``part``, with the K weights drawn ``particles`` at a time."""
-    total = None
+def _log_mean_weight(sampler: ImportanceSampler, part: slice, num_samples: int, particles: int,
+                     sites: Sequence[str] = ()) -> torch.Tensor:
+    """logsumexp_k log w_k - log K of the examples ``part``, then sum_k softmax(log w)_k log p(x_site | z_k) of each
+    model site in ``sites``: its expectation under p(z|x) by self-normalized weights (Mattei & Frellsen 2019,
+    MIWAE); shape ``(n, 1 + len(sites))``. The K draws come ``particles`` at a time."""
+    total, chunks, means = None, [], []
     for done in range(0, num_samples, particles):
-        chunk = sampler.log_weights(part, min(particles, num_samples - done)).logsumexp(0)
+        k = min(particles, num_samples - done)
+        if sites:
+            log_w, log_p = sampler.log_weights_and_sites(part, k, sites)
+        else:
+            log_w, log_p = sampler.log_weights(part, k), []
+        chunk = log_w.logsumexp(0)
         total = chunk if total is None else torch.logaddexp(total, chunk)
-    return total - math.log(num_samples)
+        chunks.append(chunk)
+        means.append([(log_w.softmax(0) * log_p_site).sum(0) for log_p_site in log_p])
+    # normalized over all K: each chunk's self-normalized mean, weighted by the chunk's share of the total weight
+    shares = [(chunk - total).exp() for chunk in chunks]
+    expected = [sum(share * mean for share, mean in zip(shares, site)) for site in zip(*means)]
+    return torch.stack([total - math.log(num_samples), *expected], dim=1)
 
 
 def chunk_shape(sampler: ImportanceSampler, num_samples: int, memory_budget: float) -> tuple[int, int]:
@@ -287,7 +309,8 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor, clusters: bool = Fal
 
 def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples: int | None, batch_size: int,
                   memory_budget: float) -> torch.Tensor:
-    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c."""
+    """Per-example columns of one block, on the CPU: -ELBO, then log p(x) or log p(x|y=c) for every class c; a
+    table model's then E[log p(x_type,obs | z) | x_obs] of each of its column types (:func:`_type_sites`)."""
     x, y = x.to(vae.device), None if y is None else y.to(vae.device)
     neg_elbo = _negative_elbo(vae_sampler(vae, x, y), batch_size)
     if num_samples:
@@ -299,17 +322,34 @@ def _block_scores(vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_samples
     if vae.conditional:
         scores = class_scores(estimate, x, vae.num_classes)
     elif num_samples:
-        scores = estimate(x, y)[:, None]
+        scores = _importance_estimates(vae_sampler(vae, x, y), num_samples, memory_budget, _type_sites(vae))
     else:
         scores = neg_elbo.new_zeros(len(x), 0)
     return torch.cat([neg_elbo[:, None], scores], dim=1).cpu()
+
+
+def _type_sites(vae: VAE) -> list[str]:
+    """A table model's sites, ``x_<type>`` for each column type present; none for images."""
+    return [f"x_{kind}" for kind in vae.likelihood.groups] if isinstance(vae, TableVAE) else []
+
+
+def _type_report(vae: TableVAE, x: torch.Tensor, expected_log_p: torch.Tensor) -> dict[str, dict[str, float]]:
+    """The per-type numbers of :func:`evaluation_report` from the ``(N, types)`` posterior expectations
+    E[log p(x_type,obs | z) | x_obs] of :func:`_block_scores`."""
+    # 0.0 - value: a type with no observed cell scores 0.0, not -0.0
+    nll = {kind: 0.0 - value for kind, value in zip(vae.likelihood.groups, expected_log_p.mean(0).tolist())}
+    observed = ~x.isnan()
+    return {"nll_by_type": nll,
+            "nll_share_by_type": {kind: value / sum(nll.values()) for kind, value in nll.items()},
+            "observed_cells_by_type": {kind: observed[:, group].sum().item() / len(x)
+                                       for kind, group in vae.likelihood.groups.items()}}
 
 
 def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                       num_samples: int | None = EvaluateConfig.num_samples, log_py: torch.Tensor | None = None,
                       batch_size: int = EvaluateConfig.batch_size,
                       memory_budget: float = DEFAULT_MEMORY_BUDGET, progress: bool = False, seed: int = 0,
-                      processes: Processes = SINGLE, clusters: bool = False) -> dict[str, float]:
+                      processes: Processes = SINGLE, clusters: bool = False) -> dict[str, float | dict[str, float]]:
     """The numbers of ``eval.json``, per example in nats, each with its standard error across examples.
 
     ``neg_elbo``; unless ``num_samples`` is ``None``, ``nll`` = -log p(x) and ``bits_per_dim`` = nll / (D log 2).
@@ -317,6 +357,14 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     argmax_y log p(x|y) + log p(y); its ``nll`` is -logsumexp_y [log p(y) + log p(x|y)] and ``nll_given_label``
     -log p(x|y) for the true label. A classifier q(y|x) adds ``accuracy_guide``. With ``clusters`` the
     accuracies match clusters to classes, and the numbers given the true label are left out.
+
+    A table model's ``nll`` is -log p(x_obs), its missing cells left out. With ``num_samples`` it adds, for each
+    column type present, ``nll_by_type``: -E[log p(x_type,obs | z) | x_obs] per row, the expectation under p(z|x_obs)
+    by the self-normalized weights of the same K draws (Mattei & Frellsen 2019, MIWAE); ``nll_share_by_type``: each
+    type's part of their sum, the part of nll that the decoder leaves unexplained (nll is that sum plus
+    KL(p(z|x_obs) || p(z))); and ``observed_cells_by_type``: observed cells per row, to compare types per cell. The
+    shares sum to 1; a negative share is a type of negative nats (real and positive columns, whose densities can
+    exceed 1), and it lifts the others above 1.
 
     Blocks of :data:`EVAL_BLOCK` examples draw from seeds derived from ``seed``; under torchrun the ranks
     share out the blocks, so any number of processes gives the same numbers.
@@ -344,10 +392,10 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
                 bar.update(len(x[part]))
     columns = torch.cat([scores for _, scores in sorted(itertools.chain(*gather_objects(computed, processes)),
                                                          key=lambda item: item[0])])
-    report: dict[str, float] = {"num_examples": len(x)}
+    report: dict[str, float | dict[str, float]] = {"num_examples": len(x)}
     if not clusters:  # the ELBO given the true label; a cluster model's labels are not its clusters
         report["neg_elbo"], report["neg_elbo_stderr"] = mean_and_stderr(columns[:, 0])
-    scores = columns[:, 1:]  # log p(x), or log p(x|y=c) for every class c
+    scores = columns[:, 1:]  # log p(x) (then a table's types), or log p(x|y=c) for every class c
     if vae.conditional:
         log_py = log_py if log_py is not None else torch.full((vae.num_classes,), -math.log(vae.num_classes))
         report["accuracy"] = accuracy(classify(scores, log_py), y, clusters)
@@ -369,4 +417,6 @@ def evaluation_report(vae: VAE, x: torch.Tensor, y: torch.Tensor | None = None,
     report["nll"], report["nll_stderr"] = mean_and_stderr(-log_px)
     report["num_samples"] = num_samples
     report["bits_per_dim"] = report["nll"] / (vae.x_dim * math.log(2))
+    if isinstance(vae, TableVAE):
+        report.update(_type_report(vae, x, scores[:, 1:]))
     return report

@@ -111,11 +111,21 @@ def sum_over_plates(log_prob: torch.Tensor, site: dict, keep: Container[str]) ->
     return log_prob.sum(dims, keepdim=True) if dims else log_prob
 
 
+def _site_sum(site: dict, layout: Layout) -> torch.Tensor:
+    """A site's unscaled (masked) log density, summed over every plate but the data plate and particles."""
+    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+    return sum_over_plates(log_prob, site, (layout.data_plate, PARTICLES))
+
+
 def _trace_sum(trace: poutine.Trace, layout: Layout) -> torch.Tensor:
     """The unscaled (masked) log densities of the trace, summed over every plate but the data plate and particles."""
-    keep = (layout.data_plate, PARTICLES)
-    return sum(sum_over_plates(scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"]), site, keep)
-               for site in _sample_sites(trace).values())
+    return sum(_site_sum(site, layout) for site in _sample_sites(trace).values())
+
+
+def _particles_by_examples(log_prob: torch.Tensor, layout: Layout, num_particles: int, n: int) -> torch.Tensor:
+    """A log density whose only dims of size above 1 are the particles' and the data plate's, as ``(K, n)``."""
+    log_prob = log_prob.reshape(log_prob.shape[layout.particle_dim], log_prob.shape[layout.data_dim])
+    return log_prob.expand(num_particles, n)
 
 
 Traces = tuple[poutine.Trace, poutine.Trace]
@@ -142,9 +152,14 @@ def trace_weights(guide_trace: poutine.Trace, model_trace: poutine.Trace, layout
     enumeration_dims = list(range(log_p.dim() + layout.particle_dim))  # every dim left of the particles
     if enumeration_dims:
         log_p = log_p.logsumexp(enumeration_dims)
-    weights = log_p - _trace_sum(guide_trace, layout)
-    weights = weights.reshape(weights.shape[layout.particle_dim], weights.shape[layout.data_dim])
-    return weights.expand(num_particles, n)
+    return _particles_by_examples(log_p - _trace_sum(guide_trace, layout), layout, num_particles, n)
+
+
+def site_log_prob(model_trace: poutine.Trace, name: str, layout: Layout, num_particles: int,
+                  n: int) -> torch.Tensor:
+    """log p(x_site | z_k) of the model site ``name`` of :func:`importance_traces`, shape ``(num_particles, n)``: its
+    unscaled (masked) log density, summed over its other plates; for a model with no enumerated sites."""
+    return _particles_by_examples(_site_sum(model_trace.nodes[name], layout), layout, num_particles, n)
 
 
 def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, layout: Layout,
@@ -173,6 +188,14 @@ class ImportanceSampler:
         """``(num_particles, n)`` log weights of the examples ``x[examples]``."""
         return trace_weights(*self.traces(examples, num_particles), self.layout, num_particles,
                              len(self.x[examples]))
+
+    def log_weights_and_sites(self, examples: slice, num_particles: int,
+                              sites: Sequence[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`log_weights`, and at the same draws :func:`site_log_prob` of each model site named in ``sites``."""
+        guide_trace, model_trace = self.traces(examples, num_particles)
+        n = len(self.x[examples])
+        return (trace_weights(guide_trace, model_trace, self.layout, num_particles, n),
+                [site_log_prob(model_trace, name, self.layout, num_particles, n) for name in sites])
 
     def traces(self, examples: slice, num_particles: int) -> Traces:
         """The guide's and the model's traces of ``num_particles`` draws for the examples ``x[examples]``."""
