@@ -7,8 +7,8 @@ optimizer (:func:`fit`), evaluated per example (:func:`negative_elbo`, and
 """
 
 from pyrovae.data.datasets import DataConfig, DataNotFoundError, Dataset, from_arrays, from_table, load_dataset
-from pyrovae.defaults import configure
 from pyrovae.data.tables import infer_schema, read_table
+from pyrovae.defaults import configure
 from pyrovae.inference.evaluate import evaluation_report, log_importance_weights, log_likelihood, negative_elbo
 from pyrovae.inference.imputation import impute
 from pyrovae.model.build import build_vae

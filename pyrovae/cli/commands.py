@@ -164,7 +164,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     result = {"split": settings.split, **report}
     if processes.is_main:  # no lock: a run still training is read and left alone, but for this file
         write_atomically(out, json.dumps(result, indent=2).encode())
-    print(f"{settings.split} split, {len(split)} {rows}, nats per example (± standard error):")
+    print(f"{settings.split} split, {len(split)} {rows}, nats per {rows[:-1]} (± standard error):")
     titles = {"neg_elbo": "negative ELBO" + " given the label" * vae.conditional,
               "nll_given_label": "NLL given the label", "nll": f"NLL, K={settings.num_samples}"}
     for key, title in titles.items():
@@ -176,6 +176,11 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"  accuracy, argmax_y log p(x|y) + log p(y){matched}: {report['accuracy']:.4f}")
     if "accuracy_guide" in report:
         print(f"  accuracy of the guide's classifier, argmax_y q(y|x){matched}: {report['accuracy_guide']:.4f}")
+    if "nll_by_type" in report:  # which columns the model explains poorly
+        print("  by column type, -E[log p(x_type | z)] under the posterior, per row (share; observed cells per row):")
+        for kind, nats in report["nll_by_type"].items():
+            print(f"    {kind:<12}{nats:10.3f}   ({report['nll_share_by_type'][kind]:6.1%}; "
+                  f"{report['observed_cells_by_type'][kind]:.1f} cells)")
     print(f"written to {out}")
 
 
