@@ -1,6 +1,8 @@
-"""What the encoder learned: posterior means, KL per latent dimension, active units, principal directions.
+"""What the encoder learned: posterior means, KL per latent dimension, active units, principal directions, and
+the plane a latent scatter draws the means on.
 
-The numbers behind the latent-space pictures of :mod:`pyrovae.report.plots`, apart from the drawing.
+The numbers behind the latent-space pictures of :mod:`pyrovae.report.plots` and :mod:`pyrovae.report.table_plots`,
+apart from the drawing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pyrovae.model.vae import VAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 """Burda et al. (2015): unit i is active when Cov_x(E_q[z_i | x]) exceeds this."""
+TSNE_MAX_POINTS = 2000
+"""t-SNE is quadratic-ish in the points: a latent scatter embeds at most this many test examples."""
 
 
 @torch.no_grad()
@@ -38,6 +42,37 @@ def principal_directions(means: torch.Tensor, k: int = 2) -> tuple[torch.Tensor,
     _, singular_values, vt = torch.linalg.svd(means - center, full_matrices=False)
     std = singular_values[:k] / max(len(means) - 1, 1) ** 0.5
     return center, vt[:k], std
+
+
+@torch.no_grad()
+def latent_plane(vae: VAE, x: torch.Tensor, heights: torch.Tensor | None = None, height_name: str = "label",
+                 tsne: bool = False, seed: int = 0) -> tuple[torch.Tensor, dict[str, str]]:
+    """The encoder means of ``x`` as points ``(M, 2)`` of a plane, on the CPU, with the plane's ``xlabel``,
+    ``ylabel`` and ``title``: a 1D latent against ``heights`` (named ``height_name``; default 0), jittered from
+    ``seed``; 2D as it is; more on its two principal directions, or embedded by t-SNE (then M is at most
+    :data:`TSNE_MAX_POINTS`, the first examples of ``x``; else every example)."""
+    means = encoder_means(vae, x).cpu()
+    if vae.z_dim == 1:
+        jitter = torch.Generator().manual_seed(seed)
+        rows = torch.zeros(len(means)) if heights is None else heights.cpu().float()
+        rows = rows + 0.3 * (torch.rand(len(means), generator=jitter) - 0.5)
+        height = "jitter" if heights is None else f"{height_name} (jittered)"
+        return torch.stack([means[:, 0], rows], dim=1), {"xlabel": "z", "ylabel": height,
+                                                         "title": "encoder means, 1D latent"}
+    if vae.z_dim == 2:
+        return means, {"xlabel": "z1", "ylabel": "z2", "title": "encoder means"}
+    if tsne:
+        from sklearn.manifold import TSNE
+
+        means = means[:TSNE_MAX_POINTS]
+        perplexity = min(30.0, len(means) - 1)  # t-SNE's default, or less for a small test split
+        embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+            means.numpy())
+        return torch.from_numpy(embedded), {"xlabel": "t-SNE 1", "ylabel": "t-SNE 2",
+                                            "title": f"encoder means ({vae.z_dim}D) by t-SNE"}
+    center, directions, _ = principal_directions(means)
+    return (means - center) @ directions.T, {"xlabel": "principal direction 1", "ylabel": "principal direction 2",
+                                             "title": f"encoder means ({vae.z_dim}D), PCA"}
 
 
 def _marginals(p: dist.Distribution) -> dist.Distribution:

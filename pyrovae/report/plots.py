@@ -1,12 +1,11 @@
 """Pictures of a trained VAE as matplotlib Figures, from seeded draws; :func:`save_run_pictures` writes them.
 
-The image grids are also :class:`Tiles` of their own, for pictures of your own and for TensorBoard.
-The figures are built without pyplot: no global figure state to close, and no backend chosen for the importer.
+The image grids are also :class:`Tiles` of their own, for pictures of your own and for TensorBoard. A table run
+gets the pictures of :mod:`pyrovae.report.table_plots` in place of the image pictures.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -23,45 +22,44 @@ from pyrovae.files import write_atomically
 from pyrovae.model.two_layer import TwoLayerVAE
 from pyrovae.model.vae import VAE
 from pyrovae.randomness import seeded
+from pyrovae.report.figures import NotebookFigure, png
 from pyrovae.report.latents import (
     ACTIVE_UNIT_THRESHOLD,
+    TSNE_MAX_POINTS,  # noqa: F401 (plots.TSNE_MAX_POINTS: the t-SNE cap that `pyrovae plot --tsne` tells of)
     active_units,
     encoder_means,
     kl_per_dimension,
+    latent_plane,
     principal_directions,
+)
+from pyrovae.report.table_plots import (
+    color_column,
+    correlations_figure,
+    learned_schema,
+    marginals_figure,
+    missingness_figure,
+    table_latent_scatter_figure,
 )
 
 log = logging.getLogger(__name__)
 
 PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "manifold", "interpolation",
             "kl_per_dim", "class_samples")
-"""The pictures of a run directory, each written as ``<name>.png``."""
+"""The pictures of a run directory, each written as ``<name>.png``; a table run's also :data:`TABLE_PICTURES`."""
+TABLE_PICTURES = ("marginals", "correlations", "missingness")
+"""The pictures of a table run drawn in place of :data:`IMAGE_PICTURES` (see :mod:`pyrovae.report.table_plots`)."""
+ALL_PICTURES = PICTURES + TABLE_PICTURES
+"""Every picture a run can have, image or table."""
 
 IMAGE_PICTURES = ("samples", "reconstructions", "manifold", "interpolation", "class_samples")
 """The pictures that draw decoded images, which rows of a table are not."""
 TABLE = "the data are rows of a table, not images"
-TSNE_MAX_POINTS = 2000
-"""t-SNE is quadratic-ish in the points: the scatter embeds at most this many test images."""
+IMAGES = "the data are images, not rows of a table"
+NO_SCHEMA = "the model is not a table model with a schema (fit one on a .csv or .parquet table, or a DataFrame)"
 MAX_GRID_IMAGES = 1024
 """Most images one sample grid shows (32 x 32); more would make an unreadable, memory-hungry picture."""
-DPI = 100
-"""Pixels per inch of the PNGs, written or shown in a notebook."""
 MAX_BARS = 64
 """Most latent dimensions kl_per_dim.png draws: past it, those of the largest KL."""
-
-
-class NotebookFigure(Figure):
-    """A Figure that Jupyter shows as a PNG whether or not pyplot's inline backend was set up."""
-
-    def _repr_png_(self) -> bytes:
-        return png(self)
-
-
-def png(fig: Figure) -> bytes:
-    """``fig`` as the bytes of a PNG file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncols: int, pad: int = 1) -> torch.Tensor:
@@ -213,31 +211,12 @@ def latent_scatter_figure(vae: VAE, test: Split, tsne: bool = False, seed: int =
     """The encoder means E_q[z|x] of ``test`` coloured by label (Canziani & LeCun's NYU lecture, fig. 8): directly
     for 1D and 2D latents, else on the two principal directions, or embedded by t-SNE."""
     vae.eval()
-    means = encoder_means(vae, as_floats(test.x)).cpu()
     labels = None if test.y is None else test.y.cpu()
+    points, axes = latent_plane(vae, as_floats(test.x), labels, "label", tsne, seed)
     fig = NotebookFigure(figsize=(6, 5), layout="tight")
     ax = fig.subplots()
-    if vae.z_dim == 1:
-        jitter = torch.Generator().manual_seed(seed)
-        rows = (labels.float() if labels is not None else torch.zeros(len(means)))
-        rows = rows + 0.3 * (torch.rand(len(means), generator=jitter) - 0.5)
-        _labelled_scatter(ax, means[:, 0], rows, labels)
-        ax.set(xlabel="z", ylabel="label (jittered)", title="encoder means, 1D latent")
-    elif vae.z_dim == 2:
-        _labelled_scatter(ax, means[:, 0], means[:, 1], labels)
-        ax.set(xlabel="z1", ylabel="z2", title="encoder means")
-    elif tsne:
-        from sklearn.manifold import TSNE
-        means, labels = means[:TSNE_MAX_POINTS], None if labels is None else labels[:TSNE_MAX_POINTS]
-        embedded = TSNE(n_components=2, init="pca", random_state=seed).fit_transform(means.numpy())
-        _labelled_scatter(ax, embedded[:, 0], embedded[:, 1], labels)
-        ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title=f"encoder means ({vae.z_dim}D) by t-SNE")
-    else:
-        center, directions, _ = principal_directions(means)
-        projected = (means - center) @ directions.T
-        _labelled_scatter(ax, projected[:, 0], projected[:, 1], labels)
-        ax.set(xlabel="principal direction 1", ylabel="principal direction 2",
-               title=f"encoder means ({vae.z_dim}D), PCA")
+    _labelled_scatter(ax, points[:, 0], points[:, 1], None if labels is None else labels[:len(points)])
+    ax.set(**axes)
     return fig
 
 
@@ -352,13 +331,16 @@ class PictureOptions:
     """seed of every random draw in the pictures."""
     elbo: str = "trace"
     """the run's objective (``TrainConfig.elbo``): under ``iwae`` the loss is not the sum of its plotted parts."""
+    color_by: str | None = None
+    """the categorical or binary column that colours a table's latent_scatter (default: the first categorical
+    column, else the first binary one; see :func:`~pyrovae.report.table_plots.color_column`)."""
 
 
 def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequence[dict[str, Any]],
                 options: PictureOptions | None = None) -> dict[str, Callable[[], Figure]]:
     """The pictures that apply to this run, by name, each drawn when called."""
     o = options or PictureOptions()
-    test = test.to(vae.device)
+    test, schema = test.to(vae.device), learned_schema(vae)
     figures: dict[str, Callable[[], Figure]] = {
         "samples": lambda: samples_figure(vae, image_shape, seed=o.seed),
         "reconstructions": lambda: reconstructions_figure(  # a classifier's own labels (clusters) for its VAE
@@ -370,7 +352,12 @@ def run_figures(vae: VAE, test: Split, image_shape: Sequence[int], metrics: Sequ
         "kl_per_dim": lambda: kl_per_dim_figure(vae, test, seed=o.seed),
         "class_samples": lambda: class_samples_figure(  # the classes of the data (labels may have gaps)
             vae, image_shape, seed=o.seed, classes=None if test.y is None else test.y.unique().tolist()),
+        "marginals": lambda: marginals_figure(vae, test, seed=o.seed),
+        "correlations": lambda: correlations_figure(vae, test, seed=o.seed),
+        "missingness": lambda: missingness_figure(test, schema),
     }
+    if schema is not None:  # a table's rows have no labels: its scatter is coloured by a column
+        figures["latent_scatter"] = lambda: table_latent_scatter_figure(vae, test, o.color_by, o.tsne, o.seed)
     for name in unavailable_pictures(vae, test, metrics, image_shape):
         del figures[name]
     return figures
@@ -391,6 +378,8 @@ def unavailable_pictures(vae: VAE, test: Split, metrics: Sequence[dict[str, Any]
     unavailable = {name: reason for name, (missing, reason) in reasons.items() if missing}
     if is_table(image_shape):
         unavailable |= {name: TABLE for name in IMAGE_PICTURES if name not in unavailable}
+    if learned_schema(vae) is None:
+        unavailable |= {name: NO_SCHEMA if is_table(image_shape) else IMAGES for name in TABLE_PICTURES}
     return unavailable
 
 
@@ -406,10 +395,12 @@ def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder:
     """Write the run's pictures (all that apply, or those named in ``only``) as ``<name>.png`` in ``folder``."""
     unavailable = unavailable_pictures(vae, test, metrics, image_shape)
     for name in only or ():
-        if name not in PICTURES:
-            raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
+        if name not in ALL_PICTURES:
+            raise ValueError(f"unknown picture {name!r}; choose from {', '.join(ALL_PICTURES)}")
         if name in unavailable:
             raise ValueError(f"{name} does not apply to this run ({unavailable[name]})")
+    if options is not None:
+        color_column(learned_schema(vae), options.color_by)  # a wrong column refused before any picture is drawn
     for name in PICTURES:
         if unavailable.get(name) == TABLE and (only is None or name in only):
             log.warning(f"{name}.png skipped: {TABLE}")
