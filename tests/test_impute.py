@@ -149,3 +149,24 @@ def test_sample_writes_rows_in_the_tables_columns_units_and_levels(trained, tmp_
     assert main(["sample", str(run), "--n", "50", "--out", str(tmp_path / "rows.npy")]) == 0
     encoded = np.load(tmp_path / "rows.npy")
     assert encoded.shape == (50, 5) and set(np.unique(encoded[:, 2])) <= {0.0, 1.0, 2.0}
+
+
+def test_a_table_run_end_to_end_evaluates_rows_and_draws_the_table_pictures(trained, tmp_path, capsys):
+    run, table = trained
+    pictures = {"training_curves", "latent_scatter", "kl_per_dim", "marginals", "correlations", "missingness"}
+    assert {f"{name}.png" for name in pictures} <= {path.name for path in run.iterdir()}
+    assert not {"samples.png", "manifold.png"} & {path.name for path in run.iterdir()}
+    capsys.readouterr()
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--num-samples", "20", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "rows of the test split" in printed and "bits/dim" not in printed and "categorical" in printed
+    report = __import__("json").loads(out.read_text())
+    assert np.isfinite(report["nll"]) and report["nll_stderr"] > 0 and "bits_per_dim" not in report
+    assert set(report["nll_by_type"]) == {"real", "binary", "categorical"}
+    assert main(["plot", str(run), "--only", "latent_scatter", "--color-by", "male", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "latent_scatter.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["plot", str(run), "--color-by", "length", "--out", str(tmp_path / "p")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--color-by length" in error and "'island'" in error, error

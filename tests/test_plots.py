@@ -17,6 +17,11 @@ from pyrovae.report.latents import active_units, encoder_means, kl_per_dimension
 from pyrovae.runs.rundir import RunDir
 
 
+def image_pictures():
+    """The files an unconditional image run's pictures are written to."""
+    return {f"{name}.png" for name in plots.PICTURES if name not in ("class_samples", *plots.TABLE_PICTURES)}
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset(DataConfig(dataset="digits", binarize="dynamic"))
@@ -46,7 +51,7 @@ def two_runs(digits, tmp_path_factory):
 
 def test_every_picture_that_applies_is_written_as_a_readable_png(two_runs):
     written = {p.name for p in two_runs["a"].iterdir()}
-    assert written == {f"{name}.png" for name in plots.PICTURES if name != "class_samples"}
+    assert written == image_pictures()
     for path in two_runs["a"].iterdir():
         pixels = png_pixels(path)
         assert min(pixels.shape[:2]) >= 100 and max(pixels.shape[:2]) >= 300
@@ -191,7 +196,7 @@ def test_figures_are_returned_for_notebooks(digits):
 def test_plot_command_draws_only_what_is_asked(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "2", "--z-dim", "3", "--out", str(out), "--no-progress"]) == 0
-    assert {f"{name}.png" for name in plots.PICTURES if name != "class_samples"} <= {p.name for p in out.iterdir()}
+    assert image_pictures() <= {p.name for p in out.iterdir()}
     assert len(RunDir(out).read_metrics()) == 2
     for picture in out.glob("*.png"):
         picture.unlink()

@@ -353,7 +353,7 @@ def _plot(args: argparse.Namespace) -> None:
     run = RunDir(args.run_dir)
     options = plots.PictureOptions(tsne=args.tsne, quantiles=args.quantiles, seed=args.seed,
                                    interpolate=args.interpolate and tuple(args.interpolate),
-                                   elbo=run.settings(TrainConfig, "train").elbo)
+                                   elbo=run.settings(TrainConfig, "train").elbo, color_by=args.color_by)
     folder = Path(args.out_dir or args.run_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -162,7 +162,9 @@ def build_parser() -> Parser:
         description="Write a run's pictures into its directory, as `pyrovae train` does at the end:\n"
                     + "".join(f"  {name}.png\n" for name in plots.PICTURES)
                     + "(training_curves needs metrics.jsonl, interpolation labels, class_samples a\n"
-                      "conditional model). See docs/guide.md, 'Reading the pictures'.",
+                      "conditional model; samples, reconstructions, manifold, interpolation and class_samples\n"
+                      "are for images, marginals, correlations and missingness for a table's rows). See\n"
+                      "docs/guide.md, 'Reading the pictures'.",
         epilog="examples:\n  pyrovae plot runs/fashion --only latent_scatter manifold --tsne\n"
                "  pyrovae plot runs/digits --only interpolation --interpolate 1 7")
     plot.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
@@ -176,6 +178,9 @@ def build_parser() -> Parser:
     plot.add_argument("--interpolate", type=int, nargs=2, metavar=("A", "B"),
                       help="interpolation walks from the first test image of class A to one of class B (default: 0 "
                            "and 1 where the test split has them, else its first and last class)")
+    plot.add_argument("--color-by", metavar="COLUMN",
+                      help="a table's categorical or binary column that colours latent_scatter (default: its first "
+                           "categorical column, else its first binary one)")
     plot.add_argument("--seed", type=int, default=0, help="seed of the pictures' random draws (default: %(default)s)")
     plot.add_argument("--device", choices=DEVICES, default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
     plot.add_argument("--tensorboard", action="store_true",

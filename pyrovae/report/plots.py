@@ -44,13 +44,10 @@ from pyrovae.report.table_plots import (
 log = logging.getLogger(__name__)
 
 PICTURES = ("samples", "reconstructions", "training_curves", "latent_scatter", "manifold", "interpolation",
-            "kl_per_dim", "class_samples")
-"""The pictures of a run directory, each written as ``<name>.png``; a table run's also :data:`TABLE_PICTURES`."""
+            "kl_per_dim", "class_samples", "marginals", "correlations", "missingness")
+"""The pictures a run directory can have, each written as ``<name>.png``: those that apply to its data."""
 TABLE_PICTURES = ("marginals", "correlations", "missingness")
 """The pictures of a table run drawn in place of :data:`IMAGE_PICTURES` (see :mod:`pyrovae.report.table_plots`)."""
-ALL_PICTURES = PICTURES + TABLE_PICTURES
-"""Every picture a run can have, image or table."""
-
 IMAGE_PICTURES = ("samples", "reconstructions", "manifold", "interpolation", "class_samples")
 """The pictures that draw decoded images, which rows of a table are not."""
 TABLE = "the data are rows of a table, not images"
@@ -395,8 +392,8 @@ def save_run_pictures(vae: VAE, test: Split, image_shape: Sequence[int], folder:
     """Write the run's pictures (all that apply, or those named in ``only``) as ``<name>.png`` in ``folder``."""
     unavailable = unavailable_pictures(vae, test, metrics, image_shape)
     for name in only or ():
-        if name not in ALL_PICTURES:
-            raise ValueError(f"unknown picture {name!r}; choose from {', '.join(ALL_PICTURES)}")
+        if name not in PICTURES:
+            raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURES)}")
         if name in unavailable:
             raise ValueError(f"{name} does not apply to this run ({unavailable[name]})")
     if options is not None:
