@@ -49,9 +49,37 @@ def test_example_runs_one_tiny_epoch_offline(example, tmp_path):
         assert (tmp_path / name).is_file(), name
 
 
+def test_tables_example_runs_one_epoch(tmp_path):
+    import pandas as pd
+
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "tables.py"), "--epochs", "1", "--device", "cpu",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for printed in ("species (categorical)", "sex (binary)", "year (categorical)",
+                    "cells removed from 68 held-out rows", "accuracy", "RMSE", "1000 synthetic rows",
+                    "-log p(x_obs) ="):
+        assert printed in result.stdout, printed
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    incomplete, filled = pd.read_csv(tmp_path / "incomplete.csv"), pd.read_csv(tmp_path / "filled.csv")
+    columns = ["species", "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex",
+               "year"]
+    assert list(filled.columns) == columns and incomplete.isna().any().all() and not filled.isna().any().any()
+    draws = pd.read_csv(tmp_path / "imputations.csv")
+    assert list(draws.columns) == ["imputation", *columns] and len(draws) == 20 * len(incomplete)
+    synthetic = pd.read_csv(tmp_path / "synthetic.csv")
+    assert list(synthetic.columns) == columns and len(synthetic) == 1000
+    assert set(synthetic["species"]) <= {"Adelie", "Chinstrap", "Gentoo"}
+
+
+OWN_TESTS = {"burda_iwae.py": "test_burda_example_runs_a_tiny_schedule_on_digits",
+             "tables.py": "test_tables_example_runs_one_epoch"}
+"""The examples that take other flags than --dataset digits, each with a test of its own."""
+
+
 def test_every_example_is_tested():
-    scripts = {path.name for path in (ROOT / "examples").glob("*.py")} - {"common.py", "burda_iwae.py"}
-    assert scripts == set(EXAMPLES)
+    scripts = {path.name for path in (ROOT / "examples").glob("*.py")} - {"common.py"}
+    assert scripts == set(EXAMPLES) | set(OWN_TESTS)
+    assert all(callable(globals().get(test)) for test in OWN_TESTS.values())
 
 
 def test_the_readme_picture_is_small_and_drawn_by_its_script():
