@@ -152,10 +152,12 @@ def test_columns_that_carry_nothing_are_refused_naming_them(frame, words):
     ({"neg": "count"}, ["'neg'", "count", "-2", "real"]),
     ({"zero": "positive"}, ["'zero'", "positive", "0", "real"]),
     ({"three": "binary"}, ["'three'", "binary", "3 values", "categorical"]),
+    ({"neg": "binary"}, ["'neg'", "binary", "4 values (-2, 0, 3, 5)", "categorical"]),
     ({"text": "real"}, ["'text'", "real", "numbers", "categorical"]),
     ({"thre": "binary"}, ["'thre'", "did you mean 'three'"]),
     ({"neg": "int"}, ["'neg'", "'int'", *COLUMN_TYPES]),
-], ids=["count-on-negatives", "positive-on-zero", "binary-of-three", "real-on-text", "unknown-column", "unknown-type"])
+], ids=["count-on-negatives", "positive-on-zero", "binary-of-three", "binary-of-four-numbers", "real-on-text",
+         "unknown-column", "unknown-type"])
 def test_an_override_that_does_not_fit_is_refused_naming_the_column_and_the_type(given, words):
     frame = pd.DataFrame({"neg": [-2, 0, 3, 5], "zero": [0.0, 1.5, 2.5, 3.5], "three": ["a", "b", "c", "a"],
                           "text": ["u", "v", "u", "v"]})
@@ -260,3 +262,10 @@ def test_fit_trains_a_table_model_on_a_dataframe_with_missing_cells():
     rows = pyrovae.fit(vae, frame, pyrovae.TrainConfig(epochs=2, batch_size=16, device="cpu"), progress=False,
                        verbose=False)
     assert len(rows) == 2 and all(np.isfinite(row["val_neg_elbo"]) for row in rows)
+
+
+def test_a_row_with_every_cell_missing_is_refused_naming_it():
+    frame = mixed_frame().astype(object)
+    frame.iloc[5] = None
+    one_line_error(ValueError, lambda: from_table(frame), "1 row(s) have every cell missing", "index 5", "drop")
+    one_line_error(ValueError, lambda: infer_schema(mixed_frame()).encode(frame, "new.csv"), "new.csv", "index 5")

@@ -174,8 +174,8 @@ class TableSchema:
 
     def encode(self, frame: pd.DataFrame, name: str) -> torch.Tensor:
         """The rows of ``frame`` (its columns in any order) as float32 ``(N, C)`` in schema order, ``NaN`` where a
-        cell is missing; refused, naming ``name``, the column and the value: other columns, an unseen level, or a
-        value that does not fit the column's type."""
+        cell is missing; refused, naming ``name``, the column and the value: other columns, an unseen level, a
+        value that does not fit the column's type, or a row with every cell missing."""
         check_frame(frame, name, rows=False)
         missing = [column for column in self.names if column not in frame.columns]
         extra = [str(column) for column in frame.columns if column not in self.names]
@@ -184,8 +184,12 @@ class TableSchema:
                      for what, columns in (("missing", missing), ("extra", extra)) if columns]
             raise ValueError(f"{name} does not have the columns of the table the schema was made for: "
                              f"{'; '.join(parts)}; give it exactly the columns {', '.join(map(repr, self.names))}")
-        encoded = [column.encode(frame[column.name], name) for column in self.columns]
-        return torch.from_numpy(np.stack(encoded, axis=1).astype(np.float32))
+        encoded = np.stack([column.encode(frame[column.name], name) for column in self.columns], axis=1)
+        if (empty := np.isnan(encoded).all(axis=1)).any():
+            rows = frame.index[empty]
+            raise ValueError(f"{name}: {len(rows)} row(s) have every cell missing, the first at index {rows[0]!r}; "
+                             f"drop them, a row with no cell observed has nothing to learn from or score")
+        return torch.from_numpy(encoded.astype(np.float32))
 
     def decode(self, x: torch.Tensor) -> pd.DataFrame:
         """Complete encoded rows ``(N, C)`` as the table they stand for: the original column names and order,
@@ -350,7 +354,8 @@ def _column(cells: pd.Series, every: pd.Series, given: str | None, where: str) -
     kind = given or _inferred_type(array, len(distinct), len(values), label)
     if kind in ("binary", "categorical"):
         if kind == "binary" and len(distinct) != 2:
-            shown = ", ".join(map(repr, distinct[:4])) + (", ..." if len(distinct) > 4 else "")
+            shown = ", ".join(repr(_level(value, label)) for value in distinct[:4]) + (", ..." if len(distinct) > 4
+                                                                                      else "")
             raise ValueError(f"{label} is given the type binary but holds {len(distinct)} values ({shown}); "
                              f"binary takes two: choose categorical")
         levels = sorted((_level(value, label) for value in distinct), key=lambda v: (isinstance(v, str), v))
