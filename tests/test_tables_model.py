@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -273,3 +274,28 @@ def test_a_table_model_refuses_labels_and_the_vamp_prior():
         TableVAE(encoder, decoder, 2, likelihood, decoder_conditioning=True, num_classes=2)
     with pytest.raises(ValueError, match="vamp"):
         TableVAE(encoder, decoder, 2, likelihood, prior=VampPrior(encoder, 1, 2))
+
+
+def test_start_at_centres_positive_and_count_columns_on_their_observed_cells():
+    likelihood = TableLikelihood(COLUMNS, SCALE)
+    x = X.clone()
+    x[:, 3], x[:, 4] = torch.tensor([3000.0, 5000.0, NAN]), torch.tensor([40.0, NAN, 90.0])
+    likelihood.start_at(x)
+    columns = likelihood.column_distributions(torch.zeros(len(THETA)))  # an untrained decoder's outputs: 0
+    assert columns[3].mean.item() == pytest.approx(4000.0, rel=1e-5)  # the count's rate: the mean count
+    assert columns[4].loc.item() == pytest.approx((math.log(40.0) + math.log(90.0)) / 2, rel=1e-6)  # mean log x
+    assert columns[1].loc.item() == 0.0 and torch.allclose(columns[0].probs, torch.full((3,), 1 / 3))  # no offset
+
+
+def test_fit_starts_counts_and_positives_in_the_thousands_where_they_are():
+    rows = 200
+    gen = torch.Generator().manual_seed(0)
+    frame = pd.DataFrame({"grams": torch.poisson(torch.full((rows,), 3000.0), generator=gen).numpy(),
+                          "length": torch.exp(torch.randn(rows, generator=gen) * 0.1 + math.log(50.0)).numpy()})
+    data = pyrovae.from_table(frame, column_types="grams=count,length=positive")
+    vae = build_vae(ModelConfig(image_shape=(1, 1, 2), columns=data.columns, likelihood="table", z_dim=2,
+                                hidden=(8,)))
+    pyrovae.fit(vae, data, pyrovae.TrainConfig(epochs=1, batch_size=50, device="cpu"), progress=False, verbose=False)
+    drawn = vae.sample_rows(500)
+    assert drawn[:, 0].mean().item() == pytest.approx(3000.0, rel=0.2)
+    assert drawn[:, 1].mean().item() == pytest.approx(50.0, rel=0.2)

@@ -90,14 +90,34 @@ class TableLikelihood(nn.Module):
                        len(group) * (self.scales[kind].params_per_pixel if kind in self.scales else 1)
                        for kind, group in self.groups.items()}
         self.num_params = sum(self.widths.values())
+        self.register_buffer("offsets", torch.zeros(self.num_params))  # added to the decoder's outputs: start_at
         # where each column lies: its type, its place among that type's columns, its levels
         place = {j: (kind, p) for kind, group in self.groups.items() for p, j in enumerate(group)}
         self.places = [(*place[j], parse_column(spec)[1]) for j, spec in enumerate(self.columns)]
 
+    @torch.no_grad()
+    def start_at(self, x: torch.Tensor) -> None:
+        """Centre the untrained decoder's outputs (near 0) on the encoded table ``x`` (NaN where missing): offsets
+        that put each positive column's log-location at the mean log of its observed cells and each count column's
+        log-rate at the log of their mean. Reals are standardized and need none; unscaled positives and counts (in
+        the thousands, say) would otherwise have to climb there by gradient steps. The offsets stay fixed."""
+        starts = dict(zip(self.widths, torch.tensor([0, *self.widths.values()]).cumsum(0).tolist()))
+        for kind in ("positive", "count"):
+            if kind not in self.groups:
+                continue
+            cells = x[:, self.groups[kind]].double()
+            observed = (~cells.isnan()).sum(0).clamp(min=1)
+            if kind == "positive":
+                offset = cells.log().nan_to_num(0.0).sum(0) / observed  # mean log x
+            else:
+                offset = (cells.nan_to_num(0.0).sum(0) / observed).clamp(min=1e-3).log()  # log mean x
+            self.offsets[starts[kind]:starts[kind] + len(self.groups[kind])] = offset.to(self.offsets.dtype)
+
     def cell_parameters(self, params: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
-        """Each type's parameters from the decoder's outputs, ``(loc, scale)``, ``(rate,)`` or ``(logits,)``, its
-        columns last (categorical: then the padded levels)."""
+        """Each type's parameters from the decoder's outputs (plus :meth:`start_at`'s offsets), ``(loc, scale)``,
+        ``(rate,)`` or ``(logits,)``, its columns last (categorical: then the padded levels)."""
         parameters = {}
+        params = params + self.offsets
         for kind, block in zip(self.widths, params.split(list(self.widths.values()), dim=-1)):
             if kind in self.scales:
                 loc, scale = self.scales[kind].loc_and_scale(block)

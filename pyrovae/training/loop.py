@@ -162,6 +162,7 @@ def fit(vae: VAE, data: Dataset | torch.utils.data.Dataset | torch.Tensor | np.n
         check_training(vae, data, config, processes)
         if data.schema is not None:  # a table: the model writes its rows back in the table's columns
             vae.schema = data.schema
+            vae.likelihood.start_at(data.train.x)
         if config.elbo == "meanfield" and not vae.closed_form_kl and processes.is_main:
             log.warning("elbo='meanfield' has no closed-form KL for a flow guide or two stochastic layers: training "
                         "with the sampled KL, as elbo='trace'")
