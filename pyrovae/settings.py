@@ -257,6 +257,9 @@ def settings_from_json(cls: type[Settings], values: Any, where: str) -> Settings
         raise ValueError(f"{where}: {error}") from None
 
 
+COLUMN_TYPES = ("real", "positive", "count", "binary", "categorical")
+"""The types of a table's columns (the data layer reads them, the model scores them), in the order of the model's
+sites: real (Normal), positive (LogNormal), count (Poisson), binary (Bernoulli), categorical (Categorical)."""
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES = get_args(Device)
 DEVICE_HELP = "auto picks CUDA when there is a GPU"

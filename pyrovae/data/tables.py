@@ -21,13 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pyrovae.settings import SettingError, guess
+from pyrovae.settings import COLUMN_TYPES, SettingError, guess
 
 if TYPE_CHECKING:
     import pandas as pd
 
-COLUMN_TYPES = ("real", "positive", "count", "binary", "categorical")
-"""real: Normal on standardized values; positive: LogNormal; count: Poisson; binary: Bernoulli; categorical."""
 TABLE_SUFFIXES = (".csv", ".parquet")
 MISSING = ("", "NA", "NaN")
 """The CSV cells read as missing values."""

@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.model.likelihoods import LocationScaleLikelihood
-
-COLUMN_TYPES = ("real", "positive", "count", "binary", "categorical")
-"""The column types, in the order of the model's sites and of the decoder's outputs."""
+from pyrovae.settings import COLUMN_TYPES
 
 
 def parse_column(spec: str) -> tuple[str, int]:
