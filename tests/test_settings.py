@@ -128,8 +128,9 @@ def test_train_help_is_grouped_by_topic():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_threads_and_quiet(command):
-    needs_out = command in ("sample", "encode", "reconstruct")
-    argv = [command] + (["RUN"] if command != "train" else []) + (["--out", "x.npy"] if needs_out else [])
+    needs_out = command in ("sample", "encode", "reconstruct", "impute")
+    argv = ([command] + (["RUN"] if command != "train" else []) + (["--out", "x.npy"] if needs_out else [])
+            + (["--dataset", "t.csv"] if command == "impute" else []))
     args = build_parser().parse_args([*argv, "--threads", "2", "--quiet"])
     assert args.threads == 2 and args.quiet and {"threads", "quiet"} <= args.given
     assert not build_parser().parse_args(argv).quiet
@@ -267,7 +268,7 @@ def test_in_flags_rewrites_python_names_and_nothing_else(text, settings, expecte
 @pytest.mark.parametrize("argv,parts", [
     (["train", "--prior", "mixtur"], ["pyrovae train: error: ", "--prior", "'mixtur'", "standard, class-means, "
                                       "mixture, vamp", "did you mean 'mixture'?"]),
-    (["trian"], ["pyrovae: error: ", "'trian'", "train, evaluate, sample, encode, reconstruct, plot",
+    (["trian"], ["pyrovae: error: ", "'trian'", "train, evaluate, sample, encode, reconstruct, impute, plot",
                  "did you mean 'train'?"]),
     (["plot", "RUN", "--only", "samples", "manifol"], ["pyrovae plot: error: ", "--only", "did you mean 'manifold'?"]),
     (["train", "--z-dim", "two"], ["pyrovae train: error: ", "--z-dim", "'two'"]),
