@@ -1,7 +1,8 @@
 """The defaults one setting takes from another, applied by :func:`configure` for the CLI and Python alike.
 
 Such settings are left unset (``None``) in their classes: ``DataConfig.binarize`` follows the likelihood, the
-few-label model settings the data's ``labeled``. The model and data layers cannot see each other, so they meet here.
+few-label model settings the data's ``labeled``; a table's own defaults are :data:`TABLE_DEFAULTS`. The model and
+data layers cannot see each other, so they meet here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ import dataclasses
 
 from pyrovae.data.datasets import Binarize, DataConfig
 from pyrovae.model.config import Likelihood, ModelConfig
+
+TABLE_DEFAULTS = {"hidden": (128, 128), "elbo": "iwae", "particles": 20, "batch_size": 64}
+"""The settings a table trains with unless given, in place of those sized for images: two narrower hidden layers,
+MIWAE's bound with 20 importance samples (Mattei & Frellsen 2019) and smaller batches, which a few hundred rows need
+to get enough steps. docs/benchmarks.md, "Tables", has the imputation error that chose them."""
 
 
 def binarization(likelihood: Likelihood) -> Binarize:

@@ -1,6 +1,8 @@
 """`pyrovae impute` and `pyrovae.impute`: a table's missing cells filled, the rest of the file as it was; and
 `pyrovae sample` of a table run, rows in the table's own columns."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyro
@@ -13,6 +15,7 @@ from pyrovae import load_run
 from pyrovae.cli import main
 from pyrovae.data.table_output import read_cells_as_written
 from pyrovae.data.tables import MISSING, read_table
+from pyrovae.defaults import TABLE_DEFAULTS
 
 N = 120
 
@@ -161,7 +164,7 @@ def test_a_table_run_end_to_end_evaluates_rows_and_draws_the_table_pictures(trai
     assert main(["evaluate", str(run), "--num-samples", "20", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "rows of the test split" in printed and "bits/dim" not in printed and "categorical" in printed
-    report = __import__("json").loads(out.read_text())
+    report = json.loads(out.read_text())
     assert np.isfinite(report["nll"]) and report["nll_stderr"] > 0 and "bits_per_dim" not in report
     assert set(report["nll_by_type"]) == {"real", "binary", "categorical"}
     assert main(["plot", str(run), "--only", "latent_scatter", "--color-by", "male", "--out", str(tmp_path)]) == 0
@@ -170,3 +173,13 @@ def test_a_table_run_end_to_end_evaluates_rows_and_draws_the_table_pictures(trai
     assert main(["plot", str(run), "--color-by", "length", "--out", str(tmp_path / "p")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--color-by length" in error and "'island'" in error, error
+
+
+def test_a_table_trains_with_the_table_defaults_where_no_flag_is_given(trained):
+    run, _ = trained
+    settings = json.loads((run / "config.json").read_text())
+    assert settings["model"]["hidden"] == [16]  # given
+    assert {name: settings["train"][name] for name in ("elbo", "particles", "batch_size")} == {
+        "elbo": TABLE_DEFAULTS["elbo"], "particles": TABLE_DEFAULTS["particles"],
+        "batch_size": TABLE_DEFAULTS["batch_size"]}
+    assert TABLE_DEFAULTS["batch_size"] != pyrovae.TrainConfig().batch_size

@@ -22,7 +22,7 @@ from pyrovae.data.datasets import DataConfig, Dataset, Split, as_floats, load_da
 from pyrovae.data.label_mix import visible_labels
 from pyrovae.data.table_output import table_bytes
 from pyrovae.data.tables import is_table_file, read_table
-from pyrovae.defaults import binarization, configure
+from pyrovae.defaults import TABLE_DEFAULTS, binarization, configure
 from pyrovae.distributed import from_main, join
 from pyrovae.files import NoSpaceError, atomic_file, cannot_write, write_atomically
 from pyrovae.inference.evaluate import EvaluateConfig, class_log_prior, evaluation_report
@@ -73,6 +73,8 @@ def _train(args: argparse.Namespace) -> None:
         model_config, data = run.settings(ModelConfig, "model"), load_data(run)
         train_config = _resumed(run, args)
     else:
+        if is_table_file(args.dataset):  # a table's own defaults, for the settings not given
+            vars(args).update({name: value for name, value in TABLE_DEFAULTS.items() if name not in args.given})
         train_config = from_args(TrainConfig, args)
         data = load_dataset(_data_config(args), resolve_device(train_config.device))
         model_config = _model_config(args, data)

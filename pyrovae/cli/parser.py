@@ -12,11 +12,22 @@ from typing import Any, NoReturn
 
 from pyrovae import __version__
 from pyrovae.data.datasets import DataConfig
+from pyrovae.defaults import TABLE_DEFAULTS
 from pyrovae.inference.evaluate import EvaluateConfig
 from pyrovae.model.config import ModelConfig
 from pyrovae.report import plots
 from pyrovae.runs.rundir import EVAL
-from pyrovae.settings import DEVICE_HELP, DEVICES, ArgumentContainer, add_arguments, guess, help_text, in_flags, marked
+from pyrovae.settings import (
+    DEVICE_HELP,
+    DEVICES,
+    ArgumentContainer,
+    add_arguments,
+    flag,
+    guess,
+    help_text,
+    in_flags,
+    marked,
+)
 from pyrovae.training.config import TrainConfig
 
 RUN_DIR_HELP = "a run directory that `pyrovae train` wrote"
@@ -55,7 +66,10 @@ def build_parser() -> Parser:
         "train", help="train a VAE and write a run directory", formatter_class=formatter,
         description="Train a VAE by stochastic variational inference. The run directory gets\n"
                     "config.json, checkpoint.pt (after every epoch), metrics.jsonl and, at the\n"
-                    "end, the pictures of `pyrovae plot`.", epilog=EPILOG_TRAIN)
+                    "end, the pictures of `pyrovae plot`. A .csv or .parquet table trains with its\n"
+                    "own defaults where a flag is not given:\n  "
+                    + " ".join(f"{flag(name)} {' '.join(map(str, value if isinstance(value, tuple) else [value]))}"
+                               for name, value in TABLE_DEFAULTS.items()) + ".", epilog=EPILOG_TRAIN)
     # A flag per settings field (pyrovae.settings); written here only what is not one field's plain flag.
     data = train.group("data")
     add_arguments(data, DataConfig, skip=("download",))
