@@ -129,7 +129,8 @@ def test_impute_refuses_an_image_run_and_bad_flags_in_one_line(trained, tmp_path
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((40, 4), dtype=np.float32))
     assert main(["train", *TINY, "--dataset", str(tmp_path / "x.npy"), "--out", str(images)]) == 0
     capsys.readouterr()
-    for argv, words in [([str(images), "--dataset", str(table), "--out", str(tmp_path / "f.csv")], ["images"]),
+    for argv, words in [([str(images), "--dataset", str(table), "--out", str(tmp_path / "f.csv")],
+                         ["not trained on a .csv or .parquet table"]),
                         ([str(run), "--dataset", str(table), "--out", str(tmp_path / "f.npy")], [".csv", ".parquet"]),
                         ([str(run), "--dataset", str(table), "--out", str(tmp_path / "f.csv"), "--draws", "0"],
                          ["--draws"])]:

@@ -252,8 +252,8 @@ def _impute(args: argparse.Namespace) -> None:
     check_positive(args, "num_samples", "draws")
     vae = load_run(args.run_dir, data=False, metrics=False).vae
     if not isinstance(vae, TableVAE):
-        raise ValueError(f"{args.run_dir} models images, and impute fills the missing cells of a table; train a run "
-                         f"on the table first: pyrovae train --dataset TABLE.csv")
+        raise ValueError(f"{args.run_dir} was not trained on a .csv or .parquet table, and impute fills the missing "
+                         f"cells of one; train a run on the table first: pyrovae train --dataset TABLE.csv")
     table = read_table(args.dataset)
     missing = int(table.isna().sum().sum())
     print(f"imputing {missing} missing cells of {len(table)} rows of {args.dataset}, K={args.num_samples} draws per "
