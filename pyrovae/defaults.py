@@ -13,10 +13,10 @@ from pyrovae.data.datasets import Binarize, DataConfig
 from pyrovae.model.config import Likelihood, ModelConfig
 
 TABLE_DEFAULTS = {"z_dim": 20, "hidden": (128, 128), "elbo": "iwae", "particles": 20, "batch_size": 64}
-"""The settings a table trains with unless given, in place of those sized for images: a wider latent, two narrower
-hidden layers, MIWAE's bound with 20 importance samples (Mattei & Frellsen 2019) and smaller batches, which a few
-hundred rows need to get enough steps (the model's own default for a table, ``learn_scale='decoder'``, completes
-them). docs/benchmarks.md, "Tables", has the imputation errors that chose them."""
+"""The settings a table trains with unless given, in place of those sized for images: a wider latent and two
+narrower hidden layers, MIWAE's bound with 20 importance samples (Mattei & Frellsen 2019) and smaller batches,
+which a few hundred rows need to get enough steps. docs/benchmarks.md, "Tables", has the imputation error that
+chose them."""
 
 
 def binarization(likelihood: Likelihood) -> Binarize:

@@ -216,9 +216,9 @@ def test_training_on_a_mixed_table_with_missing_cells_lowers_the_loss(settings, 
     assert torch.isfinite(pyrovae.log_likelihood(vae, x, num_samples=20)).all()
 
 
-def test_the_table_config_has_the_decoder_predict_each_cells_scale():
+def test_the_table_config_sets_one_learned_scale_per_column():
     config = ModelConfig(image_shape=(1, 1, 2), columns=["real", "count"], likelihood="table")
-    assert config.learn_scale == "decoder" and config.columns == ("real", "count")
+    assert config.learn_scale == "pixel" and config.columns == ("real", "count")
     vae = build_vae(config)
     assert isinstance(vae, TableVAE) and vae.columns == ("real", "count") and vae.x_dim == 2
 

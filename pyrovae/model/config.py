@@ -60,8 +60,8 @@ class ModelConfig:
                                            "is learned", metavar="S")
     learn_scale: LearnScale | None = setting(None, "learn the gaussian/laplace scale: one per pixel, or predicted "
                                                    "by the decoder for every image (discretized-logistic: always "
-                                                   "learned, by default by the decoder; table: by default by the "
-                                                   "decoder, pixel is one per column)")
+                                                   "learned, by default by the decoder; table: by default one per "
+                                                   "column)")
     grayscale_targets: bool = setting(False, "let the Bernoulli likelihood score grayscale pixels in [0, 1] "
                                              "(then not a normalized log-likelihood)", from_data=True)
     num_classes: int | None = setting(None, "the number of labels, which a conditional model needs", from_data=True)
@@ -121,7 +121,7 @@ class ModelConfig:
             self.learn_scale = "decoder"  # its scale is always learned
         self._check_table()
         if self.likelihood == "table" and self.learn_scale is None:
-            self.learn_scale = "decoder"  # a scale per cell: a fixed one cannot suit every standardized column
+            self.learn_scale = "pixel"  # one per column: a fixed scale cannot suit every standardized column
         if self.learn_scale is not None and self.likelihood not in ("gaussian", "laplace", "discretized-logistic",
                                                                     "table"):
             raise ValueError(f"learn_scale={self.learn_scale!r} needs the gaussian, laplace or discretized-logistic "
