@@ -153,6 +153,9 @@ def test_sample_writes_rows_in_the_tables_columns_units_and_levels(trained, tmp_
     assert main(["sample", str(run), "--n", "50", "--out", str(tmp_path / "rows.npy")]) == 0
     encoded = np.load(tmp_path / "rows.npy")
     assert encoded.shape == (50, 5) and set(np.unique(encoded[:, 2])) <= {0.0, 1.0, 2.0}
+    for flags in (["--binary"], ["--class", "1"], ["--out", str(tmp_path / "rows.png")]):
+        assert main(["sample", str(run), "--n", "5", "--out", str(tmp_path / "more.csv"), *flags]) == 2
+    assert not (tmp_path / "more.csv").exists() and not (tmp_path / "rows.png").exists()
 
 
 def test_a_table_run_end_to_end_evaluates_rows_and_draws_the_table_pictures(trained, tmp_path, capsys):

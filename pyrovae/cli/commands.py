@@ -211,9 +211,7 @@ def _sample(args: argparse.Namespace) -> None:
                          f"{plots.MAX_GRID_IMAGES}); write them to an .npy file instead, any number fits")
     run = load_run(args.run_dir, data=False, metrics=False)
     vae, image_shape, likelihood = run.vae, run.vae.config.image_shape, run.vae.config.likelihood
-    if isinstance(vae, TableVAE) and out.suffix != ".png":
-        return _sample_rows(vae, args.n, out, args.seed)
-    if out.suffix == ".parquet":
+    if out.suffix == ".parquet" and not isinstance(vae, TableVAE):
         raise ValueError(f"--out {out}: a .parquet file holds a table's rows, and {args.run_dir} models images; "
                          f"write the samples to an .npy or .csv file")
     if out.suffix == ".png" and (plots.is_table(image_shape) or args.binary):
@@ -227,6 +225,8 @@ def _sample(args: argparse.Namespace) -> None:
                          f"train one with `pyrovae train --conditional`")
     if args.label is not None:
         vae.check_labels(torch.tensor([args.label]), "--class")
+    if isinstance(vae, TableVAE):
+        return _sample_rows(vae, args.n, out, args.seed)
     if out.suffix == ".png":
         plots.save(plots.samples_figure(vae, image_shape, n=args.n, seed=args.seed, label=args.label), out)
     else:
