@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyrovae.data.tables import MISSING, TABLE_SUFFIXES, read_table
+from pyrovae.data.tables import MISSING, TABLE_SUFFIXES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,11 +28,10 @@ def cell_text(value: Any) -> str:
 
 
 def read_cells_as_written(path: str | Path) -> pd.DataFrame:
-    """Every cell of the CSV file ``path`` as the text it holds (quotes removed), read as :func:`read_table`
-    reads the file, so its rows and columns are the same."""
+    """Every cell of a CSV file that :func:`~pyrovae.data.tables.read_table` has read, as the text it holds (quotes
+    removed), in the same rows and columns."""
     import pandas as pd
 
-    read_table(path)  # refuses what is not a well-formed table, in one line
     return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
 
 
