@@ -16,6 +16,7 @@ from pyrovae.defaults import TABLE_DEFAULTS
 from pyrovae.inference.evaluate import EvaluateConfig
 from pyrovae.model.config import ModelConfig
 from pyrovae.report import plots
+from pyrovae.report.latents import TSNE_MAX_POINTS
 from pyrovae.runs.rundir import EVAL
 from pyrovae.settings import (
     DEVICE_HELP,
@@ -186,7 +187,7 @@ def build_parser() -> Parser:
                       help="draw only these pictures (default: all that apply)")
     plot.add_argument("--tsne", action="store_true",
                       help=f"latent_scatter by t-SNE instead of PCA when z has more than 2 dimensions "
-                           f"(first {plots.TSNE_MAX_POINTS} test images; slower)")
+                           f"(first {TSNE_MAX_POINTS} test examples; slower)")
     plot.add_argument("--quantiles", action="store_true",
                       help="manifold over normal quantiles (0.05 ... 0.95) instead of an even grid over [-2, 2]")
     plot.add_argument("--interpolate", type=int, nargs=2, metavar=("A", "B"),

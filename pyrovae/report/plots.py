@@ -25,7 +25,6 @@ from pyrovae.randomness import seeded
 from pyrovae.report.figures import NotebookFigure, png
 from pyrovae.report.latents import (
     ACTIVE_UNIT_THRESHOLD,
-    TSNE_MAX_POINTS,  # noqa: F401 (plots.TSNE_MAX_POINTS: the t-SNE cap that `pyrovae plot --tsne` tells of)
     active_units,
     encoder_means,
     kl_per_dimension,
